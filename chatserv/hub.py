@@ -1,0 +1,388 @@
+"""The hub: who is online, which rooms exist, and where every message goes.
+
+The hub knows nothing of sockets or of any wire format. A connection, the
+Telegram bridge or a test joins it through :class:`Participant`, and the hub
+hands each participant immutable event objects. Every recipient of one event
+gets the very same object, so a transport can encode it once (into
+``event.wire``) and write the same bytes to all of its connections.
+
+Time comes from the injected clock, never from the wall, so tests drive the hub
+with a fake clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from .names import BadName, check_name, name_key
+
+GENERAL = "general"
+MAX_ROOMS_PER_SESSION = 100
+
+log = Logger()
+
+
+class ChatError(Exception):
+    """A request the hub refuses; ``code`` is the protocol's error code."""
+
+    code = "bad_request"
+
+
+class NameTaken(ChatError):
+    code = "name_taken"
+
+
+class NoSuchUser(ChatError):
+    code = "no_such_user"
+
+
+class NotInRoom(ChatError):
+    code = "not_in_room"
+
+
+class InvalidName(ChatError):
+    code = "bad_name"
+
+
+@dataclass(slots=True, eq=False)
+class ChatMessage:
+    """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
+
+    id: int
+    ts: float
+    sender: str
+    text: str
+    room: str | None = None
+    recipient: str | None = None
+    #: Encoded forms, filled lazily by transports, keyed by their format name.
+    wire: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def is_private(self) -> bool:
+        return self.room is None
+
+
+@dataclass(slots=True, eq=False)
+class PresenceChange:
+    """Who joined and left *room* during one presence window, and who is in it now."""
+
+    room: str
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    members: tuple[str, ...]
+    wire: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(slots=True, eq=False)
+class Typing:
+    """*user* is typing in *room*, or privately to the recipient when ``room`` is None."""
+
+    user: str
+    room: str | None
+    wire: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+class Participant(Protocol):
+    """What the hub needs from anything that logs in: a place to hand events."""
+
+    def receive_message(self, message: ChatMessage) -> None:
+        """A room message for a room the session is in (its own included), or a
+        private message to or from the session."""
+
+    def receive_presence(self, change: PresenceChange) -> None:
+        """Membership of a room the session is in has changed."""
+
+    def receive_typing(self, typing: Typing) -> None:
+        """Somebody else is typing in one of the session's rooms, or privately to it."""
+
+
+class MessageLog(Protocol):
+    """The storage seam: where messages are committed before they are relayed."""
+
+    def append(self, message: ChatMessage) -> Deferred[None]:
+        """Commit *message*; fire in commit order once it is durable."""
+
+
+class Session:
+    """One logged-in name, bound to the participant that receives its events."""
+
+    __slots__ = ("name", "key", "participant", "rooms", "__weakref__")
+
+    def __init__(self, name: str, key: str, participant: Participant) -> None:
+        self.name = name
+        self.key = key
+        self.participant = participant
+        self.rooms: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.name!r}>"
+
+
+class Room:
+    __slots__ = ("name", "members", "history", "joined", "left", "flush_call")
+
+    def __init__(self, name: str, history_size: int) -> None:
+        self.name = name
+        #: key -> session, in the order they joined
+        self.members: dict[str, Session] = {}
+        self.history: deque[ChatMessage] = deque(maxlen=history_size)
+        # Membership changes not yet announced, and the call that will announce them.
+        self.joined: list[str] = []
+        self.left: list[str] = []
+        self.flush_call: IDelayedCall | None = None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(session.name for session in self.members.values())
+
+
+def presence_window(members: int) -> float:
+    """How long membership changes in a room of *members* are gathered before
+    being announced.
+
+    Small rooms hear of a join in the same reactor turn; large rooms get one
+    announcement per window, so a login storm costs each member a few frames
+    instead of one full member list per login.
+    """
+    if members <= 50:
+        return 0.0
+    return min(2.0, 0.05 + members / 10_000)
+
+
+class Hub:
+    """Routing core. Every method is synchronous and never blocks."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        history_size: int = 50,
+        store: MessageLog | None = None,
+        first_id: int = 1,
+    ) -> None:
+        self.clock = clock
+        self.history_size = history_size
+        self.store = store
+        self.sessions: dict[str, Session] = {}
+        self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
+        self._next_id = first_id
+
+    # -- sessions ---------------------------------------------------------
+
+    def login(self, participant: Participant, name: object) -> Session:
+        """Bring *name* online in the room ``general``; raise if it may not be."""
+        try:
+            name = check_name(name)
+        except BadName as e:
+            raise InvalidName(str(e)) from None
+        key = name_key(name)
+        if key in self.sessions:
+            raise NameTaken(f"el nombre {name} ya está en uso")
+        session = Session(name, key, participant)
+        self.sessions[key] = session
+        log.debug("login {name}", name=name)
+        self._enter(session, self.rooms[GENERAL])
+        return session
+
+    def logout(self, session: Session) -> None:
+        """Take *session* offline; harmless if it already is."""
+        if self.sessions.get(session.key) is not session:
+            return
+        del self.sessions[session.key]
+        for room_name in list(session.rooms):
+            self._exit(session, self.rooms[room_name])
+        log.debug("logout {name}", name=session.name)
+
+    def find(self, name: str) -> Session | None:
+        return self.sessions.get(name_key(name))
+
+    # -- rooms ------------------------------------------------------------
+
+    def join(self, session: Session, room_name: object) -> Room:
+        """Put *session* in the room, creating it; return the room."""
+        try:
+            room_name = check_name(room_name)
+        except BadName as e:
+            raise InvalidName(str(e)) from None
+        room = self.rooms.get(name_key(room_name))
+        if room is None:
+            room = self.rooms[name_key(room_name)] = Room(room_name, self.history_size)
+        if room.name not in session.rooms:
+            if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
+                raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+            self._enter(session, room)
+        return room
+
+    def leave(self, session: Session, room_name: str) -> str:
+        """Take *session* out of the room; return the room's name as it is shown."""
+        room = self._member_room(session, room_name)
+        if room.name == GENERAL:
+            raise NotInRoom("no se puede salir de la sala general")
+        self._exit(session, room)
+        return room.name
+
+    def room(self, room_name: str) -> Room | None:
+        return self.rooms.get(name_key(room_name))
+
+    def member_room(self, session: Session, room_name: str | None) -> Room:
+        """The room *session* names (``general`` when None), which it must be in."""
+        return self._member_room(session, GENERAL if room_name is None else room_name)
+
+    def room_list(self) -> list[tuple[str, int]]:
+        return [(room.name, len(room.members)) for room in self.rooms.values()]
+
+    def _member_room(self, session: Session, room_name: str) -> Room:
+        room = self.rooms.get(name_key(room_name))
+        if room is None or room.name not in session.rooms:
+            raise NotInRoom(f"no estás en la sala {room_name}")
+        return room
+
+    def _enter(self, session: Session, room: Room) -> None:
+        room.members[session.key] = session
+        session.rooms.add(room.name)
+        self._note_presence(room, joined=session.name)
+
+    def _exit(self, session: Session, room: Room) -> None:
+        room.members.pop(session.key, None)
+        session.rooms.discard(room.name)
+        self._note_presence(room, left=session.name)
+        if not room.members and room.name != GENERAL and not room.joined:
+            self._drop_room(room)
+
+    def _drop_room(self, room: Room) -> None:
+        # An empty room keeps nothing worth holding in memory; storage keeps
+        # its history.
+        if room.flush_call is not None and room.flush_call.active():
+            room.flush_call.cancel()
+        del self.rooms[name_key(room.name)]
+
+    # -- presence ---------------------------------------------------------
+
+    def _note_presence(self, room: Room, joined: str | None = None, left: str | None = None) -> None:
+        if joined is not None:
+            if joined in room.left:
+                room.left.remove(joined)
+            else:
+                room.joined.append(joined)
+        if left is not None:
+            if left in room.joined:
+                room.joined.remove(left)
+            else:
+                room.left.append(left)
+        if room.flush_call is None:
+            room.flush_call = self.clock.callLater(
+                presence_window(len(room.members)), self._flush_presence, room
+            )
+
+    def _flush_presence(self, room: Room) -> None:
+        if room.flush_call is not None and room.flush_call.active():
+            room.flush_call.cancel()
+        room.flush_call = None
+        if not room.joined and not room.left:
+            return
+        change = PresenceChange(room.name, tuple(room.joined), tuple(room.left), room.names())
+        room.joined.clear()
+        room.left.clear()
+        for session in list(room.members.values()):
+            session.participant.receive_presence(change)
+
+    def flush_all_presence(self) -> None:
+        """Announce every pending membership change now (used at shutdown and in tests)."""
+        for room in list(self.rooms.values()):
+            if room.flush_call is not None:
+                self._flush_presence(room)
+
+    # -- messages ---------------------------------------------------------
+
+    def broadcast(self, session: Session, text: str, room_name: str | None = None) -> ChatMessage:
+        """Post *text* to a room the session is in (``general`` by default)."""
+        room = self.member_room(session, room_name)
+        message = ChatMessage(self._take_id(), self.clock.seconds(), session.name, text, room=room.name)
+        self._commit(message, self._deliver_to_room)
+        return message
+
+    def private(self, session: Session, to: str, text: str) -> ChatMessage:
+        """Send *text* to the online user *to*, and a copy to the sender."""
+        target = self.find(to) if isinstance(to, str) else None
+        if target is None:
+            raise NoSuchUser(f"{to} no está conectado")
+        message = ChatMessage(
+            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name
+        )
+        self._commit(message, self._deliver_private)
+        return message
+
+    def typing(self, session: Session, to: str | None = None, room_name: str | None = None) -> None:
+        """Tell the private peer *to*, or the other members of a room, that *session* types."""
+        if to is not None:
+            target = self.find(to)
+            if target is None:
+                raise NoSuchUser(f"{to} no está conectado")
+            if target is not session:
+                target.participant.receive_typing(Typing(session.name, None))
+            return
+        room = self.member_room(session, room_name)
+        event = Typing(session.name, room.name)
+        for member in room.members.values():
+            if member is not session:
+                member.participant.receive_typing(event)
+
+    def users(self, room_name: str | None = None) -> tuple[str, ...]:
+        room = self.rooms.get(name_key(room_name or GENERAL))
+        return room.names() if room is not None else ()
+
+    def recent(self, room_name: str = GENERAL) -> list[ChatMessage]:
+        """The history window of a room, oldest first."""
+        room = self.rooms.get(name_key(room_name))
+        return list(room.history) if room is not None else []
+
+    def remember(self, messages: Iterable[ChatMessage]) -> None:
+        """Fill history windows from storage at start-up, oldest first."""
+        for message in messages:
+            if message.room is None:
+                continue
+            room = self.rooms.get(name_key(message.room))
+            if room is None:
+                room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
+            room.history.append(message)
+            self._next_id = max(self._next_id, message.id + 1)
+
+    def _take_id(self) -> int:
+        message_id = self._next_id
+        self._next_id += 1
+        return message_id
+
+    def _commit(self, message: ChatMessage, deliver: Any) -> None:
+        if self.store is None:
+            deliver(message)
+            return
+        d = self.store.append(message)
+        d.addCallback(lambda _: deliver(message))
+        d.addErrback(
+            lambda f: log.failure("message {id} could not be stored; not relayed", f, id=message.id)
+        )
+
+    def _deliver_to_room(self, message: ChatMessage) -> None:
+        assert message.room is not None
+        room = self.rooms.get(name_key(message.room))
+        if room is None:
+            return
+        if room.flush_call is not None:
+            # Nobody may read a message from someone they have not seen join.
+            self._flush_presence(room)
+        room.history.append(message)
+        for member in room.members.values():
+            member.participant.receive_message(message)
+
+    def _deliver_private(self, message: ChatMessage) -> None:
+        assert message.recipient is not None
+        recipient = self.find(message.recipient)
+        sender = self.find(message.sender)
+        if recipient is not None:
+            recipient.participant.receive_message(message)
+        if sender is not None and sender is not recipient:
+            sender.participant.receive_message(message)

@@ -1,0 +1,451 @@
+"""The line protocol: frames in, hub calls out; hub events in, frames out.
+
+One :class:`ChatProtocol` per connection. It speaks JSON to seed-000 clients and
+plain ``name: text`` lines to seed-004 clients, deciding by the first line. It
+holds no chat state of its own beyond its session: routing is the hub's.
+
+Output is gathered per connection and written once per reactor turn (see
+:class:`OutputFlusher`), and a client that stops reading is cut off once its
+unsent output passes the factory's bound instead of growing server memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from . import wire
+from .hub import GENERAL, ChatError, ChatMessage, Hub, PresenceChange, Session, Typing
+from .names import name_key
+from .ratelimit import TokenBucket
+
+log = Logger()
+
+
+@dataclass
+class Limits:
+    """Per-connection bounds; see docs/PROTOCOL.md, "Bounds"."""
+
+    max_line: int = 65_536
+    rate_limit: float = 5.0
+    rate_burst: int = 20
+    max_output: int = 1 << 20
+    max_connections: int = 20_000
+
+
+class BadRequest(Exception):
+    """A frame that is well-formed JSON but not a valid command."""
+
+    def __init__(self, msg: str, code: str = "bad_request") -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def _text(frame: dict[str, Any], field: str) -> str:
+    value = frame.get(field)
+    if not isinstance(value, str):
+        raise BadRequest(f"el campo {field!r} debe ser un texto")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"el campo {field!r} no es Unicode válido") from None
+    return value
+
+
+def _optional_text(frame: dict[str, Any], field: str) -> str | None:
+    if frame.get(field) is None:
+        return None
+    return _text(frame, field)
+
+
+class OutputFlusher:
+    """Writes every connection's gathered output once, at the end of the reactor turn.
+
+    One delayed call serves all connections, so a broadcast to N clients costs
+    N list appends during the turn and N ``write`` calls after it, however many
+    messages each client received in that turn.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._pending: list[ChatProtocol] = []
+        self._call: IDelayedCall | None = None
+
+    def schedule(self, protocol: ChatProtocol) -> None:
+        self._pending.append(protocol)
+        if self._call is None:
+            self._call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        for protocol in pending:
+            protocol.flush()
+
+
+class ChatProtocol(LineReceiver):
+    """One client connection, JSON or plain text."""
+
+    delimiter = b"\n"
+    factory: ChatFactory
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self.plain: bool | None = None  # decided by the first line
+        self.features: frozenset[str] = frozenset()
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._scheduled = False
+        self._writable = True
+        self._closing = False
+        self._bucket: TokenBucket | None = None
+        self._peer = "?"
+
+    # -- connection life --------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.MAX_LENGTH = factory.limits.max_line
+        self._peer = _describe(self.transport.getPeer())
+        if factory.limits.rate_limit > 0:
+            self._bucket = TokenBucket(
+                factory.limits.rate_limit, factory.limits.rate_burst, factory.clock.seconds
+            )
+        if len(factory.connections) >= factory.limits.max_connections:
+            log.warn("refusing {peer}: connection limit reached", peer=self._peer)
+            self.transport.write(wire.error_frame("server_full", "el servidor está lleno"))
+            self._close()
+            return
+        factory.connections.add(self)
+        # Registered as a streaming producer so the transport tells us when
+        # its buffer is full (pauseProducing) and when it drained.
+        self.transport.registerProducer(self, True)
+        log.info("connection from {peer}", peer=self._peer)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self._closing = True
+        self._out = []
+        self.factory.connections.discard(self)
+        if self.session is not None:
+            session, self.session = self.session, None
+            self.factory.hub.logout(session)
+            log.info("{name} disconnected ({peer})", name=session.name, peer=self._peer)
+        else:
+            log.info("connection from {peer} closed", peer=self._peer)
+
+    def _close(self) -> None:
+        self._closing = True
+        self.flush()
+        self.transport.loseConnection()
+
+    # -- output -----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queue *data* for the end of this reactor turn."""
+        if self._closing:
+            return
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if not self._writable and self._out_bytes > self.factory.limits.max_output:
+            log.warn(
+                "dropping {who}: {n} bytes of unread output",
+                who=self.session.name if self.session else self._peer,
+                n=self._out_bytes,
+            )
+            self._closing = True
+            self._out = []
+            self.transport.abortConnection()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            self.factory.flusher.schedule(self)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._writable or not self._out:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_bytes = 0
+        self.transport.write(data)
+
+    # IPushProducer, called by the transport. These replace LineReceiver's own
+    # pause methods on purpose: a full output buffer must not stop us reading.
+    def pauseProducing(self) -> None:
+        self._writable = False
+
+    def resumeProducing(self) -> None:
+        self._writable = True
+        self.flush()
+
+    def stopProducing(self) -> None:
+        self._writable = False
+
+    def error(self, code: str, msg: str, ref: str | None = None) -> None:
+        if self.plain:
+            self.send(wire.plain_error(code, msg))
+        else:
+            self.send(wire.error_frame(code, msg, ref))
+
+    # -- input ------------------------------------------------------------
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._closing:
+            return
+        log.info("line too long from {peer}", peer=self._peer)
+        self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
+        self._close()
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if self.plain is None:
+            stripped = line.lstrip()
+            if not stripped:
+                return
+            self.plain = not stripped.startswith(b"{")
+        if self._bucket is not None and not self._bucket.allow():
+            self.error("rate_limited", "demasiados mensajes; espera un momento")
+            return
+        if self.plain:
+            self._plain_line(line)
+        else:
+            self._json_line(line)
+
+    def _json_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            frame = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # ValueError covers JSONDecodeError and integers too long to parse.
+            self.error("bad_json", "la línea no es JSON válido en UTF-8")
+            return
+        if not isinstance(frame, dict):
+            self.error("bad_request", "cada línea debe ser un objeto JSON")
+            return
+        cmd = frame.get("cmd")
+        if not isinstance(cmd, str):
+            self.error("bad_request", "falta el campo 'cmd'")
+            return
+        handler = self._json_commands.get(cmd)
+        ref = cmd if handler is not None else None
+        try:
+            if handler is None:
+                raise BadRequest("comando desconocido", "unknown_cmd")
+            if self.session is None and cmd not in ("login", "ping"):
+                raise BadRequest("primero inicia sesión con 'login'", "not_logged_in")
+            handler(self, frame)
+        except BadRequest as e:
+            self.error(e.code, str(e), ref)
+        except ChatError as e:
+            self.error(e.code, str(e), ref)
+
+    # -- JSON commands ----------------------------------------------------
+
+    def _cmd_login(self, frame: dict[str, Any]) -> None:
+        if self.session is not None:
+            raise BadRequest("ya has iniciado sesión")
+        user = frame.get("user")
+        if not isinstance(user, str):
+            raise BadRequest("el campo 'user' debe ser un texto")
+        features = frame.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise BadRequest("el campo 'features' debe ser una lista de textos")
+        self.session = self.factory.hub.login(self, user)
+        self.features = frozenset(features)
+        hub = self.factory.hub
+        self.send(wire.history_frame(GENERAL, hub.recent(GENERAL)))
+        self.send(wire.users_frame(GENERAL, hub.users(GENERAL)))
+        log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
+
+    def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        text = _text(frame, "msg")
+        self.factory.hub.broadcast(self.session, text, _optional_text(frame, "room"))
+
+    def _cmd_message(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        to = _text(frame, "to")
+        text = _text(frame, "msg")
+        self.factory.hub.private(self.session, to, text)
+
+    def _cmd_users(self, frame: dict[str, Any]) -> None:
+        room_name = _optional_text(frame, "room")
+        if room_name is None:
+            self.send(wire.users_frame(GENERAL, self.factory.hub.users(GENERAL)))
+            return
+        room = self.factory.hub.room(room_name)
+        if room is None:
+            raise ChatError(f"no existe la sala {room_name}")
+        self.send(wire.users_frame(room.name, room.names()))
+
+    def _cmd_typing(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        self.factory.hub.typing(
+            self.session, to=_optional_text(frame, "to"), room_name=_optional_text(frame, "room")
+        )
+
+    def _cmd_join(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        hub = self.factory.hub
+        room = hub.join(self.session, frame.get("room"))
+        self.send(wire.history_frame(room.name, list(room.history)))
+        self.send(wire.users_frame(room.name, room.names()))
+
+    def _cmd_leave(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        name = self.factory.hub.leave(self.session, _text(frame, "room"))
+        self.send(wire.frame({"cmd": "left", "room": name}))
+
+    def _cmd_rooms(self, frame: dict[str, Any]) -> None:
+        rooms = [{"name": n, "members": m} for n, m in self.factory.hub.room_list()]
+        self.send(wire.frame({"cmd": "rooms", "list": rooms}))
+
+    def _cmd_ping(self, frame: dict[str, Any]) -> None:
+        pong: dict[str, Any] = {"cmd": "pong"}
+        if "data" in frame:
+            pong["data"] = frame["data"]
+        self.send(wire.frame(pong))
+
+    _json_commands: dict[str, Callable[[ChatProtocol, dict[str, Any]], None]] = {
+        "login": _cmd_login,
+        "broadcast": _cmd_broadcast,
+        "message": _cmd_message,
+        "users": _cmd_users,
+        "typing": _cmd_typing,
+        "join": _cmd_join,
+        "leave": _cmd_leave,
+        "rooms": _cmd_rooms,
+        "ping": _cmd_ping,
+    }
+
+    # -- plain-text dialect -----------------------------------------------
+
+    def _plain_line(self, line: bytes) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self.error("bad_json", "la línea no es UTF-8 válido")
+            return
+        if not text.strip():
+            return
+        try:
+            if self.session is None:
+                self._plain_login(text)
+            else:
+                self._plain_text(text)
+        except ChatError as e:
+            self.error(e.code, str(e))
+
+    def _plain_login(self, text: str) -> None:
+        name, colon, rest = text.partition(":")
+        hub = self.factory.hub
+        self.session = hub.login(self, name.strip())
+        log.info("{name} logged in (plain text) from {peer}", name=self.session.name, peer=self._peer)
+        self.send(
+            wire.plain_line(
+                f"* Hola, {self.session.name}. Escribe y pulsa Enter."
+                " Órdenes: /users, /msg NOMBRE texto, /quit."
+            )
+        )
+        for message in hub.recent(GENERAL):
+            self.send(wire.plain_history(message))
+        self.send(wire.plain_line("* En línea: " + ", ".join(hub.users(GENERAL))))
+        if colon and rest.strip():
+            hub.broadcast(self.session, rest[1:] if rest.startswith(" ") else rest)
+
+    def _plain_text(self, text: str) -> None:
+        assert self.session is not None
+        hub = self.factory.hub
+        prefix, colon, rest = text.partition(":")
+        if colon and name_key(prefix.strip()) == self.session.key:
+            # Seed 004 clients prefix every line with their own name.
+            text = rest[1:] if rest.startswith(" ") else rest
+            if not text.strip():
+                return
+        if text.startswith("//"):
+            text = text[1:]
+        elif text.startswith("/"):
+            self._plain_command(text)
+            return
+        hub.broadcast(self.session, text)
+
+    def _plain_command(self, text: str) -> None:
+        assert self.session is not None
+        command, _, args = text.partition(" ")
+        hub = self.factory.hub
+        if command == "/users":
+            self.send(wire.plain_line("* En línea: " + ", ".join(hub.users(GENERAL))))
+        elif command == "/msg":
+            to, _, body = args.strip().partition(" ")
+            if not to or not body:
+                self.error("bad_request", "uso: /msg NOMBRE texto")
+                return
+            hub.private(self.session, to, body)
+        elif command == "/quit":
+            self._close()
+        else:
+            self.error("unknown_cmd", f"orden desconocida {command}; usa // para empezar con /")
+
+    # -- hub events (Participant) -----------------------------------------
+
+    def receive_message(self, message: ChatMessage) -> None:
+        assert self.session is not None
+        if self.plain:
+            self.send(wire.plain_message(message, self.session.name))
+        elif message.room is not None:
+            self.send(wire.broadcast_frame(message))
+        elif message.sender != self.session.name or message.recipient == self.session.name:
+            self.send(wire.private_frame(message))
+        elif "sent" in self.features:
+            self.send(wire.sent_frame(message))
+
+    def receive_presence(self, change: PresenceChange) -> None:
+        assert self.session is not None
+        if self.plain:
+            data = wire.plain_presence(change, self.session.name)
+            if data:
+                self.send(data)
+        elif "presence" in self.features:
+            self.send(wire.presence_delta_frame(change))
+        else:
+            self.send(wire.presence_frames(change, self.session.name))
+
+    def receive_typing(self, typing: Typing) -> None:
+        if not self.plain:
+            self.send(wire.typing_frame(typing))
+
+
+def _describe(address: IAddress) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+class ChatFactory(Factory):
+    """Builds :class:`ChatProtocol` connections onto one hub."""
+
+    protocol = ChatProtocol
+    noisy = False
+
+    def __init__(self, hub: Hub, clock: IReactorTime, limits: Limits | None = None) -> None:
+        self.hub = hub
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.flusher = OutputFlusher(clock)
+        self.connections: set[ChatProtocol] = set()
+
+    def disconnect_all(self) -> None:
+        for protocol in list(self.connections):
+            protocol._close()

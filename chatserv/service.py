@@ -1,0 +1,88 @@
+"""The chat server as a Twisted service: a hub, a factory, and its listeners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+
+from .hub import Hub, MessageLog
+from .protocol import ChatFactory, Limits
+
+log = Logger()
+
+DEFAULT_LISTEN = "tcp:2000"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``twistd chatserv`` can be told; defaults are the documented ones."""
+
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    history: int = 50
+    limits: Limits = field(default_factory=Limits)
+
+
+class ChatServer(Service):
+    """Listens on every configured strports description with one shared factory.
+
+    ``listening`` fires with the bound ports once all of them listen, which is
+    how tests learn the port behind ``tcp:0``.
+    """
+
+    name = "chat-server"
+
+    def __init__(self, config: ServerConfig, reactor: Any, store: MessageLog | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.hub = Hub(reactor, history_size=config.history, store=store)
+        self.factory = ChatFactory(self.hub, reactor, config.limits)
+        self.ports: list[IListeningPort] = []
+        self.listening: Deferred[list[IListeningPort]] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        attempts = [serverFromString(self.reactor, d).listen(self.factory) for d in self.config.listen]
+        for description, attempt in zip(self.config.listen, attempts):
+            attempt.addCallback(self._listening, description)
+        gathered = DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
+        failures: list[Any] = []
+        gathered.addCallbacks(
+            lambda results: self.listening.callback([port for _, port in results]),
+            lambda f: failures.append(f.value.subFailure),
+        )
+        if failures:
+            # TCP and SSL listeners fail synchronously: raising here makes
+            # twistd report the error and exit non-zero instead of idling.
+            failures[0].raiseException()
+
+    def _listening(self, port: IListeningPort, description: str) -> IListeningPort:
+        self.ports.append(port)
+        log.info("listening on {description} ({address})", description=description, address=port.getHost())
+        return port
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.factory.disconnect_all()
+        ports, self.ports = self.ports, []
+        return DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
+
+
+def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | None = None) -> MultiService:
+    """Build the application: the chat server, and later services beside it.
+
+    *reactor* and *store* are injected so that tests run the real service on a
+    fake clock or a temporary database.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    application = MultiService()
+    ChatServer(config, reactor, store).setServiceParent(application)
+    return application

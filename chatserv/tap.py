@@ -1,0 +1,62 @@
+"""``twistd chatserv``: command-line options and the service they build."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from .protocol import Limits
+from .service import DEFAULT_LISTEN, ServerConfig
+from .service import makeService as _makeService
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the chatserv chat server: JSON lines (seed 000) and plain text "
+        "(seed 004) on the same port. See docs/PROTOCOL.md."
+    )
+    optParameters = [
+        ["history", None, 50, "Messages of history sent on login.", int],
+        ["max-line", None, 65_536, "Longest accepted line, in bytes.", int],
+        ["rate-limit", None, 5.0, "Lines per second per connection (0: no limit).", float],
+        ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
+        ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
+        ["max-connections", None, 20_000, "Simultaneous connections.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """A strports description to listen on (repeatable), default tcp:2000."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if self["rate-limit"] < 0:
+            raise usage.UsageError("--rate-limit must not be negative")
+
+    def config(self) -> ServerConfig:
+        return ServerConfig(
+            listen=list(self["listen"]),
+            history=self["history"],
+            limits=Limits(
+                max_line=self["max-line"],
+                rate_limit=self["rate-limit"],
+                rate_burst=self["rate-burst"],
+                max_output=self["max-output"],
+                max_connections=self["max-connections"],
+            ),
+        )
+
+
+def makeService(options: Options, reactor: Any = None, store: Any = None) -> MultiService:
+    return _makeService(options.config(), reactor=reactor, store=store)

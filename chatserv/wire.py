@@ -1,0 +1,237 @@
+"""How hub events look on the wire, in the JSON dialect and the plain-text one.
+
+Every encoder stores its result in the event's ``wire`` cache, so an event that
+goes to ten thousand connections is encoded once and the same ``bytes`` object
+is written to all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .hub import ChatMessage, PresenceChange, Typing
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# Error frames may echo client input that is not valid Unicode (a lone
+# surrogate in a name, say); ASCII escapes keep those encodable.
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def frame(obj: dict[str, Any]) -> bytes:
+    """One JSON line."""
+    return _dumps(obj).encode("utf-8") + b"\n"
+
+
+def error_frame(code: str, msg: str, ref: str | None = None) -> bytes:
+    obj: dict[str, Any] = {"cmd": "error", "code": code, "msg": msg}
+    if ref is not None:
+        obj["ref"] = ref
+    try:
+        return _dumps(obj).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return _dumps_ascii(obj).encode("ascii") + b"\n"
+
+
+def clock_time(ts: float) -> str:
+    """Seed 000's ``HH:MM:SS``, in the server's local time."""
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+# -- JSON dialect ----------------------------------------------------------
+
+
+def message_object(message: ChatMessage) -> dict[str, Any]:
+    """The message as it appears in ``history`` items and ``broadcast`` frames."""
+    obj = message.wire.get("obj")
+    if obj is None:
+        obj = message.wire["obj"] = {
+            "id": message.id,
+            "time": clock_time(message.ts),
+            "ts": iso_time(message.ts),
+            "room": message.room,
+            "from": message.sender,
+            "msg": message.text,
+        }
+    return obj
+
+
+def broadcast_frame(message: ChatMessage) -> bytes:
+    data = message.wire.get("json")
+    if data is None:
+        data = message.wire["json"] = frame({"cmd": "broadcast", **message_object(message)})
+    return data
+
+
+def private_frame(message: ChatMessage) -> bytes:
+    data = message.wire.get("json")
+    if data is None:
+        obj = message_object(message)
+        data = message.wire["json"] = frame(
+            {
+                "cmd": "private",
+                "id": message.id,
+                "time": obj["time"],
+                "ts": obj["ts"],
+                "from": message.sender,
+                "to": message.recipient,
+                "msg": message.text,
+            }
+        )
+    return data
+
+
+def sent_frame(message: ChatMessage) -> bytes:
+    data = message.wire.get("json-sent")
+    if data is None:
+        obj = message_object(message)
+        data = message.wire["json-sent"] = frame(
+            {
+                "cmd": "sent",
+                "id": message.id,
+                "time": obj["time"],
+                "ts": obj["ts"],
+                "to": message.recipient,
+                "msg": message.text,
+            }
+        )
+    return data
+
+
+def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
+    return frame({"cmd": "history", "room": room, "items": [message_object(m) for m in messages]})
+
+
+def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
+    return frame({"cmd": "users", "room": room, "list": list(names)})
+
+
+def _name_list(names: tuple[str, ...]) -> str:
+    if len(names) == 1:
+        return names[0]
+    if len(names) <= 3:
+        return ", ".join(names[:-1]) + " y " + names[-1]
+    return ", ".join(names[:2]) + f" y {len(names) - 2} más"
+
+
+def join_text(names: tuple[str, ...]) -> str:
+    verb = "se ha unido" if len(names) == 1 else "se han unido"
+    return f"{_name_list(names)} {verb} al chat"
+
+
+def leave_text(names: tuple[str, ...]) -> str:
+    verb = "ha abandonado" if len(names) == 1 else "han abandonado"
+    return f"{_name_list(names)} {verb} el chat"
+
+
+def presence_frames(change: PresenceChange, own_name: str) -> bytes:
+    """For seed-000 clients: ``system`` notices, then the full ``users`` list.
+
+    The session that just joined learnt of its own arrival from its login
+    answer, so a change that is only its own join carries no notice for it.
+    """
+    only_self = change.joined == (own_name,) and not change.left
+    key = "json-users" if only_self else "json-system"
+    data = change.wire.get(key)
+    if data is None:
+        parts = []
+        if not only_self:
+            if change.joined:
+                parts.append(
+                    frame(
+                        {
+                            "cmd": "system",
+                            "room": change.room,
+                            "event": "join",
+                            "users": list(change.joined),
+                            "msg": join_text(change.joined),
+                        }
+                    )
+                )
+            if change.left:
+                parts.append(
+                    frame(
+                        {
+                            "cmd": "system",
+                            "room": change.room,
+                            "event": "leave",
+                            "users": list(change.left),
+                            "msg": leave_text(change.left),
+                        }
+                    )
+                )
+        parts.append(users_frame(change.room, change.members))
+        data = change.wire[key] = b"".join(parts)
+    return data
+
+
+def presence_delta_frame(change: PresenceChange) -> bytes:
+    data = change.wire.get("json-delta")
+    if data is None:
+        data = change.wire["json-delta"] = frame(
+            {
+                "cmd": "presence",
+                "room": change.room,
+                "joined": list(change.joined),
+                "left": list(change.left),
+            }
+        )
+    return data
+
+
+def typing_frame(typing: Typing) -> bytes:
+    data = typing.wire.get("json")
+    if data is None:
+        obj: dict[str, Any] = {"cmd": "typing", "user": typing.user}
+        if typing.room is None:
+            obj["private"] = True
+        else:
+            obj["room"] = typing.room
+        data = typing.wire["json"] = frame(obj)
+    return data
+
+
+# -- plain-text dialect (seed 004) -----------------------------------------
+
+
+def plain_line(text: str) -> bytes:
+    # A newline inside a message would read as a new message from nobody;
+    # indenting continuation lines keeps it one message.
+    return text.replace("\r\n", "\n").replace("\n", "\n  ").encode("utf-8") + b"\n"
+
+
+def plain_message(message: ChatMessage, own_name: str) -> bytes:
+    if message.room is not None:
+        data = message.wire.get("plain")
+        if data is None:
+            data = message.wire["plain"] = plain_line(f"{message.sender}: {message.text}")
+        return data
+    if message.sender == own_name and message.recipient != own_name:
+        return plain_line(f"[privado a {message.recipient}] {message.sender}: {message.text}")
+    return plain_line(f"[privado] {message.sender}: {message.text}")
+
+
+def plain_history(message: ChatMessage) -> bytes:
+    return plain_line(f"[{clock_time(message.ts)}] {message.sender}: {message.text}")
+
+
+def plain_presence(change: PresenceChange, own_name: str) -> bytes:
+    joined = tuple(name for name in change.joined if name != own_name)
+    lines = []
+    if joined:
+        lines.append(plain_line(join_text(joined) + "."))
+    if change.left:
+        lines.append(plain_line(leave_text(change.left) + "."))
+    return b"".join(lines)
+
+
+def plain_error(code: str, msg: str) -> bytes:
+    return plain_line(f"* error {code}: {msg}")
