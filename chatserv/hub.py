@@ -13,8 +13,9 @@ with a fake clock.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -96,7 +97,9 @@ class Participant(Protocol):
         private message to or from the session."""
 
     def receive_presence(self, change: PresenceChange) -> None:
-        """Membership of a room the session is in has changed."""
+        """Membership of a room the session is in has changed. A session that
+        has just entered the room finds its own name in ``change.joined``: this
+        is when it learns the full member list."""
 
     def receive_typing(self, typing: Typing) -> None:
         """Somebody else is typing in one of the session's rooms, or privately to it."""
@@ -125,7 +128,7 @@ class Session:
 
 
 class Room:
-    __slots__ = ("name", "members", "history", "joined", "left", "flush_call")
+    __slots__ = ("name", "members", "history", "joined", "left", "flush_call", "wire")
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
@@ -136,6 +139,8 @@ class Room:
         self.joined: list[str] = []
         self.left: list[str] = []
         self.flush_call: IDelayedCall | None = None
+        #: Encoded forms of the history window; emptied whenever it changes.
+        self.wire: dict[str, Any] = {}
 
     def names(self) -> tuple[str, ...]:
         return tuple(session.name for session in self.members.values())
@@ -349,6 +354,7 @@ class Hub:
             if room is None:
                 room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
             room.history.append(message)
+            room.wire.clear()
             self._next_id = max(self._next_id, message.id + 1)
 
     def _take_id(self) -> int:
@@ -375,6 +381,7 @@ class Hub:
             # Nobody may read a message from someone they have not seen join.
             self._flush_presence(room)
         room.history.append(message)
+        room.wire.clear()
         for member in room.members.values():
             member.participant.receive_message(message)
 

@@ -12,8 +12,9 @@ unsent output passes the factory's bound instead of growing server memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -264,9 +265,10 @@ class ChatProtocol(LineReceiver):
             raise BadRequest("el campo 'features' debe ser una lista de textos")
         self.session = self.factory.hub.login(self, user)
         self.features = frozenset(features)
-        hub = self.factory.hub
-        self.send(wire.history_frame(GENERAL, hub.recent(GENERAL)))
-        self.send(wire.users_frame(GENERAL, hub.users(GENERAL)))
+        general = self.factory.hub.rooms[GENERAL]
+        # The `users` half of the answer follows with the room's presence
+        # change, which always includes this login (see wire.presence_frames).
+        self.send(wire.room_history_frame(general))
         log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
 
     def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
@@ -299,9 +301,16 @@ class ChatProtocol(LineReceiver):
     def _cmd_join(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
         hub = self.factory.hub
-        room = hub.join(self.session, frame.get("room"))
-        self.send(wire.history_frame(room.name, list(room.history)))
-        self.send(wire.users_frame(room.name, room.names()))
+        already_in = False
+        room_name = frame.get("room")
+        if isinstance(room_name, str):
+            existing = hub.room(room_name)
+            already_in = existing is not None and existing.name in self.session.rooms
+        room = hub.join(self.session, room_name)
+        self.send(wire.room_history_frame(room))
+        if already_in:
+            # No presence change will follow; answer with the list now.
+            self.send(wire.users_frame(room.name, room.names()))
 
     def _cmd_leave(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
@@ -417,10 +426,8 @@ class ChatProtocol(LineReceiver):
             data = wire.plain_presence(change, self.session.name)
             if data:
                 self.send(data)
-        elif "presence" in self.features:
-            self.send(wire.presence_delta_frame(change))
         else:
-            self.send(wire.presence_frames(change, self.session.name))
+            self.send(wire.presence_frames(change, self.session.name, "presence" in self.features))
 
     def receive_typing(self, typing: Typing) -> None:
         if not self.plain:

@@ -48,7 +48,7 @@ class ChatServer(Service):
     def startService(self) -> None:
         super().startService()
         attempts = [serverFromString(self.reactor, d).listen(self.factory) for d in self.config.listen]
-        for description, attempt in zip(self.config.listen, attempts):
+        for description, attempt in zip(self.config.listen, attempts, strict=True):
             attempt.addCallback(self._listening, description)
         gathered = DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
         failures: list[Any] = []

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from .hub import ChatMessage, PresenceChange, Typing
+from .hub import ChatMessage, PresenceChange, Room, Typing
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 # Error frames may echo client input that is not valid Unicode (a lone
@@ -41,7 +41,7 @@ def clock_time(ts: float) -> str:
 
 
 def iso_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z"
     )
 
@@ -110,6 +110,14 @@ def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
     return frame({"cmd": "history", "room": room, "items": [message_object(m) for m in messages]})
 
 
+def room_history_frame(room: Room) -> bytes:
+    """The room's history window; a login storm encodes it once, not once per login."""
+    data = room.wire.get("json-history")
+    if data is None:
+        data = room.wire["json-history"] = history_frame(room.name, list(room.history))
+    return data
+
+
 def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
     return frame({"cmd": "users", "room": room, "list": list(names)})
 
@@ -132,58 +140,58 @@ def leave_text(names: tuple[str, ...]) -> str:
     return f"{_name_list(names)} {verb} el chat"
 
 
-def presence_frames(change: PresenceChange, own_name: str) -> bytes:
-    """For seed-000 clients: ``system`` notices, then the full ``users`` list.
+def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) -> bytes:
+    """What one member hears of a membership change.
 
-    The session that just joined learnt of its own arrival from its login
-    answer, so a change that is only its own join carries no notice for it.
+    A session that has just entered the room gets the full ``users`` list: this
+    completes its login (or ``join``) answer, and during a login storm one list
+    encoded per window serves every newcomer. Other members get ``system``
+    notices and the new list (seed 000), or a ``presence`` delta.
     """
-    only_self = change.joined == (own_name,) and not change.left
-    key = "json-users" if only_self else "json-system"
+    if own_name in change.joined:
+        return _cached(change, "json-users", lambda: users_frame(change.room, change.members))
+    if delta:
+        return _cached(
+            change,
+            "json-delta",
+            lambda: frame(
+                {
+                    "cmd": "presence",
+                    "room": change.room,
+                    "joined": list(change.joined),
+                    "left": list(change.left),
+                }
+            ),
+        )
+    return _cached(change, "json-system", lambda: _system_frames(change))
+
+
+def _system_frames(change: PresenceChange) -> bytes:
+    parts = []
+    for event, names, text in (
+        ("join", change.joined, join_text),
+        ("leave", change.left, leave_text),
+    ):
+        if names:
+            parts.append(
+                frame(
+                    {
+                        "cmd": "system",
+                        "room": change.room,
+                        "event": event,
+                        "users": list(names),
+                        "msg": text(names),
+                    }
+                )
+            )
+    parts.append(users_frame(change.room, change.members))
+    return b"".join(parts)
+
+
+def _cached(change: PresenceChange, key: str, make: Any) -> bytes:
     data = change.wire.get(key)
     if data is None:
-        parts = []
-        if not only_self:
-            if change.joined:
-                parts.append(
-                    frame(
-                        {
-                            "cmd": "system",
-                            "room": change.room,
-                            "event": "join",
-                            "users": list(change.joined),
-                            "msg": join_text(change.joined),
-                        }
-                    )
-                )
-            if change.left:
-                parts.append(
-                    frame(
-                        {
-                            "cmd": "system",
-                            "room": change.room,
-                            "event": "leave",
-                            "users": list(change.left),
-                            "msg": leave_text(change.left),
-                        }
-                    )
-                )
-        parts.append(users_frame(change.room, change.members))
-        data = change.wire[key] = b"".join(parts)
-    return data
-
-
-def presence_delta_frame(change: PresenceChange) -> bytes:
-    data = change.wire.get("json-delta")
-    if data is None:
-        data = change.wire["json-delta"] = frame(
-            {
-                "cmd": "presence",
-                "room": change.room,
-                "joined": list(change.joined),
-                "left": list(change.left),
-            }
-        )
+        data = change.wire[key] = make()
     return data
 
 
