@@ -17,6 +17,18 @@ from .protocol import ChatFactory, Limits
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:2000"
+#: Listen backlog for tcp and ssl listeners that do not set one. Twisted's
+#: default of 50 drops SYNs when thousands of clients connect at once (they
+#: retry after a second or more); the kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG = 4096
+
+
+def with_backlog(description: str) -> str:
+    """*description* with ``backlog=`` added for tcp and ssl listeners lacking it."""
+    kind = description.split(":", 1)[0]
+    if kind in ("tcp", "ssl", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={DEFAULT_BACKLOG}"
+    return description
 
 
 @dataclass
@@ -47,7 +59,9 @@ class ChatServer(Service):
 
     def startService(self) -> None:
         super().startService()
-        attempts = [serverFromString(self.reactor, d).listen(self.factory) for d in self.config.listen]
+        attempts = [
+            serverFromString(self.reactor, with_backlog(d)).listen(self.factory) for d in self.config.listen
+        ]
         for description, attempt in zip(self.config.listen, attempts, strict=True):
             attempt.addCallback(self._listening, description)
         gathered = DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
