@@ -1,0 +1,109 @@
+"""Entry point of the desktop client: ``chatserv-client`` or
+``python -m chatserv.client``.
+
+One thread: the Tk root is driven by the Twisted reactor through
+``twisted.internet.tksupport``; Tk's own ``mainloop()`` is never called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from chatserv.client import i18n
+from chatserv.client.config import Settings, load_settings
+
+
+def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatserv-client",
+        description="Desktop chat client for chatserv (Tk on the Twisted reactor).",
+    )
+    parser.add_argument("--host", default=defaults.host, help="server host (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=defaults.port, help="server port (default: %(default)s)")
+    parser.add_argument(
+        "--user",
+        help="log in at once with this name, skipping the connect form",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("CHATSERV_PASSWORD", ""),
+        help="account password (or set CHATSERV_PASSWORD, which other users cannot see in ps)",
+    )
+    parser.add_argument("--register", action="store_true", help="create the account first (needs --password)")
+    parser.add_argument("--tls", action="store_true", default=defaults.tls, help="connect with TLS")
+    parser.add_argument("--cafile", help="PEM certificate to trust for --tls (e.g. a self-signed server's)")
+    parser.add_argument("--lang", choices=i18n.LANGUAGES, help="interface language (default: the locale)")
+    parser.add_argument("--geometry", help="initial window geometry, e.g. 900x600+0+0")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = load_settings()
+    args = build_parser(defaults).parse_args(argv)
+    i18n.install(args.lang)
+
+    import tkinter as tk
+
+    from twisted.internet import reactor as _reactor
+    from twisted.internet import tksupport
+    from twisted.internet.error import ReactorNotRunning
+
+    from chatserv.client.model import ChatModel
+    from chatserv.client.session import ChatSession
+    from chatserv.client.ui import ChatWindow
+
+    reactor: Any = _reactor
+    try:
+        root = tk.Tk(className="chatserv")
+    except tk.TclError as exc:
+        print(f"chatserv-client: cannot open a window: {exc}", file=sys.stderr)
+        return 1
+    if args.geometry:
+        root.geometry(args.geometry)
+    else:
+        root.geometry("900x600")
+    tksupport.install(root)
+
+    session = ChatSession(ChatModel(reactor), reactor)
+    settings = Settings(defaults.host, defaults.port, defaults.user, defaults.tls)
+    settings.host, settings.port, settings.tls = args.host, args.port, args.tls
+    window = ChatWindow(root, session, settings, cafile=args.cafile)
+
+    def stop_reactor(_ignored: object = None) -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def quit_app() -> None:
+        # Leave cleanly so the others see us go at once, but never hang on it.
+        session.disconnect().addBoth(stop_reactor)
+        reactor.callLater(2.0, stop_reactor)
+
+    def teardown() -> None:
+        window.close()
+        tksupport.uninstall()
+        try:
+            root.destroy()
+        except tk.TclError:
+            pass
+
+    root.protocol("WM_DELETE_WINDOW", quit_app)
+    reactor.addSystemEventTrigger("after", "shutdown", teardown)
+
+    if args.user:
+        settings.user = args.user
+        settings.register = args.register
+        window.connect(settings, args.password)
+        # Scripted runs (xdotool, screenshots) type straight into the message box.
+        root.after_idle(window.input.focus_force)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,725 @@
+"""The client's brain: turns server frames into model changes and user actions
+into frames, logs in (again, after every reconnect), and keeps what the user
+wrote until the server has confirmed it.
+
+Delivery rules (PROTOCOL.md gives no acknowledgements, so we build them from
+what it does promise):
+
+* a room message is confirmed by its own ``broadcast`` echo, which the server
+  sends to the sender too;
+* private messages are confirmed by a ``ping`` sent after them: the server
+  handles one connection's frames in order, so by the time its ``pong`` (or,
+  on a server without ``ping``, its ``unknown_cmd`` error) arrives, every
+  earlier ``message`` has been relayed or refused with an error;
+* on a lost connection, unconfirmed messages go back to the queue. Room
+  messages that may have reached the server are looked for in the history
+  sent after the next login, so they are not posted twice; the rest is sent
+  again once logged in. Nothing is dropped without the user seeing why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatserv.client.i18n import _, join_names, ngettext
+from chatserv.client.model import (
+    GENERAL,
+    GENERAL_KEY,
+    ChatModel,
+    ConnState,
+    Conversation,
+    ConvKey,
+    Line,
+    LineKind,
+    SendState,
+    fold,
+)
+from chatserv.client.network import (
+    ChatLineProtocol,
+    ConnectionKeeper,
+    Frame,
+    RetryPolicy,
+    ServerAddress,
+    clean_text,
+    encode_frame,
+)
+
+#: Send ``typing`` at most this often per conversation (seconds).
+TYPING_EVERY = 3.0
+#: Wait before re-sending a message the server refused with rate_limited.
+RATE_LIMIT_RETRY = 1.5
+#: The server's default line limit; longer messages fail here, visibly, rather
+#: than get the connection closed with ``line_too_long``.
+MAX_MESSAGE_LINE = 65_536
+#: Messages sent per flush: stays inside the server's default burst (20 lines)
+#: so a long offline queue is not turned away by the rate limit.
+FLUSH_BATCH = 8
+FLUSH_PAUSE = 2.0
+#: After a reconnect our old session may not be gone yet on the server side;
+#: ``name_taken`` then is retried this many times, this far apart.
+NAME_RETRIES = 5
+NAME_RETRY_DELAY = 2.0
+
+
+@dataclass
+class Credentials:
+    user: str
+    password: str = ""
+    register: bool = False
+
+
+@dataclass(eq=False)
+class Outgoing:
+    key: ConvKey
+    target: str  # room or peer name as written
+    text: str
+    line: Line
+    ack: int | None = None
+    #: written before the connection was lost: may have reached the server
+    maybe_delivered: bool = False
+
+
+def _str(frame: Frame, name: str) -> str | None:
+    value = frame.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str)]
+
+
+def _identity(item: Frame) -> tuple[object, ...]:
+    return (item.get("id"), item.get("time"), item.get("from"), item.get("msg"))
+
+
+def readable_error(code: str, msg: str, **names: str) -> str:
+    """A sentence for the user in the interface language; the server's own
+    text (in Spanish) where we have nothing better."""
+    texts = {
+        "bad_json": _("The server could not read what this client sent."),
+        "unknown_cmd": _("The server does not support this action."),
+        "not_logged_in": _("You are not logged in yet."),
+        "name_taken": _("That name is already in use."),
+        "bad_name": _(
+            "That name is not valid: 1 to 32 characters, no spaces or control characters."
+        ),
+        "no_such_user": _("{user} is not online.").format(user=names.get("user", "?")),
+        "not_in_room": _("You are not in that room."),
+        "rate_limited": _("You are sending too fast; slow down a little."),
+        "line_too_long": _("That message is too long for the server."),
+        "server_full": _("The server is full; trying again later."),
+        "auth_failed": _("Wrong name or password."),
+    }
+    return texts.get(code) or msg or code
+
+
+class ChatSession:
+    log = Logger()
+
+    def __init__(
+        self, model: ChatModel, reactor: Any, policy: RetryPolicy | None = None
+    ) -> None:
+        self.model = model
+        self.reactor = reactor
+        self.keeper = ConnectionKeeper(reactor, self, self._waiting, policy)
+        self.conn: ChatLineProtocol | None = None
+        self.address: ServerAddress | None = None
+        self.creds: Credentials | None = None
+        self.outbox: list[Outgoing] = []
+        #: conversations we may post to on the current connection
+        self.ready: set[ConvKey] = set()
+        #: rooms asked for with ``join`` and not answered yet, oldest first
+        self.joining: list[ConvKey] = []
+        self._typing_sent: dict[ConvKey, float] = {}
+        self._ack_seq = 0
+        self._acks: list[int] = []
+        self._registered = False
+        self._name_retries = 0
+        self._timers: dict[str, IDelayedCall] = {}
+
+    # -- timers -------------------------------------------------------------
+    def _later(self, name: str, delay: float, fn: Any) -> None:
+        self._cancel(name)
+
+        def fire() -> None:
+            self._timers.pop(name, None)
+            fn()
+
+        self._timers[name] = self.reactor.callLater(delay, fire)
+
+    def _cancel(self, name: str) -> None:
+        call = self._timers.pop(name, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    # -- user actions ----------------------------------------------------
+    def connect(self, address: ServerAddress, creds: Credentials) -> None:
+        """Start (or restart) connecting; conversations are kept when it is
+        the same user on the same server."""
+        if self.keeper.running:
+            raise RuntimeError("already connected; disconnect first")
+        same = (
+            self.address is not None
+            and self.creds is not None
+            and str(self.address) == str(address)
+            and fold(self.creds.user) == fold(creds.user)
+        )
+        if not same:
+            self.model.reset()
+            self.outbox.clear()
+        self.address, self.creds = address, creds
+        self._registered = False
+        self._name_retries = 0
+        self.model.me = creds.user
+        self.model.server = str(address)
+        self.model.set_state(ConnState.CONNECTING)
+        self.keeper.start(address)
+
+    def disconnect(self) -> Deferred[None]:
+        for name in list(self._timers):
+            self._cancel(name)
+        self.conn = None
+        self._requeue_unconfirmed()
+        stopping = self.keeper.stop()
+        self.model.set_state(ConnState.DISCONNECTED)
+        return stopping
+
+    def send(self, key: ConvKey, text: str) -> Line | None:
+        """Post ``text`` to a conversation: shown at once, sent now or as soon
+        as we are logged in. Returns the line, or None if there was nothing
+        to send."""
+        text = clean_text(text).rstrip()
+        conv = self.model.get(key)
+        if not text.strip() or conv is None:
+            return None
+        line = Line(
+            LineKind.MESSAGE, text, sender=self.model.me, own=True, state=SendState.QUEUED
+        )
+        out = Outgoing(key, conv.title, text, line)
+        if len(encode_frame(self._frame_for(out))) >= MAX_MESSAGE_LINE:
+            line.state = SendState.FAILED
+            line.note = _("too long to send")
+        else:
+            self.outbox.append(out)
+        self.model.add_line(conv, line)
+        # The peer's indicator is cleared by the message; if we keep typing
+        # they should see it again right away.
+        self._typing_sent.pop(key, None)
+        self._flush()
+        return line
+
+    def user_typing(self, key: ConvKey) -> None:
+        if self.conn is None or self.model.state is not ConnState.ONLINE:
+            return
+        conv = self.model.get(key)
+        if conv is None:
+            return
+        now = self.reactor.seconds()
+        if now - self._typing_sent.get(key, float("-inf")) < TYPING_EVERY:
+            return
+        frame: Frame = {"cmd": "typing"}
+        if key.kind == "private":
+            if not self.model.is_online(conv.title):
+                return
+            frame["to"] = conv.title
+        elif key != GENERAL_KEY:
+            if key not in self.ready:
+                return
+            frame["room"] = conv.title
+        self._typing_sent[key] = now
+        self.conn.send_frame(frame)
+
+    def open_private(self, name: str) -> ConvKey:
+        key = ConvKey.private(name)
+        self.model.conversation(key, name)
+        self.model.set_active(key)
+        return key
+
+    def join(self, room: str) -> ConvKey | None:
+        room = room.strip()
+        if not room:
+            return None
+        key = ConvKey.room(room)
+        if key not in self.model.conversations:
+            self.model.conversation(key, room)
+            if self.conn is not None and self.model.state is ConnState.ONLINE:
+                self._send_join(key)
+        self.model.set_active(key)
+        return key
+
+    def close(self, key: ConvKey) -> None:
+        """Close a private tab, or leave a room. ``general`` stays."""
+        if key == GENERAL_KEY or key not in self.model.conversations:
+            return
+        if key.kind == "room" and self.conn is not None and key in self.ready:
+            self.conn.send_frame({"cmd": "leave", "room": self.model.conversations[key].title})
+        self.ready.discard(key)
+        # The user closed it: what it still held is discarded knowingly.
+        self.outbox = [o for o in self.outbox if o.key != key]
+        self.model.remove(key)
+
+    def request_rooms(self) -> None:
+        if self.conn is not None and self.model.state is ConnState.ONLINE:
+            self.conn.send_frame({"cmd": "rooms"})
+
+    # -- connection events (FrameHandler) -------------------------------------
+    def connection_made(self, conn: ChatLineProtocol) -> None:
+        self.conn = conn
+        self.ready.clear()
+        self.joining.clear()
+        self._acks.clear()
+        self._typing_sent.clear()
+        self.model.set_state(ConnState.LOGGING_IN)
+        self._send_login()
+
+    def connection_lost(self, conn: ChatLineProtocol, reason: Failure) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        was_online = self.model.state is ConnState.ONLINE
+        self._cancel("flush")
+        self._cancel("relogin")
+        self._requeue_unconfirmed()
+        self.ready.clear()
+        if was_online:
+            self.model.notice(GENERAL_KEY, _("Connection to the server lost."))
+        self.model.set_state(ConnState.CONNECTING)
+
+    def _waiting(self, delay: float) -> None:
+        if not self.keeper.running:
+            return
+        self.model.set_state(ConnState.WAITING, retry_at=self.reactor.seconds() + delay)
+        self._later("attempt", delay, self._attempting)
+
+    def _attempting(self) -> None:
+        if self.model.state is ConnState.WAITING:
+            self.model.set_state(ConnState.CONNECTING)
+
+    def frame_received(self, conn: ChatLineProtocol, frame: Frame) -> None:
+        if conn is not self.conn:
+            return
+        handler = getattr(self, "_on_" + frame["cmd"], None)
+        if handler is None:
+            return  # PROTOCOL.md: ignore frames we do not know
+        try:
+            handler(frame)
+        except Exception:
+            # A frame we misread must not take the connection down.
+            self.log.failure("Could not handle a {cmd} frame", cmd=frame["cmd"])
+
+    # -- login ----------------------------------------------------------------
+    def _send_login(self) -> None:
+        assert self.creds is not None
+        if self.conn is None:
+            return
+        if self.creds.register and not self._registered:
+            self.conn.send_frame(
+                {"cmd": "register", "user": self.creds.user, "password": self.creds.password}
+            )
+            return
+        frame: Frame = {"cmd": "login", "user": self.creds.user}
+        if self.creds.password:
+            frame["password"] = self.creds.password
+        self.conn.send_frame(frame)
+
+    def _on_registered(self, frame: Frame) -> None:
+        self._registered = True
+        self._send_login()
+
+    def _logged_in(self) -> None:
+        assert self.creds is not None
+        if self.model.ever_online:
+            self.model.notice(GENERAL_KEY, _("Reconnected."))
+        # An account, once made, is logged into on every later reconnect.
+        self.creds.register = False
+        self._name_retries = 0
+        self.model.set_state(ConnState.ONLINE)
+        self.ready.add(GENERAL_KEY)
+        for conv in list(self.model.conversations.values()):
+            if conv.is_room and not conv.is_general:
+                self._send_join(conv.key)
+        if self.conn is not None and self.model.rooms_supported is not False:
+            self.conn.send_frame({"cmd": "rooms"})
+        self._flush()
+
+    def _login_failed(self, message: str) -> None:
+        self.conn = None
+        for name in list(self._timers):
+            self._cancel(name)
+        self.keeper.stop()
+        self.model.set_state(ConnState.DISCONNECTED)
+        self.model.login_failed(message)
+
+    def _login_error(self, code: str, msg: str, ref: str | None) -> None:
+        assert self.creds is not None
+        user = self.creds.user
+        if ref == "register":
+            if code == "unknown_cmd":
+                self._login_failed(
+                    _("This server has no accounts: connect without creating one.")
+                )
+            elif code == "name_taken":
+                self._login_failed(_("An account named {user} already exists.").format(user=user))
+            elif code == "bad_request":
+                self._login_failed(
+                    _("Could not create the account: {reason}").format(reason=msg)
+                )
+            else:
+                self._login_failed(readable_error(code, msg))
+            return
+        if code == "name_taken" and self.model.ever_online and self._name_retries < NAME_RETRIES:
+            # Probably our own previous session, not yet noticed as gone.
+            self._name_retries += 1
+            self._later("relogin", NAME_RETRY_DELAY, self._send_login)
+            return
+        if code == "rate_limited":
+            self._later("relogin", RATE_LIMIT_RETRY, self._send_login)
+            return
+        if code == "name_taken":
+            self._login_failed(
+                _("The name {user} is already in use. Choose another one.").format(user=user)
+            )
+        else:
+            self._login_failed(readable_error(code, msg))
+
+    # -- frames -----------------------------------------------------------------
+    def _room_key(self, frame: Frame) -> ConvKey:
+        room = _str(frame, "room")
+        return ConvKey.room(room) if room else GENERAL_KEY
+
+    def _room_conv(self, frame: Frame) -> Conversation:
+        room = _str(frame, "room") or GENERAL
+        key = ConvKey.room(room)
+        return self.model.conversation(key, "General" if key == GENERAL_KEY else room)
+
+    def _is_me(self, name: str | None) -> bool:
+        return name is not None and fold(name) == fold(self.model.me)
+
+    def _on_history(self, frame: Frame) -> None:
+        conv = self._room_conv(frame)
+        items = [i for i in frame.get("items") or [] if isinstance(i, dict)]
+        fresh = []
+        for item in items:
+            sender, msg = _str(item, "from"), _str(item, "msg")
+            if sender is None or msg is None:
+                continue
+            ident = _identity(item)
+            if ident in conv.seen:
+                continue
+            conv.seen.add(ident)
+            if self._is_me(sender) and self._confirm_room(conv.key, item, maybe_only=True):
+                continue
+            fresh.append((item, sender, msg))
+        if fresh and not conv.had_history:
+            self.model.add_line(conv, Line(LineKind.INFO, _("Earlier messages")))
+        conv.had_history = True
+        for item, sender, msg in fresh:
+            self.model.add_line(
+                conv,
+                Line(
+                    LineKind.HISTORY,
+                    msg,
+                    sender=sender,
+                    time=_str(item, "time") or "",
+                    own=self._is_me(sender),
+                    msg_id=item.get("id") if isinstance(item.get("id"), int) else None,
+                ),
+            )
+
+    def _on_users(self, frame: Frame) -> None:
+        key = self._room_key(frame)
+        names = _str_list(frame.get("list"))
+        if key not in self.model.conversations:
+            return  # a room we already left
+        self.model.set_members(key, names)
+        if key == GENERAL_KEY and self.model.state is ConnState.LOGGING_IN:
+            self._logged_in()
+            return
+        if key in self.joining:
+            self.joining.remove(key)
+            self.ready.add(key)
+        self._flush()
+
+    def _on_broadcast(self, frame: Frame) -> None:
+        sender, msg = _str(frame, "from"), _str(frame, "msg")
+        if sender is None or msg is None:
+            return
+        conv = self._room_conv(frame)
+        ident = _identity(frame)
+        conv.seen.add(ident)
+        self.model.clear_typing(conv.key, sender)
+        if self._is_me(sender) and self._confirm_room(conv.key, frame):
+            return
+        self.model.add_line(
+            conv,
+            Line(
+                LineKind.MESSAGE,
+                msg,
+                sender=sender,
+                time=_str(frame, "time") or "",
+                own=self._is_me(sender),
+                msg_id=frame.get("id") if isinstance(frame.get("id"), int) else None,
+            ),
+        )
+
+    def _on_private(self, frame: Frame) -> None:
+        sender, msg = _str(frame, "from"), _str(frame, "msg")
+        if sender is None or msg is None:
+            return
+        key = ConvKey.private(sender)
+        conv = self.model.conversation(key, sender)
+        self.model.clear_typing(key, sender)
+        self.model.add_line(
+            conv,
+            Line(
+                LineKind.MESSAGE,
+                msg,
+                sender=sender,
+                time=_str(frame, "time") or "",
+                msg_id=frame.get("id") if isinstance(frame.get("id"), int) else None,
+            ),
+        )
+
+    def _on_system(self, frame: Frame) -> None:
+        conv = self._room_conv(frame)
+        event = _str(frame, "event")
+        users = _str_list(frame.get("users"))
+        if event in ("join", "leave") and users:
+            # Our own language instead of the server's Spanish sentence.
+            if event == "join":
+                text = ngettext("{names} joined the chat", "{names} joined the chat", len(users))
+            else:
+                text = ngettext("{names} left the chat", "{names} left the chat", len(users))
+            text = text.format(names=join_names(users))
+        else:
+            text = _str(frame, "msg") or ""
+        if not text:
+            return
+        self.model.add_line(conv, Line(LineKind.SYSTEM, text, time=_str(frame, "time") or ""))
+        if conv.is_general and event in ("join", "leave"):
+            # A private tab says when its peer comes and goes.
+            for user in users:
+                private = self.model.get(ConvKey.private(user))
+                if private is not None:
+                    self.model.clear_typing(private.key, user)
+                    self.model.add_line(private, Line(LineKind.SYSTEM, text))
+
+    def _on_typing(self, frame: Frame) -> None:
+        user = _str(frame, "user")
+        if user is None or self._is_me(user):
+            return
+        if frame.get("private") is True:
+            key = ConvKey.private(user)
+        else:
+            key = self._room_key(frame)
+        self.model.set_typing(key, user)
+
+    def _on_rooms(self, frame: Frame) -> None:
+        rooms: list[tuple[str, int]] = []
+        for item in frame.get("list") or []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                members = item.get("members")
+                rooms.append((item["name"], members if isinstance(members, int) else 0))
+        self.model.set_rooms(rooms)
+
+    def _on_pong(self, frame: Frame) -> None:
+        data = frame.get("data")
+        if isinstance(data, str) and data.startswith("ack:"):
+            try:
+                self._acked(int(data[4:]))
+            except ValueError:
+                pass
+
+    def _on_error(self, frame: Frame) -> None:
+        code = _str(frame, "code") or ""
+        msg = _str(frame, "msg") or ""
+        ref = _str(frame, "ref")
+        if self.model.state is ConnState.LOGGING_IN and (
+            ref in ("login", "register")
+            or (ref is None and code in ("name_taken", "bad_name", "auth_failed"))
+        ):
+            self._login_error(code, msg, ref)
+            return
+        if ref == "ping":
+            # A server without ``ping`` still answers in order: same barrier.
+            if self._acks:
+                self._acked(self._acks[0])
+            return
+        if ref == "typing":
+            return  # the peer left or the room is gone: nothing to tell
+        if ref == "rooms":
+            if code == "unknown_cmd":
+                self.model.set_rooms_unsupported()
+            return
+        if ref == "join":
+            self._join_refused(code, msg)
+            return
+        if ref == "leave":
+            return
+        if code == "line_too_long":
+            out = self._oldest_sending(None)
+            if out is not None:
+                self._fail(out, _("too long for the server"))
+            return
+        if ref in ("broadcast", "message"):
+            out = self._oldest_sending("room" if ref == "broadcast" else "private")
+            if out is not None:
+                self._refused(out, code, msg)
+                return
+        self.model.notice(
+            self.model.active,
+            _("Server error: {text}").format(text=readable_error(code, msg)),
+            LineKind.ERROR,
+        )
+
+    # -- rooms ------------------------------------------------------------------
+    def _send_join(self, key: ConvKey) -> None:
+        conv = self.model.get(key)
+        if conv is None or self.conn is None:
+            return
+        self.joining.append(key)
+        self.conn.send_frame({"cmd": "join", "room": conv.title})
+
+    def _join_refused(self, code: str, msg: str) -> None:
+        if not self.joining:
+            return
+        key = self.joining.pop(0)
+        conv = self.model.get(key)
+        name = conv.title if conv else key.name
+        if code == "unknown_cmd":
+            self.model.set_rooms_unsupported()
+            text = _("This server has no rooms.")
+        else:
+            text = _("Could not join {room}: {reason}").format(
+                room=name, reason=readable_error(code, msg)
+            )
+        self.model.remove(key)
+        self.model.notice(GENERAL_KEY, text, LineKind.ERROR)
+
+    # -- outbox -------------------------------------------------------------------
+    def _frame_for(self, out: Outgoing) -> Frame:
+        if out.key.kind == "private":
+            return {"cmd": "message", "to": out.target, "msg": out.text}
+        frame: Frame = {"cmd": "broadcast", "msg": out.text}
+        if out.key != GENERAL_KEY:
+            frame["room"] = out.target
+        return frame
+
+    def _set_state(self, out: Outgoing, state: SendState, note: str = "") -> None:
+        out.line.state = state
+        out.line.note = note
+        conv = self.model.get(out.key)
+        if conv is not None:
+            self.model.line_changed(conv, out.line)
+
+    def _flush(self) -> None:
+        if self.conn is None or self.model.state is not ConnState.ONLINE:
+            return
+        if "flush" in self._timers:
+            return  # pacing: the timer will carry on
+        sent: list[Outgoing] = []
+        budget = FLUSH_BATCH
+        for out in list(self.outbox):
+            if out.line.state not in (SendState.QUEUED, SendState.HELD):
+                continue
+            if out.key.kind == "room" and out.key not in self.ready:
+                continue
+            if out.key.kind == "private" and not self.model.is_online(out.target):
+                if out.line.state is not SendState.HELD:
+                    self._set_state(
+                        out,
+                        SendState.HELD,
+                        _("{user} is offline; it will be sent when they are back").format(
+                            user=out.target
+                        ),
+                    )
+                continue
+            if budget == 0:
+                self._later("flush", FLUSH_PAUSE, self._flush)
+                break
+            budget -= 1
+            self.conn.send_frame(self._frame_for(out))
+            out.maybe_delivered = False
+            self._set_state(out, SendState.SENDING)
+            if out.key.kind == "private":
+                sent.append(out)
+        if sent:
+            self._ack_seq += 1
+            for out in sent:
+                out.ack = self._ack_seq
+            self._acks.append(self._ack_seq)
+            self.conn.send_frame({"cmd": "ping", "data": f"ack:{self._ack_seq}"})
+
+    def _oldest_sending(self, kind: str | None) -> Outgoing | None:
+        for out in self.outbox:
+            if out.line.state is SendState.SENDING and kind in (None, out.key.kind):
+                return out
+        return None
+
+    def _done(self, out: Outgoing) -> None:
+        if out in self.outbox:
+            self.outbox.remove(out)
+
+    def _fail(self, out: Outgoing, note: str) -> None:
+        self._done(out)
+        self._set_state(out, SendState.FAILED, note)
+
+    def _refused(self, out: Outgoing, code: str, msg: str) -> None:
+        if code == "rate_limited":
+            self._set_state(out, SendState.QUEUED, _("server busy, retrying"))
+            self._later("flush", RATE_LIMIT_RETRY, self._flush)
+        elif code == "no_such_user":
+            self._set_state(
+                out,
+                SendState.HELD,
+                _("{user} is offline; it will be sent when they are back").format(
+                    user=out.target
+                ),
+            )
+        else:
+            self._fail(out, readable_error(code, msg, user=out.target))
+
+    def _confirm_room(self, key: ConvKey, item: Frame, maybe_only: bool = False) -> bool:
+        """Match a message of ours the server relayed (or replayed) with the
+        line we showed when it was typed."""
+        msg = item.get("msg")
+        for out in self.outbox:
+            if out.key != key or out.text != msg:
+                continue
+            if maybe_only:
+                if not (out.maybe_delivered and out.line.state is SendState.QUEUED):
+                    continue
+            elif out.line.state is not SendState.SENDING:
+                continue
+            self._done(out)
+            out.line.time = _str(item, "time") or out.line.time
+            if isinstance(item.get("id"), int):
+                out.line.msg_id = item["id"]
+            self._set_state(out, SendState.SENT)
+            return True
+        return False
+
+    def _acked(self, seq: int) -> None:
+        self._acks = [a for a in self._acks if a > seq]
+        for out in list(self.outbox):
+            if out.ack is not None and out.ack <= seq and out.line.state is SendState.SENDING:
+                self._done(out)
+                self._set_state(out, SendState.SENT)
+
+    def _requeue_unconfirmed(self) -> None:
+        self._acks.clear()
+        for out in self.outbox:
+            if out.line.state is SendState.SENDING:
+                out.maybe_delivered = out.key.kind == "room"
+                out.ack = None
+                self._set_state(out, SendState.QUEUED, _("not sent yet"))
+            elif out.line.state is SendState.QUEUED and not out.line.note:
+                self._set_state(out, SendState.QUEUED, _("not sent yet"))
