@@ -1,0 +1,276 @@
+"""Command line: ``python -m benchmarks {fanout,conns,private,suite} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from . import workloads
+from .peers import PEERS, available, raise_nofile, start_server
+from .report import print_result, suite_markdown
+
+Log = Callable[[str], None]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def loop_name() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    return f"uvloop {uvloop.__version__}"
+
+
+def pin_generator(core: int | None) -> str:
+    """Pin this process to ``core`` (the server gets the other one)."""
+    if core is None or core < 0 or (os.cpu_count() or 1) <= core:
+        return "unpinned"
+    os.sched_setaffinity(0, {core})
+    return str(core)
+
+
+def peer_version(peer: str) -> str:
+    try:
+        if peer == "ngircd":
+            out = subprocess.run(["ngircd", "--version"], capture_output=True, text=True, timeout=5)
+            return out.stdout.splitlines()[0].split("-")[0]
+        if peer == "inspircd":
+            out = subprocess.run(["inspircd", "--version"], capture_output=True, text=True,
+                                 timeout=5)
+            return out.stdout.strip().splitlines()[0]
+        import twisted
+        if peer == "words":
+            return f"Twisted {twisted.__version__}"
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "chatserv"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent.parent).stdout
+        return f"chatserv {rev or '?'}{'+dirty' if dirty.strip() else ''}, Twisted {twisted.__version__}"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Start a fresh server, run one workload against it, stop it; return the result."""
+    users = max(10000, int(params.get("clients", 0)), 2 * int(params.get("pairs", 0)))
+    srv = None
+    extra = list(args.chatserv_arg or [])
+    if args.port:
+        target = workloads.Target(peer=peer, port=args.port, pid=args.pid, irc=peer != "chatserv",
+                                  password="x" if peer == "words" else args.irc_pass)
+    else:
+        srv = start_server(peer, core=args.server_core, users=users, chatserv_args=extra)
+        target = workloads.Target(peer=peer, port=srv.port, pid=srv.pid, irc=srv.irc,
+                                  password=srv.password or args.irc_pass)
+    if args.no_presence:
+        target.features = ()
+    func: Callable[..., Awaitable[dict[str, Any]]] = getattr(workloads, workload)
+    t0 = time.time()
+    try:
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            res = runner.run(asyncio.wait_for(func(target, log=log, **params), args.max_time))
+        error = res.pop("error", None)
+    except TimeoutError:
+        res, error = {}, f"workload exceeded --max-time {args.max_time}s"
+    except (OSError, RuntimeError) as e:
+        res, error = {}, f"{type(e).__name__}: {e}"
+    finally:
+        alive = srv.alive() if srv else True
+        tail = srv.log_tail(15) if srv and not alive else ""
+        if srv:
+            srv.stop()
+    out: dict[str, Any] = {
+        "workload": workload, "peer": peer, "version": peer_version(peer), "params": params,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "wall_s": round(time.time() - t0, 1), **res,
+    }
+    if error:
+        out["error"] = error
+    if not alive:
+        out["server_died"] = tail
+    return out
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer", default="chatserv", choices=PEERS,
+                   help="server under test (started fresh for each workload)")
+    p.add_argument("--port", type=int, default=0,
+                   help="use a server already listening on 127.0.0.1:PORT instead")
+    p.add_argument("--pid", type=int, default=None,
+                   help="with --port: the server's PID, for its CPU and RSS")
+    p.add_argument("--server-core", type=int, default=0, help="core for the server (taskset)")
+    p.add_argument("--gen-core", type=int, default=1,
+                   help="core for this load generator (-1: unpinned)")
+    p.add_argument("--irc-pass", default=None, help="PASS sent by IRC clients (words: x)")
+    p.add_argument("--no-presence", action="store_true",
+                   help="chatserv clients do not ask for the presence feature (seed-000 clients)")
+    p.add_argument("--chatserv-arg", action="append", metavar="ARG",
+                   help="extra argument for `twistd chatserv` (repeatable)")
+    p.add_argument("--pad", type=int, default=24,
+                   help="padding bytes after the stamp in every message text (default 24)")
+    p.add_argument("--concurrency", type=int, default=0,
+                   help="logins in flight at once (0: all at once)")
+    p.add_argument("--max-time", type=float, default=600.0,
+                   help="hard limit on one workload's run time, s")
+    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+
+
+def add_rate(p: argparse.ArgumentParser, dflt_deliveries: float) -> None:
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="aggregate messages/s sent (open loop); or give --deliveries")
+    p.add_argument("--deliveries", type=float, default=0.0,
+                   help=f"target deliveries/s (default {dflt_deliveries:,.0f})")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measured step")
+    p.add_argument("--find-max", action="store_true",
+                   help="ramp the rate until p99 > 200 ms or any loss; report the best step")
+    p.add_argument("--start", type=float, default=25000.0, help="find-max: first deliveries/s")
+    p.add_argument("--factor", type=float, default=1.5, help="find-max: growth per step")
+    p.add_argument("--ceiling", type=float, default=20e6, help="find-max: highest deliveries/s")
+    p.add_argument("--refine", type=int, default=2, help="find-max: bisection steps after a fail")
+    p.add_argument("--probes", type=int, default=50,
+                   help="receivers that time every message (0: all); all receivers count")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    f = sub.add_parser("fanout", help="N clients in one room, S senders at rate R")
+    add_common(f)
+    f.add_argument("--clients", "-N", type=int, default=200)
+    f.add_argument("--senders", "-S", type=int, default=10)
+    f.add_argument("--repeat", type=int, default=1, help="find-max: ramps; the median is reported")
+    add_rate(f, 100000)
+
+    c = sub.add_parser("conns", help="K clients log in to one room at once, then one broadcast")
+    add_common(c)
+    c.add_argument("--clients", "-K", type=int, default=1000)
+    c.add_argument("--timeout", type=float, default=20.0, help="seconds allowed for the logins")
+
+    pr = sub.add_parser("private", help="pairs exchanging private messages")
+    add_common(pr)
+    pr.add_argument("--pairs", type=int, default=100)
+    add_rate(pr, 50000)
+
+    s = sub.add_parser("suite", help="the full side-by-side comparison (make bench)")
+    add_common(s)
+    s.add_argument("--peers", default=",".join(PEERS),
+                   help="comma-separated peers (those not installed are skipped)")
+    s.add_argument("--only", default="", help="comma-separated suite items to run (default all)")
+    s.add_argument("--quick", action="store_true", help="small and short: a minute or two")
+    s.add_argument("--repeat", type=int, default=1, help="find-max ramps per item (median)")
+    s.add_argument("--out", default="", help="append every result as a JSON line to this file")
+    s.add_argument("--markdown", default="", help="write the comparison table to this file")
+    return ap
+
+
+def rate_params(a: argparse.Namespace, default_deliveries: float) -> dict[str, Any]:
+    return {
+        "deliveries": a.deliveries or (0.0 if a.rate else default_deliveries),
+        "rate": a.rate, "duration": a.duration, "find": a.find_max, "start": a.start,
+        "factor": a.factor, "ceiling": a.ceiling, "refine": a.refine, "probes": a.probes,
+    }
+
+
+def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """(item, workload, params) for the comparison table of issue 3."""
+    q = a.quick
+    ramp = {"find": True, "start": 10000.0 if q else 25000.0, "factor": 2.0 if q else 1.5,
+            "ceiling": 20e6, "refine": 0 if q else 2, "duration": 1.0 if q else 3.0,
+            "probes": 50, "rate": 0.0, "deliveries": 0.0}
+    n1, n2 = (50, 200) if q else (200, 1000)
+    return [
+        ("fanout200_max", "fanout", {"clients": n1, "senders": 10, "repeat": a.repeat, **ramp}),
+        ("fanout1000_max", "fanout", {"clients": n2, "senders": 10, "repeat": a.repeat, **ramp}),
+        ("fanout200_100k", "fanout", {
+            "clients": n1, "senders": 10, "repeat": 1, "find": False, "rate": 0.0,
+            "deliveries": 20000.0 if q else 100000.0, "duration": 2.0 if q else 10.0,
+            "start": 0.0, "factor": 1.0, "ceiling": 0.0, "refine": 0, "probes": 50}),
+        ("conns1000", "conns", {"clients": 300 if q else 1000, "timeout": 20.0}),
+        ("conns5000", "conns", {"clients": 1000 if q else 5000, "timeout": 20.0}),
+        ("conns10000", "conns", {"clients": 2000 if q else 10000, "timeout": 20.0}),
+        ("private100_max", "private", {"pairs": 20 if q else 100, **ramp}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    raise_nofile()
+    gen_core = pin_generator(a.gen_core)
+    meta = {"python": platform.python_version(), "loop": loop_name(), "gen_core": gen_core,
+            "server_core": a.server_core, "cpus": os.cpu_count(), "kernel": platform.release()}
+    common = {"pad": a.pad, "concurrency": a.concurrency}
+    if a.cmd != "suite":
+        if a.cmd == "fanout":
+            params = {"clients": a.clients, "senders": a.senders, "repeat": a.repeat,
+                      **rate_params(a, 100000.0), **common}
+        elif a.cmd == "private":
+            params = {"pairs": a.pairs, **rate_params(a, 50000.0), **common}
+        else:
+            params = {"clients": a.clients, "timeout": a.timeout, **common}
+        res = run_one(a, a.peer, a.cmd, params)
+        res["meta"] = meta
+        res["command"] = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+        if not a.json_only:
+            print_result(res)
+        print(json.dumps(res, separators=(",", ":")), flush=True)
+        return 1 if "error" in res else 0
+
+    peers = [p for p in a.peers.split(",") if p]
+    for p in peers:
+        if p not in PEERS:
+            raise SystemExit(f"unknown peer {p}")
+    skipped = [p for p in peers if not available(p)]
+    peers = [p for p in peers if available(p)]
+    if skipped:
+        log(f"not installed, skipped: {', '.join(skipped)}")
+    only = {x for x in a.only.split(",") if x}
+    results: list[dict[str, Any]] = []
+    t_start = time.time()
+    out = open(a.out, "a") if a.out else None
+    try:
+        for item, workload, params in suite_plan(a):
+            if only and item not in only:
+                continue
+            for peer in peers:
+                log(f"== {item} ({workload}) on {peer}")
+                res = run_one(a, peer, workload, {**params, **common})
+                res["item"] = item
+                res["meta"] = meta
+                results.append(res)
+                if not a.json_only:
+                    print_result(res)
+                line = json.dumps(res, separators=(",", ":"))
+                print(line, flush=True)
+                if out:
+                    out.write(line + "\n")
+                    out.flush()
+    finally:
+        if out:
+            out.close()
+    md = suite_markdown(results, meta, time.time() - t_start,
+                        "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(md)
+    if a.markdown:
+        Path(a.markdown).write_text(md)
+    return 0

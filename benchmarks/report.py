@@ -1,0 +1,196 @@
+"""Readable tables for one result and for a whole suite run."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .workloads import P99_LIMIT_MS
+
+
+def _f(v: Any, unit: str = "", digits: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}{unit}"
+    if isinstance(v, int):
+        return f"{v:,}{unit}"
+    return f"{v}{unit}"
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+
+def step_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("offered deliveries/s", _f(r["target_deliveries_s"])),
+        ("messages/s sent", _f(r["rate_msgs_s"])),
+        ("deliveries/s", _f(r["deliveries_s"])),
+        ("sent / expected / received", f"{r['sent']:,} / {r['expected']:,} / {r['received']:,}"),
+        ("loss", _f(r["loss"])),
+        ("latency p50 / p99 / max", f"{_f(r['p50_ms'], digits=2)} / {_f(r['p99_ms'], digits=2)} / "
+                                    f"{_f(r['max_ms'], digits=2)} ms ({r['latency_samples']:,} samples)"),
+        ("server CPU", f"{_f(r['server_cpu_pct'])} % of a core, "
+                       f"{_f(r['server_cpu_ms_per_1k'], digits=2)} ms per 1000 deliveries"),
+        ("server RSS", _f(r["server_rss_kb"], " kB")),
+        ("generator CPU", f"{_f(r['gen_cpu_pct'])} % of a core"
+                          + ("  <- the generator is the limit" if r["limit"] == "generator" else "")),
+        ("send lag max", _f(r["send_lag_max_ms"], " ms")),
+        ("disconnects / out of order", f"{r['disconnects']} / {r['disorder']}"),
+        ("verdict", ("PASS" if r["passed"] else "FAIL") + f" (p99 ≤ {P99_LIMIT_MS:.0f} ms, no loss)"),
+    ]
+
+
+def print_result(res: dict[str, Any]) -> None:
+    """A human table for one workload result (the JSON line follows it)."""
+    head = f"{res['workload']} on {res['peer']} ({res.get('version', '?')})"
+    print(head)
+    print("-" * len(head))
+    rows: list[tuple[str, str]] = []
+    if "login" in res:
+        lg = res["login"]
+        rows.append(("logged in", f"{lg['logged_in']:,}/{lg['requested']:,} in "
+                                  f"{lg['login_time_s']} s" + (f", errors {lg['errors']}"
+                                                               if lg["errors"] else "")))
+    if res["workload"] == "conns":
+        rows += [
+            ("all logged in after", _f(res.get("all_logged_in_s"), " s", 2)),
+            ("server RSS base / after", f"{_f(res.get('server_rss_base_kb'), ' kB')} / "
+                                        f"{_f(res.get('server_rss_kb'), ' kB')}"),
+            ("RSS per connection", _f(res.get("rss_per_conn_kb"), " kB", 2)),
+            ("server CPU for the logins", _f(res.get("server_cpu_login_s"), " s", 2)),
+            ("generator CPU during logins", _f(res.get("gen_cpu_login_pct"), " %")),
+        ]
+        b = res.get("broadcast")
+        if b:
+            rows += [
+                ("broadcast received", f"{b['received']:,}/{b['expected']:,}"),
+                ("broadcast p50 / p99 / max", f"{_f(b['p50_ms'], digits=2)} / "
+                                              f"{_f(b['p99_ms'], digits=2)} / "
+                                              f"{_f(b['max_ms'], digits=2)} ms"),
+            ]
+    elif "max_deliveries_s" in res:
+        rows.append(("max deliveries/s", _f(res["max_deliveries_s"])
+                     + (f"  (runs: {res['max_runs']})" if len(res.get("max_runs", [])) > 1 else "")))
+        rows.append(("what stopped the ramp", str(res.get("limit"))))
+        if res.get("at_max"):
+            rows += [("  at max: " + k, v) for k, v in step_rows(res["at_max"])]
+    elif "deliveries_s" in res:
+        rows += step_rows(res)
+    if res.get("error"):
+        rows.append(("ERROR", res["error"]))
+    if res.get("server_died"):
+        rows.append(("SERVER DIED", res["server_died"].replace("\n", " | ")[-300:]))
+    rows.append(("wall time", f"{res['wall_s']} s"))
+    print(_kv(rows))
+
+
+def _by(results: list[dict[str, Any]], item: str) -> dict[str, dict[str, Any]]:
+    return {r["peer"]: r for r in results if r.get("item") == item}
+
+
+def _max_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if r.get("error"):
+        return f"error: {r['error'][:60]}"
+    best = r.get("at_max") or {}
+    gen = " (generator at its limit)" if "generator" in str(r.get("limit")) else ""
+    cell = f"{r['max_deliveries_s'] / 1000:,.0f} k{gen}"
+    if best:
+        cell += f"; p99 {_f(best.get('p99_ms'), ' ms')}, srv {_f(best.get('server_cpu_pct'))}%"
+    return cell
+
+
+def _cpu_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if r.get("error"):
+        return f"error: {r['error'][:60]}"
+    ok = "" if r.get("passed") else f" (FAIL: loss {r.get('loss')})"
+    return f"{_f(r.get('server_cpu_ms_per_1k'), ' ms', 2)}{ok}"
+
+
+def _p99_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    if r.get("error"):
+        return f"error: {r['error'][:60]}"
+    return f"{_f(r.get('p99_ms'), ' ms', 2)} (p50 {_f(r.get('p50_ms'), ' ms', 2)})"
+
+
+def _conns_cell(r: dict[str, Any] | None, timeout: str = "20") -> str:
+    if r is None:
+        return "not run"
+    lg = r.get("login")
+    if not lg:
+        return f"error: {r.get('error', '?')[:60]}"
+    if lg["logged_in"] == lg["requested"]:
+        cell = f"all ({lg['all_logged_in_s']:.1f} s)"
+    else:
+        cell = f"{lg['logged_in']:,} in {timeout} s"
+    b = r.get("broadcast")
+    if b and b.get("p99_ms") is not None:
+        cell += f"; broadcast p99 {b['p99_ms']:.0f} ms"
+        if b.get("loss"):
+            cell += f", lost {b['loss']}"
+    return cell
+
+
+def _rss_cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "not run"
+    v = r.get("rss_per_conn_kb")
+    return "—" if v is None else f"{v:.1f} kB"
+
+
+def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: float,
+                   command: str) -> str:
+    """The side-by-side table of issue 3, from one suite run."""
+    peers: list[str] = []
+    for r in results:
+        if r["peer"] not in peers:
+            peers.append(r["peer"])
+    f200, f1000 = _by(results, "fanout200_max"), _by(results, "fanout1000_max")
+    fx = _by(results, "fanout200_100k")
+    c1, c5, c10 = _by(results, "conns1000"), _by(results, "conns5000"), _by(results, "conns10000")
+    pv = _by(results, "private100_max")
+
+    def n_of(d: dict[str, dict[str, Any]], key: str, default: str) -> str:
+        for r in d.values():
+            return str(r["params"].get(key, default))
+        return default
+
+    rows = [
+        (f"fan-out, {n_of(f200, 'clients', '200')} clients, max deliveries/s "
+         "(p99 ≤ 200 ms, no loss)", f200, _max_cell),
+        (f"fan-out, {n_of(f1000, 'clients', '1000')} clients, same", f1000, _max_cell),
+        (f"server CPU per 1,000 deliveries at {float(n_of(fx, 'deliveries', '0')) / 1000:.0f} k "
+         f"deliveries/s ({n_of(fx, 'clients', '200')} clients)", fx, _cpu_cell),
+        (f"p99 latency at {float(n_of(fx, 'deliveries', '0')) / 1000:.0f} k deliveries/s", fx,
+         _p99_cell),
+        (f"{n_of(c5, 'clients', '5000')} clients logging in to one room (20 s allowed)", c5,
+         _conns_cell),
+        (f"{n_of(c10, 'clients', '10000')} clients logging in to one room (20 s allowed)", c10,
+         _conns_cell),
+        (f"RSS per logged-in connection ({n_of(c1, 'clients', '1000')} clients)", c1, _rss_cell),
+        (f"RSS per logged-in connection ({n_of(c10, 'clients', '10000')} clients)", c10, _rss_cell),
+        (f"private messages, {n_of(pv, 'pairs', '100')} pairs, max deliveries/s", pv, _max_cell),
+    ]
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, {wall / 60:.1f} min; `{command}`; "
+        f"Python {meta['python']}, {meta['loop']}, generator on core {meta['gen_core']}, "
+        f"server on core {meta['server_core']}, kernel {meta['kernel']}.",
+        "",
+        "| workload | " + " | ".join(peers) + " |",
+        "|---|" + "---|" * len(peers),
+    ]
+    for label, d, cell in rows:
+        if not d:
+            continue
+        lines.append(f"| {label} | " + " | ".join(cell(d.get(p)) for p in peers) + " |")
+    vers = {r["peer"]: r.get("version", "?") for r in results}
+    lines += ["", "Versions: " + "; ".join(f"{p}: {v}" for p, v in vers.items()) + "."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,513 @@
+"""The workloads: fanout, conns, private; and the find-max ramp.
+
+A workload runs inside one asyncio loop (uvloop when installed) in the
+generator process, which is pinned to its own core. Sending is open-loop: a
+1 ms tick sends every message whose scheduled time has come, whatever the
+server is doing, so a slow server shows up as latency and loss rather than as
+a generator that politely waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .client import BenchClient, ChatservClient, IrcClient, Phase, make_text, now_us
+from .procstat import CpuWindow, rss_bytes
+
+# A step passes when p99 latency is at most this and nothing was lost.
+P99_LIMIT_MS = 200.0
+# Generator CPU (fraction of its core) from which the generator, not the
+# server, is taken to be the limit of a step.
+GEN_BOUND = 0.90
+# Logins in flight while setting up fanout and private rooms.
+SETUP_CONCURRENCY = 8
+
+
+@dataclass
+class Target:
+    """Where the server under test listens, and how its clients log in."""
+
+    peer: str
+    port: int
+    pid: int | None
+    irc: bool
+    password: str | None = None
+    host: str = "127.0.0.1"
+    features: tuple[str, ...] = ("presence",)
+
+    def factory(self, join: bool = True) -> Callable[[int, asyncio.AbstractEventLoop], BenchClient]:
+        if self.irc:
+            pw, j = self.password, join
+            return lambda i, loop: IrcClient(i, loop, pw, join=j)
+        feats = self.features
+        return lambda i, loop: ChatservClient(i, loop, feats)
+
+
+@dataclass
+class StepResult:
+    """One measured interval at one offered rate."""
+
+    target_deliveries_s: float
+    rate_msgs_s: float
+    duration_s: float
+    sent: int
+    expected: int
+    received: int
+    loss: int
+    deliveries_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    latency_samples: int
+    disorder: int
+    server_cpu_s: float
+    server_cpu_pct: float
+    server_cpu_ms_per_1k: float | None
+    gen_cpu_pct: float
+    send_lag_max_ms: float
+    server_rss_kb: int | None
+    disconnects: int
+    passed: bool = False
+    limit: str = ""
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_vals: list[int], q: float) -> float | None:
+    """Nearest-rank percentile of µs samples, in ms."""
+    if not sorted_vals:
+        return None
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q * len(sorted_vals)) - 1))
+    return round(sorted_vals[k] / 1000.0, 3)
+
+
+def pick_probes(n: int, k: int) -> set[int]:
+    """k indices spread evenly over 0..n-1 (all when k is 0 or >= n)."""
+    if k <= 0 or k >= n:
+        return set(range(n))
+    if k == 1:
+        return {n - 1}
+    return {round(i * (n - 1) / (k - 1)) for i in range(k)}
+
+
+async def connect_clients(
+    target: Target,
+    count: int,
+    *,
+    start: int = 0,
+    join: bool = True,
+    concurrency: int = 0,
+    timeout: float = 60.0,
+) -> tuple[list[BenchClient], dict[str, Any]]:
+    """Open ``count`` connections and log each in; return the logged-in ones.
+
+    ``concurrency`` caps the logins in flight (0: all at once, a storm).
+    Clients not logged in after ``timeout`` are closed and counted as failed.
+    """
+    loop = asyncio.get_running_loop()
+    make = target.factory(join)
+    sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+    clients: list[BenchClient | None] = [None] * count
+    errors: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        async def go() -> None:
+            _, proto = await loop.create_connection(lambda: make(start + i, loop),
+                                                    target.host, target.port)
+            assert isinstance(proto, BenchClient)
+            clients[i] = proto
+            await proto.logged
+
+        try:
+            if sem is None:
+                await go()
+            else:
+                async with sem:
+                    await go()
+        except Exception as e:  # noqa: BLE001 - every failure is counted, by kind
+            key = type(e).__name__ + (": " + str(e)[:80] if str(e) else "")
+            errors[key] = errors.get(key, 0) + 1
+
+    t0 = time.monotonic()
+    tasks = [loop.create_task(one(i)) for i in range(count)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for t in pending:
+        t.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=5)
+    ok = [c for c in clients if c is not None and c.logged.done() and not c.logged.cancelled()
+          and c.logged.exception() is None]
+    ok_ids = {id(c) for c in ok}
+    for c in clients:
+        if c is not None and id(c) not in ok_ids and c.transport is not None:
+            c.transport.close()
+    last = max((c.login_t for c in ok), default=t0)
+    stats = {
+        "requested": count,
+        "logged_in": len(ok),
+        "login_time_s": round(last - t0, 3),
+        "all_logged_in_s": round(last - t0, 3) if len(ok) == count else None,
+        "timed_out": len(pending),
+        "errors": errors,
+    }
+    return ok, stats
+
+
+async def wait_quiet(clients: list[BenchClient], quiet: float = 0.3, limit: float = 10.0) -> float:
+    """Wait until no client has received anything for ``quiet`` s (at most ``limit`` s)."""
+    t0 = time.monotonic()
+    last_total = -1
+    last_change = t0
+    while True:
+        await asyncio.sleep(0.05)
+        total = sum(c.rx_bytes for c in clients)
+        now = time.monotonic()
+        if total != last_total:
+            last_total, last_change = total, now
+        elif now - last_change >= quiet:
+            return now - t0
+        if now - t0 >= limit:
+            return now - t0
+
+
+# A route is (sender, recipients per message, private recipient name or None).
+Route = tuple[BenchClient, str | None]
+
+
+class Runner:
+    """Runs measured steps over one set of logged-in clients."""
+
+    def __init__(self, target: Target, clients: list[BenchClient], routes: list[Route],
+                 per_msg: int, probes: set[int], pad: int) -> None:
+        self.target = target
+        self.clients = clients
+        self.routes = routes
+        self.per_msg = per_msg
+        self.probes = probes
+        self.pad = "x" * max(0, pad)
+        self.step_no = 0
+
+    async def step(self, deliveries_s: float, duration: float, drain: float = 2.0) -> StepResult:
+        """Offer ``deliveries_s`` for ``duration`` s and measure what arrives."""
+        rate = deliveries_s / self.per_msg
+        total = max(1, int(round(rate * duration)))
+        self.step_no += 1
+        step = self.step_no
+        phase = Phase(step)
+        for i, c in enumerate(self.clients):
+            c.set_phase(phase, i in self.probes)
+        routes = self.routes
+        nroutes = len(routes)
+        seqs = [0] * nroutes
+        pad = self.pad
+        cpu = CpuWindow(self.target.pid)
+        lag_max = 0.0
+        cpu.start()
+        t0 = time.monotonic()
+        sent = 0
+        # Open loop: message n is due at t0 + n / rate, whatever came back.
+        while sent < total:
+            now = time.monotonic()
+            due = min(total, int((now - t0) * rate) + 1)
+            if due > sent:
+                lag = now - (t0 + sent / rate)
+                if lag > lag_max:
+                    lag_max = lag
+                t_us = now_us()
+                while sent < due:
+                    r = sent % nroutes
+                    client, to = routes[r]
+                    text = make_text(step, t_us, r, seqs[r], pad)
+                    seqs[r] += 1
+                    tr = client.transport
+                    if tr is not None and not tr.is_closing():
+                        tr.write(client.private_line(to, text) if to else client.room_line(text))
+                    sent += 1
+            await asyncio.sleep(0.001)
+        send_time = max(time.monotonic() - t0, duration, 1e-3)
+        expected = sent * self.per_msg
+        end = time.monotonic() + drain
+        received = 0
+        while time.monotonic() < end:
+            received = sum(c.count for c in self.clients)
+            if received >= expected:
+                break
+            await asyncio.sleep(0.005)
+        cpu.stop()
+        received = sum(c.count for c in self.clients)
+        for c in self.clients:
+            c.set_phase(None, False)
+        lat = sorted(phase.lat)
+        disconnects = sum(1 for c in self.clients if c.lost_conn)
+        delivered = min(received, expected)
+        pid = self.target.pid
+        res = StepResult(
+            target_deliveries_s=round(deliveries_s),
+            rate_msgs_s=round(rate, 1),
+            duration_s=round(send_time, 3),
+            sent=sent,
+            expected=expected,
+            received=received,
+            loss=expected - received,
+            deliveries_s=round(delivered / send_time),
+            p50_ms=percentile(lat, 0.50),
+            p99_ms=percentile(lat, 0.99),
+            max_ms=percentile(lat, 1.0),
+            latency_samples=len(lat),
+            disorder=phase.disorder,
+            server_cpu_s=round(cpu.server, 3),
+            server_cpu_pct=round(100 * cpu.server / cpu.wall, 1),
+            server_cpu_ms_per_1k=(round(1000 * cpu.server / (delivered / 1000), 3)
+                                  if delivered else None),
+            gen_cpu_pct=round(100 * cpu.gen / cpu.wall, 1),
+            send_lag_max_ms=round(lag_max * 1000, 1),
+            server_rss_kb=(rss_bytes(pid) // 1024) if pid else None,
+            disconnects=disconnects,
+        )
+        res.passed = (res.loss <= 0 and disconnects == 0 and res.p99_ms is not None
+                      and res.p99_ms <= P99_LIMIT_MS)
+        res.limit = limit_of(res)
+        return res
+
+
+def limit_of(r: StepResult) -> str:
+    """Who was saturated during a step: 'generator', 'server' or ''."""
+    if r.gen_cpu_pct >= 100 * GEN_BOUND:
+        return "generator"
+    if r.server_cpu_pct >= 100 * GEN_BOUND:
+        return "server"
+    return ""
+
+
+@dataclass
+class RampResult:
+    steps: list[StepResult] = field(default_factory=list)
+    best: StepResult | None = None
+    first_fail: StepResult | None = None
+
+
+async def find_max(runner: Runner, start: float, factor: float, duration: float,
+                   ceiling: float, refine: int, log: Callable[[str], None]) -> RampResult:
+    """Ramp the offered deliveries/s geometrically until a step fails, then bisect."""
+    out = RampResult()
+    rate = start
+    lo: float | None = None
+    hi: float | None = None
+    while rate <= ceiling:
+        r = await runner.step(rate, duration)
+        out.steps.append(r)
+        log(step_line(r))
+        await wait_quiet(runner.clients)
+        if r.disconnects:
+            hi = rate
+            out.first_fail = r
+            break
+        if r.passed:
+            lo = rate
+            if out.best is None or r.deliveries_s > out.best.deliveries_s:
+                out.best = r
+            rate *= factor
+        else:
+            hi = rate
+            out.first_fail = r
+            break
+    for _ in range(refine):
+        if lo is None or hi is None or (out.first_fail and out.first_fail.disconnects):
+            break
+        mid = math.sqrt(lo * hi)
+        r = await runner.step(mid, duration)
+        out.steps.append(r)
+        log(step_line(r))
+        await wait_quiet(runner.clients)
+        if r.disconnects:
+            break
+        if r.passed:
+            lo = mid
+            if out.best is None or r.deliveries_s > out.best.deliveries_s:
+                out.best = r
+        else:
+            hi = mid
+    return out
+
+
+def step_line(r: StepResult) -> str:
+    """One line per ramp step, for the progress log."""
+    return (f"  offered {r.target_deliveries_s:>9,}/s  got {r.deliveries_s:>9,}/s  "
+            f"loss {r.loss:>7}  p50 {fmt(r.p50_ms)} p99 {fmt(r.p99_ms)} max {fmt(r.max_ms)} ms  "
+            f"srv {r.server_cpu_pct:5.1f}%  gen {r.gen_cpu_pct:5.1f}%  "
+            f"{'PASS' if r.passed else 'FAIL'} {r.limit}")
+
+
+def fmt(v: float | None) -> str:
+    return "   -  " if v is None else f"{v:6.1f}"
+
+
+async def close_all(clients: list[BenchClient]) -> None:
+    """Close our connections and give the loop a moment to send the FINs."""
+    for c in clients:
+        if c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------
+# workloads
+
+
+async def fanout(target: Target, *, clients: int, senders: int, deliveries: float,
+                 rate: float, duration: float, find: bool, start: float, factor: float, ceiling: float,
+                 refine: int, repeat: int, probes: int, pad: int, concurrency: int,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """N clients in one room, S of them sending at an aggregate open-loop rate."""
+    # Setup is not what is measured: a few logins in flight at a time keep
+    # small listen backlogs (ngircd's is 10) from costing SYN retries.
+    cl, login = await connect_clients(target, clients, concurrency=concurrency or SETUP_CONCURRENCY)
+    if len(cl) < clients:
+        await close_all(cl)
+        return {"error": "not every client logged in", "login": login}
+    gc.freeze()
+    senders = max(1, min(senders, len(cl)))
+    # Senders spread over the join order, like probes, so neither end of
+    # the server's member list is favoured.
+    sidx = sorted(pick_probes(len(cl), senders))
+    routes: list[Route] = [(cl[i], None) for i in sidx]
+    # IRC servers do not echo a channel message to its sender; chatserv does.
+    per_msg = len(cl) - 1 if target.irc else len(cl)
+    deliveries = deliveries or rate * per_msg
+    runner = Runner(target, cl, routes, per_msg, pick_probes(len(cl), probes), pad)
+    # Warm-up: flushes pending presence frames and the server's cold paths.
+    await runner.step(min(deliveries or start, start), 0.5)
+    await wait_quiet(cl)
+    result: dict[str, Any] = {"login": login, "senders": senders, "recipients_per_msg": per_msg}
+    if find:
+        bests: list[StepResult] = []
+        ramps: list[dict[str, Any]] = []
+        for i in range(repeat):
+            log(f" ramp {i + 1}/{repeat}")
+            ramp = await find_max(runner, start, factor, duration, ceiling, refine, log)
+            ramps.append({
+                "best": ramp.best.row() if ramp.best else None,
+                "first_fail": ramp.first_fail.row() if ramp.first_fail else None,
+                "steps": [s.row() for s in ramp.steps],
+            })
+            if ramp.best:
+                bests.append(ramp.best)
+            if ramp.first_fail and ramp.first_fail.disconnects:
+                break
+        bests.sort(key=lambda r: r.deliveries_s)
+        med = bests[len(bests) // 2] if bests else None
+        fails = [r["first_fail"] for r in ramps if r["first_fail"]]
+        result.update({
+            "max_deliveries_s": med.deliveries_s if med else 0,
+            "max_runs": [b.deliveries_s for b in bests],
+            "at_max": med.row() if med else None,
+            "limit": ramp_limit(med, fails),
+            "ramps": ramps,
+        })
+    else:
+        r = await runner.step(deliveries, duration)
+        log(step_line(r))
+        result.update(r.row())
+    await close_all(cl)
+    return result
+
+
+def ramp_limit(best: StepResult | None, fails: list[dict[str, Any]]) -> str:
+    """What stopped the ramp: the generator's CPU, the server, or the ceiling."""
+    if not fails:
+        return "ceiling (no step failed)"
+    f = fails[-1]
+    why = []
+    if f["disconnects"]:
+        why.append(f"{f['disconnects']} disconnects")
+    if f["loss"] > 0:
+        why.append(f"loss {f['loss']}")
+    if f["p99_ms"] is None or f["p99_ms"] > P99_LIMIT_MS:
+        why.append(f"p99 {f['p99_ms']} ms")
+    who = f["limit"] or "neither saturated"
+    if best is not None and best.limit == "generator":
+        who = "generator"
+    return f"{who} ({', '.join(why)})"
+
+
+async def private(target: Target, *, pairs: int, deliveries: float, rate: float,
+                  duration: float, find: bool,
+                  start: float, factor: float, ceiling: float, refine: int, probes: int, pad: int,
+                  concurrency: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Pairs of clients sending private messages to each other."""
+    n = 2 * pairs
+    cl, login = await connect_clients(target, n, join=False,
+                                      concurrency=concurrency or SETUP_CONCURRENCY)
+    if len(cl) < n:
+        await close_all(cl)
+        return {"error": "not every client logged in", "login": login}
+    gc.freeze()
+    cl.sort(key=lambda c: c.idx)
+    routes: list[Route] = [(c, cl[i ^ 1].name) for i, c in enumerate(cl)]
+    deliveries = deliveries or rate
+    runner = Runner(target, cl, routes, 1, pick_probes(n, probes), pad)
+    await runner.step(min(deliveries or start, start), 0.5)
+    await wait_quiet(cl)
+    result: dict[str, Any] = {"login": login, "pairs": pairs}
+    if find:
+        ramp = await find_max(runner, start, factor, duration, ceiling, refine, log)
+        result.update({
+            "max_deliveries_s": ramp.best.deliveries_s if ramp.best else 0,
+            "at_max": ramp.best.row() if ramp.best else None,
+            "limit": ramp_limit(ramp.best, [ramp.first_fail.row()] if ramp.first_fail else []),
+            "steps": [s.row() for s in ramp.steps],
+        })
+    else:
+        r = await runner.step(deliveries, duration)
+        log(step_line(r))
+        result.update(r.row())
+    await close_all(cl)
+    return result
+
+
+async def conns(target: Target, *, clients: int, timeout: float, concurrency: int, pad: int,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """A login storm into one room, then one broadcast to everyone."""
+    pid = target.pid
+    rss0 = rss_bytes(pid) if pid else None
+    cpu = CpuWindow(pid)
+    cpu.start()
+    cl, login = await connect_clients(target, clients, concurrency=concurrency, timeout=timeout)
+    cpu.stop()
+    log(f"  {login['logged_in']}/{clients} logged in, last at {login['login_time_s']} s")
+    gc.freeze()
+    # Membership pushes are coalesced over a window of up to 2 s; RSS is
+    # read once they are out, so it is the steady cost of a connection.
+    await wait_quiet(cl, quiet=0.5, limit=15)
+    rss1 = rss_bytes(pid) if pid else None
+    result: dict[str, Any] = {
+        "login": login,
+        "logged_in": login["logged_in"],
+        "all_logged_in_s": login["all_logged_in_s"],
+        "server_cpu_login_s": round(cpu.server, 3),
+        "gen_cpu_login_pct": round(100 * cpu.gen / cpu.wall, 1),
+        "server_rss_base_kb": rss0 // 1024 if rss0 is not None else None,
+        "server_rss_kb": rss1 // 1024 if rss1 is not None else None,
+        "rss_per_conn_kb": (round((rss1 - rss0) / 1024 / len(cl), 2)
+                            if rss0 is not None and rss1 is not None and cl else None),
+    }
+    if cl:
+        sender = cl[0]
+        runner = Runner(target, cl, [(sender, None)], len(cl) - 1 if target.irc else len(cl),
+                        set(range(len(cl))), pad)
+        # One message, every client a probe: deliveries/s here is meaningless,
+        # the latency spread across the whole room is the figure.
+        r = await runner.step(1.0, 0.0, drain=10.0)
+        log(f"  broadcast to {r.expected}: got {r.received}, p50 {r.p50_ms} p99 {r.p99_ms} "
+            f"max {r.max_ms} ms")
+        result["broadcast"] = {k: getattr(r, k) for k in (
+            "expected", "received", "loss", "p50_ms", "p99_ms", "max_ms", "disconnects")}
+    await close_all(cl)
+    return result
