@@ -104,6 +104,8 @@ class ChatProtocol(LineReceiver):
 
     delimiter = b"\n"
     factory: ChatFactory
+    # A TCP or TLS transport: it is also an IProducer consumer and can abort.
+    transport: Any
 
     def __init__(self) -> None:
         self.session: Session | None = None
@@ -481,7 +483,7 @@ def _describe(address: IAddress) -> str:
 class ChatFactory(Factory):
     """Builds :class:`ChatProtocol` connections onto one hub."""
 
-    protocol = ChatProtocol
+    protocol = ChatProtocol  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, hub: Hub, clock: IReactorTime, limits: Limits | None = None) -> None:

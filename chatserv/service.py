@@ -47,7 +47,7 @@ class ChatServer(Service):
     how tests learn the port behind ``tcp:0``.
     """
 
-    name = "chat-server"
+    name = "chat-server"  # type: ignore[assignment]
 
     def __init__(self, config: ServerConfig, reactor: Any, store: MessageLog | None = None) -> None:
         self.config = config
