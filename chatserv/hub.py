@@ -61,6 +61,11 @@ class ChatMessage:
     text: str
     room: str | None = None
     recipient: str | None = None
+    #: The message this one answers: ``{"id", "from", "msg"}`` (``id`` absent when
+    #: unknown); set by the Telegram bridge, see docs/PROTOCOL.md.
+    reply_to: dict[str, Any] | None = None
+    #: The id of the message this one corrects (a Telegram edit), when known.
+    edit_of: int | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -178,12 +183,21 @@ class Hub:
 
     # -- sessions ---------------------------------------------------------
 
-    def login(self, participant: Participant, name: object) -> Session:
-        """Bring *name* online in the room ``general``; raise if it may not be."""
-        try:
-            name = check_name(name)
-        except BadName as e:
-            raise InvalidName(str(e)) from None
+    def login(self, participant: Participant, name: object, *, trusted: bool = False) -> Session:
+        """Bring *name* online in the room ``general``; raise if it may not be.
+
+        *trusted* is for in-process participants (the Telegram bridge): their
+        names skip the client name rules, so they may hold a space ("Luis (TG)")
+        and no client can ever claim or impersonate them.
+        """
+        if trusted:
+            if not isinstance(name, str) or not name.strip() or not name.isprintable():
+                raise InvalidName("nombre vacío o con caracteres de control")
+        else:
+            try:
+                name = check_name(name)
+            except BadName as e:
+                raise InvalidName(str(e)) from None
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
@@ -303,10 +317,21 @@ class Hub:
 
     # -- messages ---------------------------------------------------------
 
-    def broadcast(self, session: Session, text: str, room_name: str | None = None) -> ChatMessage:
+    def broadcast(
+        self,
+        session: Session,
+        text: str,
+        room_name: str | None = None,
+        *,
+        reply_to: dict[str, Any] | None = None,
+        edit_of: int | None = None,
+    ) -> ChatMessage:
         """Post *text* to a room the session is in (``general`` by default)."""
         room = self.member_room(session, room_name)
-        message = ChatMessage(self._take_id(), self.clock.seconds(), session.name, text, room=room.name)
+        message = ChatMessage(
+            self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
+            reply_to=reply_to, edit_of=edit_of,
+        )
         self._commit(message, self._deliver_to_room)
         return message
 

@@ -61,6 +61,10 @@ def message_object(message: ChatMessage) -> dict[str, Any]:
             "from": message.sender,
             "msg": message.text,
         }
+        if message.reply_to is not None:
+            obj["reply_to"] = message.reply_to
+        if message.edit_of is not None:
+            obj["edit_of"] = message.edit_of
     return obj
 
 
