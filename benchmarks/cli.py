@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -81,9 +82,10 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
     else:
         srv = start_server(peer, core=args.server_core, users=users, chatserv_args=extra)
         target = workloads.Target(peer=peer, port=srv.port, pid=srv.pid, irc=srv.irc,
-                                  password=srv.password or args.irc_pass)
+                                  password=srv.password or args.irc_pass, db=srv.db_path())
     if args.no_presence:
         target.features = ()
+    spy = start_py_spy(args.py_spy, target.pid) if args.py_spy else None
     func: Callable[..., Awaitable[dict[str, Any]]] = getattr(workloads, workload)
     t0 = time.time()
     try:
@@ -95,6 +97,8 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
     except (OSError, RuntimeError) as e:
         res, error = {}, f"{type(e).__name__}: {e}"
     finally:
+        if spy is not None:
+            stop_py_spy(spy)
         alive = srv.alive() if srv else True
         tail = srv.log_tail(15) if srv and not alive else ""
         if srv:
@@ -109,6 +113,30 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
     if not alive:
         out["server_died"] = tail
     return out
+
+
+def start_py_spy(out: str, pid: int | None) -> subprocess.Popen[bytes] | None:
+    """Sample the server with py-spy (Python servers only) for the whole workload."""
+    exe = Path(sys.executable).with_name("py-spy")
+    if pid is None or not exe.exists():
+        log("py-spy: not installed next to the interpreter, or no server PID; not profiling")
+        return None
+    # --nonblocking: do not pause the server to sample it, so the profile
+    # does not change the latency being measured.
+    cmd = [str(exe), "record", "--pid", str(pid), "--rate", "250", "--nonblocking",
+           "--format", "raw" if out.endswith(".txt") else "speedscope", "--output", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc
+
+
+def stop_py_spy(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -133,6 +161,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=float, default=600.0,
                    help="hard limit on one workload's run time, s")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    p.add_argument("--py-spy", metavar="OUT", default="",
+                   help="profile the server with py-spy during the workload (OUT.txt: collapsed "
+                        "stacks, else speedscope JSON)")
 
 
 def add_rate(p: argparse.ArgumentParser, dflt_deliveries: float) -> None:

@@ -149,6 +149,17 @@ class Server:
     password: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
+    def db_path(self) -> Path | None:
+        """chatserv's SQLite file, to count stored messages (None for other peers)."""
+        if self.peer != "chatserv":
+            return None
+        db = next((a.split("=", 1)[1] for a in self.cmd if a.startswith("--db=")), None)
+        if db is None and "--db" in self.cmd:
+            db = self.cmd[len(self.cmd) - 1 - self.cmd[::-1].index("--db") + 1]
+        if not db or db == ":memory:" or "://" in db:
+            return None
+        return Path(db)
+
     @property
     def pid(self) -> int:
         return self.proc.pid
@@ -207,8 +218,9 @@ def start_server(
     if peer == "chatserv":
         cmd = [
             twistd_path(), "-n", "--pidfile=", f"--logfile={workdir}/twistd.log",
-            "chatserv", "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
-            "--rate-limit", "0", *(chatserv_args or []),
+            "chatserv", "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--rate-limit", "0", "--db", str(workdir / "chatserv.sqlite3"),
+            *(chatserv_args or []),
         ]
     elif peer == "words":
         tac = workdir / "words_bench.tac"

@@ -39,6 +39,8 @@ def step_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
                           + ("  <- the generator is the limit" if r["limit"] == "generator" else "")),
         ("send lag max", _f(r["send_lag_max_ms"], " ms")),
         ("disconnects / out of order", f"{r['disconnects']} / {r['disorder']}"),
+        ("stored messages/s (backlog)", "—" if r.get("stored_s") is None
+         else f"{r['stored_s']:,} ({r['store_backlog']:,} not yet stored at the end)"),
         ("verdict", ("PASS" if r["passed"] else "FAIL") + f" (p99 ≤ {P99_LIMIT_MS:.0f} ms, no loss)"),
     ]
 

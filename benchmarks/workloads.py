@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .client import BenchClient, ChatservClient, IrcClient, Phase, make_text, now_us
@@ -25,8 +27,12 @@ P99_LIMIT_MS = 200.0
 # Generator CPU (fraction of its core) from which the generator, not the
 # server, is taken to be the limit of a step.
 GEN_BOUND = 0.90
-# Logins in flight while setting up fanout and private rooms.
-SETUP_CONCURRENCY = 8
+# Logins in flight while setting up fanout and private rooms (setup is not
+# measured): ngircd's listen backlog is 10, so more in flight costs it SYN
+# retries; InspIRCd completes registrations only on a once-a-second tick, so
+# it needs many in flight.
+SETUP_CONCURRENCY = {"ngircd": 10, "inspircd": 2000}
+SETUP_CONCURRENCY_DEFAULT = 64
 
 
 @dataclass
@@ -40,6 +46,21 @@ class Target:
     password: str | None = None
     host: str = "127.0.0.1"
     features: tuple[str, ...] = ("presence",)
+    db: Path | None = None
+
+    def stored(self) -> int | None:
+        """Messages in chatserv's SQLite store now (None when not measurable)."""
+        if self.db is None or not self.db.exists():
+            return None
+        try:
+            # Read-only and WAL: this reader does not block the server's commits.
+            con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=2)
+            try:
+                return int(con.execute("SELECT count(*) FROM messages").fetchone()[0])
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return None
 
     def factory(self, join: bool = True) -> Callable[[int, asyncio.AbstractEventLoop], BenchClient]:
         if self.irc:
@@ -73,6 +94,8 @@ class StepResult:
     send_lag_max_ms: float
     server_rss_kb: int | None
     disconnects: int
+    stored_s: float | None = None
+    store_backlog: int | None = None
     passed: bool = False
     limit: str = ""
 
@@ -86,6 +109,10 @@ def percentile(sorted_vals: list[int], q: float) -> float | None:
         return None
     k = max(0, min(len(sorted_vals) - 1, math.ceil(q * len(sorted_vals)) - 1))
     return round(sorted_vals[k] / 1000.0, 3)
+
+
+def setup_concurrency(target: Target) -> int:
+    return SETUP_CONCURRENCY.get(target.peer, SETUP_CONCURRENCY_DEFAULT)
 
 
 def pick_probes(n: int, k: int) -> set[int]:
@@ -209,6 +236,7 @@ class Runner:
         pad = self.pad
         cpu = CpuWindow(self.target.pid)
         lag_max = 0.0
+        stored0 = self.target.stored()
         cpu.start()
         t0 = time.monotonic()
         sent = 0
@@ -242,6 +270,7 @@ class Runner:
             await asyncio.sleep(0.005)
         cpu.stop()
         received = sum(c.count for c in self.clients)
+        stored1 = self.target.stored() if stored0 is not None else None
         for c in self.clients:
             c.set_phase(None, False)
         lat = sorted(phase.lat)
@@ -271,6 +300,9 @@ class Runner:
             server_rss_kb=(rss_bytes(pid) // 1024) if pid else None,
             disconnects=disconnects,
         )
+        if stored0 is not None and stored1 is not None:
+            res.stored_s = round((stored1 - stored0) / send_time)
+            res.store_backlog = sent - (stored1 - stored0)
         res.passed = (res.loss <= 0 and disconnects == 0 and res.p99_ms is not None
                       and res.p99_ms <= P99_LIMIT_MS)
         res.limit = limit_of(res)
@@ -368,7 +400,7 @@ async def fanout(target: Target, *, clients: int, senders: int, deliveries: floa
     """N clients in one room, S of them sending at an aggregate open-loop rate."""
     # Setup is not what is measured: a few logins in flight at a time keep
     # small listen backlogs (ngircd's is 10) from costing SYN retries.
-    cl, login = await connect_clients(target, clients, concurrency=concurrency or SETUP_CONCURRENCY)
+    cl, login = await connect_clients(target, clients, concurrency=concurrency or setup_concurrency(target))
     if len(cl) < clients:
         await close_all(cl)
         return {"error": "not every client logged in", "login": login}
@@ -444,7 +476,7 @@ async def private(target: Target, *, pairs: int, deliveries: float, rate: float,
     """Pairs of clients sending private messages to each other."""
     n = 2 * pairs
     cl, login = await connect_clients(target, n, join=False,
-                                      concurrency=concurrency or SETUP_CONCURRENCY)
+                                      concurrency=concurrency or setup_concurrency(target))
     if len(cl) < n:
         await close_all(cl)
         return {"error": "not every client logged in", "login": login}
