@@ -1,0 +1,159 @@
+"""The bridge's configuration and its ``twistd chatserv`` options.
+
+Nothing here imports python-telegram-bot or a reactor: ``chatserv.tap`` pulls
+these option tables in even when no bridge is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.python import usage
+
+TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
+DEFAULT_API_URL = "https://api.telegram.org/bot"
+DEFAULT_STATE = "chatserv-telegram.sqlite3"
+
+
+@dataclass
+class BridgeConfig:
+    """Everything the bridge needs; defaults are the documented ones.
+
+    Rates are ``(messages, seconds)`` windows. Telegram allows about 20
+    messages a minute into one group and 30 a second overall; the tests use
+    much faster values against the fake Bot API.
+    """
+
+    chat_id: int
+    token: str = field(repr=False)
+    api_url: str = DEFAULT_API_URL
+    room: str = "general"
+    notices: bool = False
+    marker: str = " (TG)"
+    #: Chat lines waiting for Telegram; past it the oldest are dropped (logged,
+    #: and announced in the group).
+    queue_max: int = 1000
+    #: SQLite file for offsets, the message-id map and the outbound queue.
+    state_path: str = DEFAULT_STATE
+    group_rate: tuple[int, float] = (20, 60.0)
+    #: Messages the group pacer lets out back to back after a quiet spell;
+    #: afterwards it spaces them evenly so a busy chat never stalls a minute.
+    group_burst: int = 3
+    global_rate: tuple[int, float] = (30, 1.0)
+    #: Telegram's limit for one message, in UTF-16 code units.
+    max_length: int = 4096
+    #: Long-poll timeout of getUpdates, in seconds.
+    poll_timeout: float = 10.0
+    #: Retry back-off for network errors: first wait, doubling up to the cap.
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    #: A Telegram user leaves the chat's user list after this long without writing.
+    idle_timeout: float = 1800.0
+    #: Telegram message ids remembered for replies and edits.
+    map_size: int = 10_000
+    #: HTTP timeouts of the Bot API client (connect/read/write), in seconds.
+    http_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not self.token or any(c.isspace() for c in self.token):
+            raise ValueError("the Telegram bot token is empty or contains white space")
+        if self.queue_max < 1 or self.max_length < 16 or self.map_size < 1:
+            raise ValueError("queue_max, max_length and map_size must be positive")
+        for count, period in (self.group_rate, self.global_rate):
+            if count < 1 or period <= 0:
+                raise ValueError("rates must allow at least one message in a positive period")
+
+
+# -- twistd options --------------------------------------------------------
+
+PARAMETERS: list[list[Any]] = [
+    [
+        "telegram-chat",
+        None,
+        None,
+        "Bridge this Telegram chat id (e.g. -1001234567890). Enables the bridge.",
+        int,
+    ],
+    ["telegram-token-file", None, None, f"File holding the bot token (default: ${TOKEN_ENV})."],
+    ["telegram-api-url", None, DEFAULT_API_URL, "Bot API base URL; the token is appended."],
+    ["telegram-room", None, "general", "Chat room bridged to the Telegram chat."],
+    ["telegram-marker", None, " (TG)", "Appended to Telegram users' names in the chat."],
+    ["telegram-queue", None, 1000, "Chat lines queued for Telegram before the oldest are dropped.", int],
+    ["telegram-state", None, DEFAULT_STATE, "SQLite file for the bridge's offsets, id map and queue."],
+]
+
+FLAGS: list[list[Any]] = [
+    ["telegram-notices", None, "Relay join/leave notices of the chat to Telegram."],
+]
+
+_DEPENDENT = ("telegram-token-file", "telegram-room", "telegram-marker", "telegram-queue", "telegram-state")
+
+
+def read_token(token_file: str | None, environ: dict[str, str] | None = None) -> str:
+    """The bot token from *token_file*, else from ``$TELEGRAM_BOT_TOKEN``.
+
+    Never from the command line: arguments are visible to every local user.
+    """
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --telegram-token-file: {e.strerror}") from None
+        if not token:
+            raise usage.UsageError("--telegram-token-file is empty")
+        return token
+    token = environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise usage.UsageError(
+            f"--telegram-chat needs a bot token: set ${TOKEN_ENV} or --telegram-token-file"
+        )
+    return token
+
+
+def check_options(options: Any, environ: dict[str, str] | None = None) -> None:
+    """``postOptions`` for the telegram options: validate and read the token now,
+    so a misconfigured bridge fails at start-up with a usage error."""
+    if options["telegram-chat"] is None:
+        defaults = {p[0]: p[2] for p in PARAMETERS}
+        given = [n for n in _DEPENDENT if options[n] != defaults[n]]
+        if given or options["telegram-notices"]:
+            raise usage.UsageError("the --telegram-* options need --telegram-chat CHAT_ID")
+        options["telegram-token"] = None
+        return
+    from ..names import BadName, check_name
+
+    try:
+        check_name(options["telegram-room"])
+    except BadName as e:
+        raise usage.UsageError(f"--telegram-room: {e}") from None
+    marker = options["telegram-marker"]
+    if len(marker) > 16 or any(not c.isprintable() and c != " " for c in marker):
+        raise usage.UsageError("--telegram-marker: at most 16 printable characters")
+    if options["telegram-queue"] < 1:
+        raise usage.UsageError("--telegram-queue must be at least 1")
+    if not options["telegram-api-url"].startswith(("http://", "https://")):
+        raise usage.UsageError("--telegram-api-url must be an http:// or https:// URL")
+    options["telegram-token"] = read_token(options["telegram-token-file"], environ)
+
+
+def config_from_options(options: Any) -> BridgeConfig | None:
+    """The :class:`BridgeConfig` the options describe, or None without ``--telegram-chat``."""
+    if options["telegram-chat"] is None:
+        return None
+    try:
+        return BridgeConfig(
+            chat_id=options["telegram-chat"],
+            token=options["telegram-token"],
+            api_url=options["telegram-api-url"],
+            room=options["telegram-room"],
+            notices=bool(options["telegram-notices"]),
+            marker=options["telegram-marker"],
+            queue_max=options["telegram-queue"],
+            state_path=options["telegram-state"],
+        )
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None

@@ -1,0 +1,155 @@
+"""The outbound side's pure parts: the pacer that keeps us inside Telegram's
+limits, and the bounded queue that coalesces chat lines into Telegram messages.
+
+Both take time as an argument, so they are tested without a reactor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .format import render_line, split_text, utf16_len
+
+
+class Pacer:
+    """At most *count* sends in any *period* seconds, and no more than *burst*
+    of them back to back.
+
+    The sliding window is Telegram's hard limit. The token bucket on top
+    (capacity *burst*, refilled at count/period per second) spreads a busy
+    spell evenly: without it a chat burst would spend the whole minute's
+    allowance in a second and then stall for the rest of the minute, while
+    lines pile up unsent.
+    """
+
+    def __init__(self, count: int, period: float, burst: int | None = None) -> None:
+        self.count = count
+        self.period = period
+        self.burst = count if burst is None else max(1, min(burst, count))
+        self.rate = count / period
+        self.sent: deque[float] = deque(maxlen=count)
+        self.tokens = float(self.burst)
+        self.stamp: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def delay(self, now: float) -> float:
+        """Seconds until one more send is allowed (0 if it is allowed now)."""
+        self._refill(now)
+        wait = 0.0
+        if len(self.sent) >= self.count:
+            wait = self.sent[0] + self.period - now
+        if self.tokens < 1:
+            wait = max(wait, (1 - self.tokens) / self.rate)
+        return max(0.0, wait)
+
+    def record(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+        self.sent.append(now)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One line bound for Telegram: a piece of a chat message, or a notice (no sender)."""
+
+    seq: int
+    chat_id: int | None
+    sender: str | None
+    text: str
+    html: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.html = render_line(self.sender, self.text)
+
+
+def dropped_notice(count: int) -> str:
+    return render_line(None, f"[{count} mensajes del chat no han llegado a Telegram: cola llena]")
+
+
+@dataclass(slots=True)
+class Batch:
+    entries: list[Entry]
+    html: str
+    announced: int
+
+
+class Outbox:
+    """Lines waiting for Telegram, oldest first, at most *max_entries* of them.
+
+    At the bound the oldest lines are dropped (a busy room's latest lines
+    matter most once Telegram is back), counted, and the next message sent
+    says how many were lost. Callers log and persist what :meth:`add`
+    reports.
+    """
+
+    def __init__(self, max_entries: int, max_length: int, first_seq: int = 1) -> None:
+        self.max_entries = max_entries
+        self.max_length = max_length
+        self.entries: deque[Entry] = deque()
+        self.dropped = 0
+        self._next_seq = first_seq
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, chat_id: int | None, sender: str | None, text: str) -> tuple[list[Entry], list[Entry]]:
+        """Queue a chat message (split to fit Telegram); return (added, dropped)."""
+        added = []
+        for piece in split_text(sender, text, self.max_length - utf16_len(dropped_notice(10**9)) - 1):
+            entry = Entry(self._next_seq, chat_id, sender, piece)
+            self._next_seq += 1
+            added.append(entry)
+        return added, self._append(added)
+
+    def restore(self, entries: Iterable[Entry]) -> list[Entry]:
+        """Put back entries loaded from disk (oldest first); return what did not fit."""
+        entries = list(entries)
+        for entry in entries:
+            self._next_seq = max(self._next_seq, entry.seq + 1)
+        return self._append(entries, front=True)
+
+    def _append(self, new: list[Entry], front: bool = False) -> list[Entry]:
+        if front:
+            self.entries.extendleft(reversed(new))
+        else:
+            self.entries.extend(new)
+        dropped = []
+        while len(self.entries) > self.max_entries:
+            dropped.append(self.entries.popleft())
+        self.dropped += len(dropped)
+        return dropped
+
+    def batch(self) -> Batch | None:
+        """The longest run of lines from the head that fits in one Telegram message."""
+        if not self.entries and not self.dropped:
+            return None
+        lines = []
+        size = 0
+        announced = self.dropped
+        if announced:
+            lines.append(dropped_notice(announced))
+            size = utf16_len(lines[0])
+        taken = []
+        for entry in self.entries:
+            cost = utf16_len(entry.html) + (1 if lines else 0)
+            if size + cost > self.max_length:
+                break
+            lines.append(entry.html)
+            taken.append(entry)
+            size += cost
+        return Batch(taken, "\n".join(lines), announced)
+
+    def done(self, batch: Batch) -> None:
+        """*batch* reached Telegram: forget its lines."""
+        for entry in batch.entries:
+            # Only the head can have been sent; anything else means the queue
+            # was trimmed meanwhile, and that entry is already gone.
+            if self.entries and self.entries[0] is entry:
+                self.entries.popleft()
+        self.dropped = max(0, self.dropped - batch.announced)

@@ -1,0 +1,716 @@
+"""The Telegram bridge: one Twisted service that makes a Telegram group and a
+chat room one conversation.
+
+How it sits in the server
+-------------------------
+* It joins the hub like a connection does, through the ``Participant``
+  interface: one session of its own (``Telegram (TG)``) that hears the
+  bridged room, and one session per active Telegram user (``Luis (TG)``),
+  whose deliveries are dropped because that person reads the chat in
+  Telegram. So chat users see who is talking from Telegram in their user
+  lists; a Telegram user leaves that list after ``idle_timeout`` without
+  writing. Bridged names are logged in as *trusted*: they carry the marker
+  with its space, which no client can claim, so nobody can impersonate a
+  Telegram user and no chat user's message is ever mistaken for an echo.
+* python-telegram-bot runs in the reactor's own asyncio loop (the asyncio
+  reactor). Its ``Application`` is built in :meth:`startService`, driven by
+  hand (``initialize``, ``start``, ``updater.start_polling``; the reverse on
+  stop) and every PTB coroutine is awaited as a Deferred. There is no
+  second thread or loop; the state file's single writer thread is the only
+  other thread.
+
+Outbound (chat -> Telegram) goes through a bounded queue that coalesces
+lines into as few Telegram messages as the limits need; a single pump sends
+them in order, paced by :class:`~.outbox.Pacer`, honouring 429 ``retry_after``
+and backing off on network errors. Nothing in that path blocks the reactor,
+so the chat keeps serving its clients while Telegram is slow or away.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import warnings
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from ..hub import GENERAL, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from ..names import name_key
+from ..wire import join_text, leave_text
+from .aio import as_deferred, require_asyncio_reactor
+from .config import BridgeConfig
+from .format import display_name, edit_text, excerpt, message_body, reply_text
+from .outbox import Batch, Entry, Outbox, Pacer
+from .state import BridgeState, Ref, StateError
+
+log = Logger()
+
+PRIVATE_ANSWER = (
+    "Soy el puente entre un grupo de Telegram y una sala de chat; solo reenvío los mensajes de ese grupo."
+)
+#: A private chat gets the answer above at most once in this many seconds.
+PRIVATE_ANSWER_EVERY = 3600.0
+BRIDGE_USER = "Telegram"
+_RETRY = object()
+_DROPPED = object()
+
+
+class _Listener:
+    """The bridge's own session: it hears the bridged room for Telegram."""
+
+    def __init__(self, bridge: TelegramBridge) -> None:
+        self.bridge = bridge
+
+    def receive_message(self, message: ChatMessage) -> None:
+        self.bridge._chat_message(message)
+
+    def receive_presence(self, change: PresenceChange) -> None:
+        self.bridge._chat_presence(change)
+
+    def receive_typing(self, typing: Typing) -> None:
+        pass
+
+
+class _Mute:
+    """A Telegram user's session. That person reads the chat in Telegram,
+    through the bridge's own session, so what the hub hands it is dropped;
+    private messages to it are not relayed (see docs/TELEGRAM.md)."""
+
+    def receive_message(self, message: ChatMessage) -> None:
+        pass
+
+    def receive_presence(self, change: PresenceChange) -> None:
+        pass
+
+    def receive_typing(self, typing: Typing) -> None:
+        pass
+
+
+@dataclass
+class _TgUser:
+    base: str
+    session: Session
+    idle: IDelayedCall
+
+
+class _Redact(logging.Filter):
+    """Keeps the bot token out of PTB's and httpx's log records (their
+    request URLs contain it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+            record.exc_text = None
+        record.msg = text.replace(self.token, "<token>")
+        record.args = ()
+        return True
+
+
+class _ToTwisted(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warn("{logger}: {text}", logger=record.name, text=record.getMessage())
+
+
+class TelegramBridge(Service):
+    """Bridges ``config.chat_id`` with the room ``config.room`` of *hub*.
+
+    ``ready`` fires once polling has started (tests wait for it). *store* is
+    the server's message store: when there is one, chat ids survive a
+    restart, so replies across restarts may name the original's id.
+    """
+
+    name = "telegram-bridge"
+
+    def __init__(self, config: BridgeConfig, hub: Hub, reactor: Any, store: Any = None) -> None:
+        self.config = config
+        self.hub = hub
+        self.reactor = reactor
+        self.stable_ids = store is not None
+        self.chat_id = config.chat_id
+        self.room_key = name_key(config.room)
+        self.run = uuid.uuid4().hex[:12]
+        self.state = BridgeState(config.state_path, reactor, config.map_size, self.run)
+        self.outbox: Outbox | None = None
+        # Chat lines that arrive while the state file is still loading.
+        self._early: deque[tuple[int | None, str | None, str]] = deque(maxlen=config.queue_max)
+        self.session: Session | None = None
+        self.tg_users: dict[int, _TgUser] = {}
+        #: name keys of every session the bridge holds: their messages and
+        #: presence never go back to Telegram.
+        self.bridged: set[str] = set()
+        self.group_pacer = Pacer(*config.group_rate, burst=config.group_burst)
+        self.global_pacer = Pacer(*config.global_rate)
+        self._not_before = 0.0
+        self._backoff = 0.0
+        self._failures = 0
+        self._direct: deque[tuple[int, str]] = deque(maxlen=100)
+        self._answered: OrderedDict[int, float] = OrderedDict()
+        self._overflowing = False
+        self.app: Any = None
+        self.bot: Any = None
+        self.ready: Deferred[None] = Deferred()
+        self._starting: Deferred[None] | None = None
+        self._pump_d: Deferred[None] | None = None
+        self._wake: Deferred[None] | None = None
+        self._kick_call: IDelayedCall | None = None
+        self._log_setup: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
+
+    # -- service ------------------------------------------------------------
+
+    def startService(self) -> None:
+        require_asyncio_reactor(self.reactor)
+        super().startService()
+        self._install_log_redaction()
+        # Log in now, synchronously: nothing said in the room from here on is
+        # missed, even while Telegram is still being reached.
+        self.session = self._login(_Listener(self), BRIDGE_USER)
+        self._starting = ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+        log.info("Telegram bridge: chat {chat} <-> room {room}", chat=self.chat_id, room=self.config.room)
+
+    def _start_failed(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("the Telegram bridge could not start; the chat server runs without it", failure)
+
+    async def _start(self) -> None:
+        try:
+            queued = await self.state.open()
+        except StateError as e:
+            log.critical("{error}; the chat server runs without the Telegram bridge", error=str(e))
+            self._logout_all()
+            return
+        outbox = Outbox(self.config.queue_max, self.config.max_length)
+        self.state.queue_remove(outbox.restore(queued))
+        self.outbox = outbox
+        if queued:
+            log.info("{n} chat lines still queued for Telegram from the last run", n=len(queued))
+        early, self._early = self._early, deque()
+        for item in early:
+            self._enqueue(*item)
+        self._pump_d = ensureDeferred(self._pump())
+        self._pump_d.addErrback(self._pump_died)
+        await self._start_telegram()
+
+    def _build_application(self) -> Any:
+        from telegram import Update
+        from telegram.ext import Application, TypeHandler
+
+        t = self.config.http_timeout
+        app = (
+            Application.builder()
+            .token(self.config.token)
+            .base_url(self.config.api_url)
+            .job_queue(None)
+            .concurrent_updates(False)
+            .connect_timeout(t)
+            .read_timeout(t)
+            .write_timeout(t)
+            .pool_timeout(t)
+            .get_updates_connect_timeout(t)
+            .get_updates_read_timeout(t)
+            .get_updates_write_timeout(t)
+            .get_updates_pool_timeout(t)
+            .build()
+        )
+        app.add_handler(TypeHandler(Update, self._on_update))
+        app.add_error_handler(self._on_handler_error)
+        return app
+
+    async def _start_telegram(self) -> None:
+        from telegram.error import InvalidToken, TelegramError
+
+        app = self.app = self._build_application()
+        delay = self.config.backoff_initial
+        while self.running:
+            try:
+                await as_deferred(app.initialize())
+                break
+            except InvalidToken:
+                log.critical("Telegram refused the bot token; the bridge stays off (the chat runs on)")
+                return
+            except TelegramError as e:
+                log.warn(
+                    "cannot reach the Telegram Bot API ({error}); retrying in {delay:.1f}s",
+                    error=self._redact(str(e)),
+                    delay=delay,
+                )
+            await self._sleep(delay)
+            delay = min(self.config.backoff_max, delay * 2)
+        if not self.running:
+            return
+        self.bot = app.bot
+        log.info("Telegram bot @{username} is up", username=self.bot.username)
+        await as_deferred(app.start())
+        await self._confirm_offset()
+        await as_deferred(
+            app.updater.start_polling(
+                timeout=timedelta(seconds=self.config.poll_timeout),
+                allowed_updates=["message", "edited_message"],
+                error_callback=self._poll_error,
+            )
+        )
+        self._kick()
+        self.ready.callback(None)
+
+    async def _confirm_offset(self) -> None:
+        """Tell Telegram which updates the last run handled, so it does not
+        send them again (the offset is ours; PTB's starts from zero)."""
+        from telegram.error import TelegramError
+
+        if not self.state.offset:
+            return
+        try:
+            await as_deferred(self.bot.get_updates(offset=self.state.offset + 1, limit=1, timeout=0))
+        except TelegramError as e:
+            # Not fatal: updates seen again are recognised by their id.
+            log.warn("could not confirm the saved update offset: {error}", error=self._redact(str(e)))
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.called:
+            self._starting.cancel()
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        if self._wake is not None and not self._wake.called:
+            self._wake.callback(None)
+        if self._pump_d is not None and not self._pump_d.called:
+            # A send in flight may finish: cancelling it could deliver a line
+            # now and again after the restart.
+            self._pump_d.addTimeout(5, self.reactor)
+            try:
+                await self._pump_d
+            except Exception:
+                pass
+        app = self.app
+        if app is not None:
+            try:
+                if app.updater is not None and app.updater.running:
+                    await as_deferred(app.updater.stop())
+                if app.running:
+                    await as_deferred(app.stop())
+                await as_deferred(app.shutdown())
+            except Exception as e:
+                log.warn("stopping python-telegram-bot: {error}", error=self._redact(repr(e)))
+        self._logout_all()
+        await self.state.close()
+        self._remove_log_redaction()
+
+    # -- the hub side ---------------------------------------------------------
+
+    def _login(self, participant: Any, base: str) -> Session:
+        for n in range(1, 1000):
+            name = f"{base}{'' if n == 1 else f' {n}'}{self.config.marker}"
+            try:
+                session = self.hub.login(participant, name, trusted=True)
+            except NameTaken:
+                continue
+            self.bridged.add(session.key)
+            if self.room_key != name_key(GENERAL):
+                self.hub.join(session, self.config.room)
+            return session
+        raise NameTaken(f"no free name for {base}")
+
+    def _logout(self, session: Session) -> None:
+        self.bridged.discard(session.key)
+        self.hub.logout(session)
+
+    def _logout_all(self) -> None:
+        for user in self.tg_users.values():
+            if user.idle.active():
+                user.idle.cancel()
+            self._logout(user.session)
+        self.tg_users.clear()
+        if self.session is not None:
+            self._logout(self.session)
+            self.session = None
+
+    def _tg_session(self, key: int, base: str) -> Session:
+        """The hub session speaking for Telegram user (or channel) *key*."""
+        user = self.tg_users.get(key)
+        if user is not None and user.base == base and self.hub.find(user.session.name) is user.session:
+            user.idle.reset(self.config.idle_timeout)
+            return user.session
+        if user is not None:
+            # Renamed in Telegram: show the new name.
+            if user.idle.active():
+                user.idle.cancel()
+            self._logout(user.session)
+        session = self._login(_Mute(), base)
+        idle = self.reactor.callLater(self.config.idle_timeout, self._expire, key)
+        self.tg_users[key] = _TgUser(base, session, idle)
+        return session
+
+    def _expire(self, key: int) -> None:
+        user = self.tg_users.pop(key, None)
+        if user is not None:
+            self._logout(user.session)
+
+    def _chat_message(self, message: ChatMessage) -> None:
+        if message.room is None or name_key(message.room) != self.room_key:
+            return
+        if name_key(message.sender) in self.bridged:
+            return  # it came from Telegram: no echo
+        self._enqueue(message.id, message.sender, message.text)
+
+    def _chat_presence(self, change: PresenceChange) -> None:
+        if not self.config.notices or name_key(change.room) != self.room_key:
+            return
+        joined = tuple(n for n in change.joined if name_key(n) not in self.bridged)
+        left = tuple(n for n in change.left if name_key(n) not in self.bridged)
+        if joined:
+            self._enqueue(None, None, join_text(joined))
+        if left:
+            self._enqueue(None, None, leave_text(left))
+
+    def online(self) -> list[str]:
+        """Who is in the bridged room, Telegram users and the bridge left out."""
+        return [n for n in self.hub.users(self.config.room) if name_key(n) not in self.bridged]
+
+    # -- Telegram -> chat -----------------------------------------------------
+
+    async def _on_update(self, update: Any, context: Any) -> None:
+        if update.update_id <= self.state.offset:
+            log.debug("update {id} already handled", id=update.update_id)
+            return
+        try:
+            self._relay_update(update)
+        finally:
+            # Marked handled even if relaying failed: an update that breaks
+            # the bridge must not come back after every restart.
+            self.state.set_offset(update.update_id)
+
+    async def _on_handler_error(self, update: Any, context: Any) -> None:
+        log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))
+
+    def _relay_update(self, update: Any) -> None:
+        edited = update.message is None and update.edited_message is not None
+        msg = update.message or update.edited_message
+        if msg is None:
+            return
+        chat = msg.chat
+        if chat.type == "private":
+            self._answer_private(msg)
+            return
+        if chat.id != self.chat_id:
+            log.debug("ignoring a message from chat {chat}", chat=chat.id)
+            return
+        user = msg.from_user
+        if user is not None and self.bot is not None and user.id == self.bot.id:
+            return
+        body = message_body(msg)
+        if body is None:
+            return
+        if not edited and self._is_users_command(body):
+            self._answer_users()
+            return
+        sender_chat = msg.sender_chat
+        if sender_chat is not None:
+            session = self._tg_session(sender_chat.id, display_name(None, sender_chat))
+        else:
+            session = self._tg_session(user.id if user else 0, display_name(user))
+        reply_to = None
+        edit_of = None
+        if edited:
+            text = edit_text(body)
+            refs = self.state.map_get(chat.id, msg.message_id)
+            if refs:
+                edit_of = self._usable_id(refs[-1])
+        elif msg.reply_to_message is not None and not _is_topic_root(msg.reply_to_message):
+            reply_to, text = self._reply(chat.id, msg.reply_to_message, body)
+        else:
+            text = body
+        message = self.hub.broadcast(session, text, self.config.room, reply_to=reply_to, edit_of=edit_of)
+        self.state.map_add(chat.id, msg.message_id, [Ref(message.id, session.name, excerpt(body), self.run)])
+
+    def _usable_id(self, ref: Ref) -> int | None:
+        # Without server storage the hub numbers messages from 1 again after
+        # a restart, so an id from another run would name the wrong message.
+        if ref.run == self.run or self.stable_ids:
+            return ref.chat_id
+        return None
+
+    def _reply(self, tg_chat: int, original: Any, body: str) -> tuple[dict[str, Any], str]:
+        refs = self.state.map_get(tg_chat, original.message_id)
+        chat_id: int | None = None
+        if refs:
+            # A Telegram message may carry several chat lines; a reply to it
+            # answers the last of them.
+            ref = refs[-1]
+            who, quoted, chat_id = ref.sender, ref.excerpt, self._usable_id(ref)
+        elif original.from_user is not None and self.bot is not None and original.from_user.id == self.bot.id:
+            # Ours, but older than the map: its text is "Name: line...".
+            first = (original.text or "").split("\n", 1)[0]
+            who, sep, quoted = first.partition(": ")
+            if not sep:
+                who, quoted = "chat", first
+        else:
+            if original.sender_chat is not None:
+                who = display_name(None, original.sender_chat) + self.config.marker
+            else:
+                who = display_name(original.from_user) + self.config.marker
+            quoted = message_body(original) or ""
+        reply_to: dict[str, Any] = {"from": who, "msg": excerpt(quoted)}
+        if chat_id is not None:
+            reply_to["id"] = chat_id
+        return reply_to, reply_text(who, quoted, body)
+
+    def _is_users_command(self, text: str) -> bool:
+        word = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
+        if word == "/users":
+            return True
+        username = (self.bot.username or "").lower() if self.bot is not None else ""
+        return bool(username) and word == f"/users@{username}"
+
+    def _answer_users(self) -> None:
+        names = self.online()
+        if names:
+            text = f"En línea en el chat ({len(names)}): {', '.join(names)}"
+        else:
+            text = "Nadie en línea en el chat ahora mismo."
+        self._enqueue(None, None, text)
+
+    def _answer_private(self, msg: Any) -> None:
+        user = msg.from_user
+        if user is None or user.is_bot:
+            return
+        now = self.reactor.seconds()
+        last = self._answered.get(user.id)
+        if last is not None and now - last < PRIVATE_ANSWER_EVERY:
+            return
+        self._answered[user.id] = now
+        self._answered.move_to_end(user.id)
+        while len(self._answered) > 10_000:
+            self._answered.popitem(last=False)
+        self._direct.append((msg.chat.id, PRIVATE_ANSWER))
+        self._kick()
+
+    def _poll_error(self, error: Exception) -> None:
+        # PTB retries polling by itself (backing off up to 30 s); we only log.
+        log.warn("polling Telegram failed: {error}", error=self._redact(str(error)))
+
+    # -- chat -> Telegram -----------------------------------------------------
+
+    def _enqueue(self, chat_id: int | None, sender: str | None, text: str) -> None:
+        if self.outbox is None:
+            self._early.append((chat_id, sender, text))
+            return
+        added, dropped = self.outbox.add(chat_id, sender, text)
+        self.state.queue_add(added)
+        if dropped:
+            self.state.queue_remove(dropped)
+            if not self._overflowing:
+                self._overflowing = True
+                log.warn(
+                    "Telegram outbound queue is full ({max} lines): dropping the oldest lines "
+                    "until Telegram catches up; the group will be told how many",
+                    max=self.config.queue_max,
+                )
+        self._kick()
+
+    def _kick(self) -> None:
+        # Wake the pump at the end of this reactor turn, so that every line
+        # that arrived in the same turn goes out in one message.
+        if self._kick_call is None or not self._kick_call.active():
+            self._kick_call = self.reactor.callLater(0, self._wake_pump)
+
+    def _wake_pump(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    async def _idle(self, delay: float | None) -> None:
+        """Wait until kicked, or until *delay* seconds have passed."""
+        wake = self._wake = Deferred()
+        call = self.reactor.callLater(delay, self._wake_pump) if delay is not None else None
+        try:
+            await wake
+        finally:
+            if call is not None and call.active():
+                call.cancel()
+
+    async def _sleep(self, delay: float) -> None:
+        d: Deferred[None] = Deferred()
+        call = self.reactor.callLater(delay, d.callback, None)
+        d.addErrback(lambda f: (call.cancel() if call.active() else None, f)[1])
+        await d
+
+    def _pump_died(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("the Telegram sender stopped", failure)
+
+    async def _pump(self) -> None:
+        """Send queued lines and private answers, one Telegram call at a time."""
+        while self.running:
+            outbox = self.outbox
+            assert outbox is not None
+            if self.bot is None or (not self._direct and not outbox.entries and not outbox.dropped):
+                await self._idle(None)
+                continue
+            now = self.reactor.seconds()
+            wait = max(self._not_before - now, self.global_pacer.delay(now))
+            if not self._direct:
+                wait = max(wait, self.group_pacer.delay(now))
+            if wait > 0:
+                await self._idle(wait)
+                continue
+            if self._direct:
+                chat_id, text = self._direct[0]
+                result = await self._send(chat_id, text, html=False)
+                if result is not _RETRY and self._direct and self._direct[0] == (chat_id, text):
+                    self._direct.popleft()
+                continue
+            batch = outbox.batch()
+            assert batch is not None
+            result = await self._send(self.chat_id, batch.html, html=True)
+            if result is _RETRY:
+                continue
+            self._sent(batch, result)
+
+    def _sent(self, batch: Batch, result: Any) -> None:
+        assert self.outbox is not None
+        self.outbox.done(batch)
+        self.state.queue_remove(batch.entries)
+        if batch.announced:
+            log.warn("{n} chat lines were dropped while the Telegram queue was full", n=batch.announced)
+            self._overflowing = bool(self.outbox.dropped)
+        if result is _DROPPED:
+            return
+        refs = [
+            Ref(e.chat_id, e.sender or "chat", excerpt(e.text), self.run)
+            for e in _distinct_messages(batch.entries)
+        ]
+        self.state.map_add(result.chat.id, result.message_id, refs)
+
+    async def _send(self, chat_id: int, text: str, html: bool) -> Any:
+        """One sendMessage; returns the Message, ``_DROPPED`` or ``_RETRY``."""
+        from telegram.constants import ParseMode
+        from telegram.error import (
+            BadRequest,
+            ChatMigrated,
+            Forbidden,
+            InvalidToken,
+            RetryAfter,
+            TelegramError,
+        )
+
+        try:
+            message = await as_deferred(
+                self.bot.send_message(chat_id, text, parse_mode=ParseMode.HTML if html else None)
+            )
+        except RetryAfter as e:
+            wait = _seconds(e)
+            self._not_before = self.reactor.seconds() + wait
+            log.warn("Telegram asks the bridge to wait {wait:.0f}s (flood control)", wait=wait)
+            return _RETRY
+        except ChatMigrated as e:
+            log.warn(
+                "Telegram chat {old} became supergroup {new}: bridging that one now; update --telegram-chat",
+                old=self.chat_id,
+                new=e.new_chat_id,
+            )
+            self.chat_id = e.new_chat_id
+            return _RETRY
+        except BadRequest as e:
+            if "chat not found" in str(e).lower():
+                self._failed(e, "Telegram does not know the chat; is --telegram-chat right?")
+                return _RETRY
+            log.error("Telegram refused a message ({error}); it is dropped", error=self._redact(str(e)))
+            return _DROPPED
+        except (Forbidden, InvalidToken) as e:
+            self._failed(e, "Telegram refuses the bot; is it still in the group?", longest=True)
+            return _RETRY
+        except TelegramError as e:
+            self._failed(e, "cannot reach Telegram")
+            return _RETRY
+        now = self.reactor.seconds()
+        self.global_pacer.record(now)
+        if chat_id == self.chat_id:
+            self.group_pacer.record(now)
+        if self._failures:
+            log.info("Telegram reachable again after {n} failed attempts", n=self._failures)
+        self._failures = 0
+        self._backoff = 0.0
+        return message
+
+    def _failed(self, error: Exception, why: str, longest: bool = False) -> None:
+        cfg = self.config
+        self._backoff = (
+            cfg.backoff_max if longest else min(cfg.backoff_max, self._backoff * 2 or cfg.backoff_initial)
+        )
+        self._not_before = self.reactor.seconds() + self._backoff
+        self._failures += 1
+        # The first failure is news; the rest of an outage is noise.
+        emit = log.warn if self._failures == 1 else log.debug
+        emit(
+            "{why} ({error}); retrying in {delay:.1f}s",
+            why=why,
+            error=self._redact(str(error)),
+            delay=self._backoff,
+        )
+
+    # -- logging ------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.config.token, "<token>")
+
+    def _install_log_redaction(self) -> None:
+        handler = _ToTwisted(logging.WARNING)
+        handler.addFilter(_Redact(self.config.token))
+        for name in ("telegram", "httpx", "httpcore"):
+            logger = logging.getLogger(name)
+            self._log_setup.append((logger, list(logger.handlers), logger.propagate, logger.level))
+            # Their records reach the root logger (and whatever an embedding
+            # program configured there) only through this redacting handler.
+            logger.handlers = [handler]
+            logger.propagate = False
+            logger.setLevel(logging.WARNING)
+
+    def _remove_log_redaction(self) -> None:
+        for logger, handlers, propagate, level in self._log_setup:
+            logger.handlers = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
+        self._log_setup.clear()
+
+
+def _is_topic_root(message: Any) -> bool:
+    # In forum supergroups every message "replies" to its topic's first message.
+    return getattr(message, "forum_topic_created", None) is not None
+
+
+def _distinct_messages(entries: list[Entry]) -> list[Entry]:
+    """One entry per chat message (a long one is split over several)."""
+    seen: set[int] = set()
+    out = []
+    for entry in entries:
+        if entry.chat_id is None or entry.chat_id in seen:
+            continue
+        seen.add(entry.chat_id)
+        out.append(entry)
+    return out
+
+
+def _seconds(error: Any) -> float:
+    with warnings.catch_warnings():
+        # PTB 22 warns that retry_after will become a timedelta; accept both.
+        warnings.simplefilter("ignore")
+        value = error.retry_after
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
