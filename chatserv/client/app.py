@@ -99,8 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.user = args.user
         settings.register = args.register
         window.connect(settings, args.password)
-        # Scripted runs (xdotool, screenshots) type straight into the message box.
-        root.after_idle(window.input.focus_force)
+        # Scripted runs (xdotool, screenshots) type straight into the message
+        # box. X refuses focus to a window that is not mapped yet, so wait
+        # for it to be on screen (polling: no nested Tk loop under tksupport).
+        def focus_when_viewable(tries: int = 100) -> None:
+            if root.winfo_viewable():
+                window.input.focus_force()
+            elif tries:
+                reactor.callLater(0.05, focus_when_viewable, tries - 1)
+
+        reactor.callWhenRunning(focus_when_viewable)
     reactor.run()
     return 0
 

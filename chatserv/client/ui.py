@@ -61,8 +61,8 @@ class ConversationView(ttk.Frame):
             self,
             wrap="word",
             state="disabled",
-            width=60,
-            height=20,
+            width=30,
+            height=8,
             padx=8,
             pady=6,
             borderwidth=0,
@@ -270,7 +270,10 @@ class ChatWindow(ModelObserver):
             "italic": tkfont.Font(master, family=base.actual("family"), size=size + 1, slant="italic"),
             "small": tkfont.Font(master, family=base.actual("family"), size=max(size - 1, 7)),
         }
-        master.minsize(640, 420)
+        master.minsize(560, 360)
+        style = ttk.Style(master)
+        if "clam" in style.theme_names() and style.theme_use() == "default":
+            style.theme_use("clam")
         self.form = ConnectForm(master, settings, self._submit)
         self.chat = ttk.Frame(master)
         self._build_chat()
@@ -297,7 +300,7 @@ class ChatWindow(ModelObserver):
         self.close_button.pack(side="right", padx=(0, 6))
         self.rooms_bar = ttk.Frame(top)
         self.room_name = tk.StringVar()
-        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=14)
+        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=12)
         self.room_box.pack(side="left")
         self.room_box.bind("<Return>", lambda _e: self._join())
         ttk.Button(self.rooms_bar, text=_("Join room"), command=self._join).pack(
@@ -308,28 +311,36 @@ class ChatWindow(ModelObserver):
         status = ttk.Label(self.chat, textvariable=self.status, relief="sunken", padding=(6, 2))
         status.pack(side="bottom", fill="x")
 
-        paned = ttk.PanedWindow(self.chat, orient="horizontal")
-        paned.pack(side="top", fill="both", expand=True, padx=8, pady=6)
-        left = ttk.Frame(paned)
-        right = ttk.Frame(paned, padding=(6, 0, 0, 0))
-        paned.add(left, weight=4)
-        paned.add(right, weight=1)
+        # A grid, not a paned window: the users column keeps its width and
+        # the conversation takes whatever the window has left.
+        body = ttk.Frame(self.chat, padding=(8, 6))
+        body.pack(side="top", fill="both", expand=True)
+        left = ttk.Frame(body)
+        right = ttk.Frame(body, padding=(8, 0, 0, 0))
+        left.grid(row=0, column=0, sticky="nsew")
+        right.grid(row=0, column=1, sticky="nsew")
+        body.columnconfigure(0, weight=1)
+        body.rowconfigure(0, weight=1)
 
+        # Packed bottom-up so that a small window squeezes the transcript,
+        # never the message box.
+        entry_row = ttk.Frame(left)
+        entry_row.pack(side="bottom", fill="x")
+        ttk.Button(entry_row, text=_("Send"), command=self.send_input).pack(
+            side="right", padx=(6, 0), fill="y"
+        )
+        self.input = tk.Text(
+            entry_row, height=3, width=20, wrap="word", undo=True, font=self.fonts["body"]
+        )
+        self.input.pack(side="left", fill="both", expand=True)
+        self.typing = tk.StringVar()
+        ttk.Label(left, textvariable=self.typing, foreground="#5e5c64", font=self.fonts["italic"]).pack(
+            side="bottom", fill="x", pady=(2, 2)
+        )
         self.notebook = ttk.Notebook(left)
         self.notebook.pack(side="top", fill="both", expand=True)
         self.notebook.enable_traversal()
         self.notebook.bind("<<NotebookTabChanged>>", self._tab_changed)
-        self.typing = tk.StringVar()
-        ttk.Label(left, textvariable=self.typing, foreground="#5e5c64", font=self.fonts["italic"]).pack(
-            side="top", fill="x", pady=(2, 2)
-        )
-        entry_row = ttk.Frame(left)
-        entry_row.pack(side="top", fill="x")
-        self.input = tk.Text(entry_row, height=3, wrap="word", undo=True, font=self.fonts["body"])
-        self.input.pack(side="left", fill="x", expand=True)
-        ttk.Button(entry_row, text=_("Send"), command=self.send_input).pack(
-            side="left", padx=(6, 0), fill="y"
-        )
         self.input.bind("<Return>", self._on_return)
         self.input.bind("<KP_Enter>", self._on_return)
         self.input.bind("<Shift-Return>", self._on_shift_return)
@@ -340,13 +351,13 @@ class ChatWindow(ModelObserver):
 
         self.users_label = ttk.Label(right, text=_("Online"))
         self.users_label.pack(side="top", anchor="w")
-        self.users = tk.Listbox(right, width=18, activestyle="none", exportselection=False)
+        self.users = tk.Listbox(right, width=16, activestyle="none", exportselection=False)
         self.users.pack(side="top", fill="both", expand=True)
         self.users.bind("<Double-Button-1>", self._user_double_click)
         self.users.bind("<Return>", self._user_double_click)
-        ttk.Label(right, text=_("Double-click a name\nto talk in private."), foreground="#8a8a8a").pack(
-            side="top", anchor="w", pady=(4, 0)
-        )
+        ttk.Label(
+            right, text=_("Double-click a name to talk in private."), foreground="#8a8a8a", wraplength=160
+        ).pack(side="bottom", anchor="w", pady=(4, 0))
 
     def show_form(self, error: str = "") -> None:
         self.chat.pack_forget()
