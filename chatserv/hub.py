@@ -373,12 +373,22 @@ class Hub:
     def remember(self, messages: Iterable[ChatMessage]) -> None:
         """Fill history windows from storage at start-up, oldest first."""
         for message in messages:
+            # Private messages are not history, but their ids are taken.
+            self._next_id = max(self._next_id, message.id + 1)
             if message.room is None:
                 continue
             room = self.rooms.get(name_key(message.room))
             if room is None:
                 room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
-            room.history.append(message)
+            if room.history and message.id <= room.history[-1].id:
+                # A window read from storage while the room was live (a join
+                # of a room not in memory): merge by id, keeping the newest.
+                merged = {m.id: m for m in room.history}
+                merged.setdefault(message.id, message)
+                room.history.clear()
+                room.history.extend(sorted(merged.values(), key=lambda m: m.id))
+            else:
+                room.history.append(message)
             room.wire.clear()
             self._next_id = max(self._next_id, message.id + 1)
 

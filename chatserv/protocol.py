@@ -16,15 +16,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from . import wire
-from .hub import GENERAL, ChatError, ChatMessage, Hub, PresenceChange, Session, Typing
+from .accounts import AuthFailed, Identity
+from .hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
 from .names import name_key
 from .ratelimit import TokenBucket
+from .storage import paging
 
 log = Logger()
 
@@ -118,6 +121,8 @@ class ChatProtocol(LineReceiver):
         self._closing = False
         self._bucket: TokenBucket | None = None
         self._peer = "?"
+        #: Private history is readable from this time on (see accounts.Identity).
+        self.history_since = 0.0
 
     # -- connection life --------------------------------------------------
 
@@ -254,13 +259,53 @@ class ChatProtocol(LineReceiver):
         try:
             if handler is None:
                 raise BadRequest("comando desconocido", "unknown_cmd")
-            if self.session is None and cmd not in ("login", "ping"):
+            if self.session is None and cmd not in ("login", "ping", "register"):
                 raise BadRequest("primero inicia sesión con 'login'", "not_logged_in")
             handler(self, frame)
         except BadRequest as e:
             self.error(e.code, str(e), ref)
         except ChatError as e:
             self.error(e.code, str(e), ref)
+
+    def _hold(self, d: Deferred[Any], then: Callable[[Any], None], ref: str | None) -> None:
+        """Read no further input until *d* fires, then call *then* with its result.
+
+        Commands that wait on storage or a password hash (login, register,
+        history, joining a room not in memory) go through here. Lines that
+        arrive meanwhile wait in the line buffer, then in the kernel, and are
+        handled in order once *d* has fired, exactly as if it had fired at
+        once: a client may pipeline frames after ``login``. It also bounds
+        every connection to one such request in flight. If the connection
+        closes first, the result is dropped, so a login that completes after
+        its client left creates no session.
+        """
+        self.paused = True  # LineReceiver stops splitting lines
+        self.transport.pauseProducing()
+
+        def done(result: Any) -> None:
+            if self._closing:
+                return
+            try:
+                then(result)
+            except (BadRequest, ChatError) as e:
+                self.error(e.code, str(e), ref)
+
+        def failed(failure: Any) -> None:
+            if self._closing:
+                return
+            if failure.check(ChatError, BadRequest):
+                self.error(failure.value.code, str(failure.value), ref)
+            else:
+                log.failure("{ref} failed for {peer}", failure, ref=ref, peer=self._peer)
+                self.error("server_error", "el servidor no ha podido atender la petición", ref)
+
+        def resume(_: object) -> None:
+            self.paused = False
+            if not self._closing:
+                self.transport.resumeProducing()
+                self.dataReceived(b"")  # the lines that waited
+
+        d.addCallbacks(done, failed).addBoth(resume)
 
     # -- JSON commands ----------------------------------------------------
 
@@ -273,13 +318,48 @@ class ChatProtocol(LineReceiver):
         features = frame.get("features", [])
         if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
             raise BadRequest("el campo 'features' debe ser una lista de textos")
-        self.session = self.factory.hub.login(self, user)
+        password = frame.get("password")
+        if password is not None and not isinstance(password, str):
+            raise BadRequest("el campo 'password' debe ser un texto")
+        accounts = self.factory.accounts
+        if accounts is not None:
+            if password is None:
+                d = accounts.admit_guest(user)
+            else:
+                d = accounts.authenticate(user, password, _host(self.transport.getPeer()))
+            self._hold(d, lambda identity: self._login_as(identity, features), "login")
+            return
+        if password is not None:
+            raise AuthFailed("este servidor no tiene cuentas")
+        self._login_as(Identity(user, self.factory.clock.seconds(), False), features)
+
+    def _login_as(self, identity: Identity, features: list[str]) -> None:
+        self.session = self.factory.hub.login(self, identity.name)
+        self.history_since = identity.since
         self.features = frozenset(features)
         general = self.factory.hub.rooms[GENERAL]
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
         self.send(wire.room_history_frame(general))
         log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
+
+    def _cmd_register(self, frame: dict[str, Any]) -> None:
+        user = _text(frame, "user")
+        password = _text(frame, "password")
+        accounts = self.factory.accounts
+        if accounts is None:
+            raise BadRequest("este servidor no tiene cuentas")
+        holder = self.factory.hub.find(user)
+        if holder is not None and holder.participant is not self:
+            # Online names are not up for grabs; a guest may register its own.
+            raise NameTaken(f"el nombre {holder.name} ya está en uso")
+        d = accounts.register(user, password, _host(self.transport.getPeer()))
+        self._hold(d, lambda name: self.send(wire.frame({"cmd": "registered", "user": name})), "register")
+
+    def _cmd_history(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        d = paging.history(self.factory.hub, self.factory.store, self.session, frame, self.history_since)
+        self._hold(d, self.send, "history")
 
     def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
@@ -309,6 +389,20 @@ class ChatProtocol(LineReceiver):
         )
 
     def _cmd_join(self, frame: dict[str, Any]) -> None:
+        hub, store = self.factory.hub, self.factory.store
+        room_name = frame.get("room")
+        if paging.needs_loading(hub, store, room_name):
+            # Not in memory, but storage may hold its history: read the
+            # window before entering, so the answer carries it.
+            def enter(messages: list[ChatMessage]) -> None:
+                hub.remember(messages)
+                self._join_room(frame)
+
+            self._hold(paging.load_room(hub, store, room_name), enter, "join")
+            return
+        self._join_room(frame)
+
+    def _join_room(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
         hub = self.factory.hub
         already_in = False
@@ -353,6 +447,8 @@ class ChatProtocol(LineReceiver):
         "leave": _cmd_leave,
         "rooms": _cmd_rooms,
         "ping": _cmd_ping,
+        "register": _cmd_register,
+        "history": _cmd_history,
     }
 
     # -- plain-text dialect -----------------------------------------------
@@ -374,9 +470,37 @@ class ChatProtocol(LineReceiver):
             self.error(e.code, str(e))
 
     def _plain_login(self, text: str) -> None:
+        accounts = self.factory.accounts
+        command, _, args = text.partition(" ")
+        if accounts is not None and command in ("/login", "/register"):
+            # Plain clients use an account with "/login NAME PASSWORD"
+            # (the password is the rest of the line).
+            user, _, password = args.strip().partition(" ")
+            if not user or not password:
+                raise ChatError(f"uso: {command} NOMBRE CONTRASEÑA")
+            host = _host(self.transport.getPeer())
+            if command == "/login":
+                d = accounts.authenticate(user, password, host)
+                self._hold(d, lambda identity: self._plain_login_as(identity, ""), "login")
+                return
+            holder = self.factory.hub.find(user)
+            if holder is not None:
+                raise NameTaken(f"el nombre {holder.name} ya está en uso")
+            d = accounts.register(user, password, host)
+            self._hold(d, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
+            return
         name, colon, rest = text.partition(":")
+        first = rest if colon else ""
+        if accounts is not None:
+            d = accounts.admit_guest(name.strip())
+            self._hold(d, lambda identity: self._plain_login_as(identity, first), "login")
+            return
+        self._plain_login_as(Identity(name.strip(), self.factory.clock.seconds(), False), first)
+
+    def _plain_login_as(self, identity: Identity, rest: str) -> None:
         hub = self.factory.hub
-        self.session = hub.login(self, name.strip())
+        self.session = hub.login(self, identity.name)
+        self.history_since = identity.since
         log.info("{name} logged in (plain text) from {peer}", name=self.session.name, peer=self._peer)
         self.send(
             wire.plain_line(
@@ -387,7 +511,7 @@ class ChatProtocol(LineReceiver):
         for message in hub.recent(GENERAL):
             self.send(wire.plain_history(message))
         self.send(wire.plain_line("* En línea: " + ", ".join(hub.users(GENERAL))))
-        if colon and rest.strip():
+        if rest.strip():
             hub.broadcast(self.session, rest[1:] if rest.startswith(" ") else rest)
 
     def _plain_text(self, text: str) -> None:
@@ -480,11 +604,21 @@ def _describe(address: IAddress) -> str:
     return f"{host}:{port}" if host is not None else str(address)
 
 
+def _host(address: IAddress) -> str:
+    """The client address login throttling counts failures against."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else str(address)
+
+
 class ChatFactory(Factory):
     """Builds :class:`ChatProtocol` connections onto one hub."""
 
     protocol = ChatProtocol  # type: ignore[assignment]
     noisy = False
+    #: Set by the server when it runs on a database (chatserv.storage): the
+    #: store for history pages, and the accounts for register and passwords.
+    store: Any = None
+    accounts: Any = None
 
     def __init__(self, hub: Hub, clock: IReactorTime, limits: Limits | None = None) -> None:
         self.hub = hub

@@ -11,8 +11,10 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
-from .hub import Hub, MessageLog
+from .accounts import Accounts
+from .hub import GENERAL, Hub, MessageLog
 from .protocol import ChatFactory, Limits
+from .storage import Storage, StorageService, open_store
 
 log = Logger()
 
@@ -38,6 +40,10 @@ class ServerConfig:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
     limits: Limits = field(default_factory=Limits)
+    #: Database URL (chatserv.storage); None keeps everything in memory.
+    db: str | None = None
+    #: Refuse guest logins: every user needs an account (needs a database).
+    require_accounts: bool = False
 
 
 class ChatServer(Service):
@@ -52,8 +58,17 @@ class ChatServer(Service):
     def __init__(self, config: ServerConfig, reactor: Any, store: MessageLog | None = None) -> None:
         self.config = config
         self.reactor = reactor
-        self.hub = Hub(reactor, history_size=config.history, store=store)
+        durable = store if isinstance(store, Storage) else None
+        if config.require_accounts and durable is None:
+            raise ValueError("require_accounts needs a database for the accounts")
+        first_id = durable.next_id() if durable is not None else 1  # ids never repeat across restarts
+        self.hub = Hub(reactor, history_size=config.history, store=store, first_id=first_id)
         self.factory = ChatFactory(self.hub, reactor, config.limits)
+        if durable is not None:
+            # Login history comes from the database, and the accounts live there.
+            self.hub.remember(durable.recent_now(GENERAL, config.history))
+            self.factory.store = durable
+            self.factory.accounts = Accounts(durable, reactor, require_accounts=config.require_accounts)
         self.ports: list[IListeningPort] = []
         self.listening: Deferred[list[IListeningPort]] = Deferred()
 
@@ -98,5 +113,9 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
 
         reactor = default_reactor
     application = MultiService()
+    if store is None and config.db is not None:
+        # Blocking connect and migration: this runs before the server serves.
+        store = open_store(config.db, reactor)
+        StorageService(store).setServiceParent(application)
     ChatServer(config, reactor, store).setServiceParent(application)
     return application

@@ -10,6 +10,7 @@ from twisted.python import usage
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
+from .storage import StorageError
 
 
 class Options(usage.Options):
@@ -25,6 +26,10 @@ class Options(usage.Options):
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
+        ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
+    ]
+    optFlags = [
+        ["require-accounts", None, "Refuse guest logins: every user needs an account."],
     ]
 
     def __init__(self) -> None:
@@ -55,8 +60,14 @@ class Options(usage.Options):
                 max_output=self["max-output"],
                 max_connections=self["max-connections"],
             ),
+            db=self["db"],
+            require_accounts=bool(self["require-accounts"]),
         )
 
 
 def makeService(options: Options, reactor: Any = None, store: Any = None) -> MultiService:
-    return _makeService(options.config(), reactor=reactor, store=store)
+    try:
+        return _makeService(options.config(), reactor=reactor, store=store)
+    except StorageError as e:
+        # twistd would print a traceback; the operator needs the one line.
+        raise SystemExit(f"chatserv: {e}") from None

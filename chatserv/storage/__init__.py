@@ -1,0 +1,86 @@
+"""Durable storage: messages, accounts and schema, on SQLite or PostgreSQL.
+
+``--db`` names the database: a ``postgresql://`` DSN selects PostgreSQL
+(psycopg 3), anything else is a SQLite file (``:memory:`` for a throwaway
+in-memory one). :func:`open_store` migrates the schema and returns the
+:class:`Storage` the server runs on; :func:`open_engine` gives the blocking
+engine ``chatserv-admin`` uses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from twisted.internet.defer import Deferred
+
+from ..hub import ChatMessage
+from .engine import Account, Engine, RoomInfo, conversation_key, is_postgres, open_engine, redact
+from .schema import LATEST, MIGRATIONS, SchemaTooNew, StorageError
+from .store import StorageClosed, StorageService, ThreadedStore, open_store
+
+DEFAULT_DB = "chatserv.sqlite3"
+#: Most messages one ``history`` request returns.
+MAX_PAGE = 200
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the server needs from storage. Every method that touches the
+    database returns a Deferred and never blocks the reactor, except the two
+    start-up reads, which run before the server listens."""
+
+    def append(self, message: ChatMessage) -> Deferred[None]:
+        """Commit *message* (group commit); fire in append order once durable."""
+
+    def next_id(self) -> int:
+        """Start-up: one more than the highest stored message id."""
+
+    def recent_now(self, room: str, limit: int) -> list[ChatMessage]:
+        """Start-up: the newest *limit* messages of *room*, oldest first."""
+
+    def room_page(self, room: str, before: int | None, limit: int) -> Deferred[list[ChatMessage]]:
+        """Up to *limit* messages of *room* with ids below *before*, oldest first."""
+
+    def private_page(
+        self, a: str, b: str, before: int | None, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+
+    def rooms(self) -> Deferred[list[RoomInfo]]:
+        """Every room that has stored messages."""
+
+    def account(self, name: str) -> Deferred[Account | None]: ...
+
+    def is_registered(self, name: str) -> Deferred[bool]: ...
+
+    def create_account(self, name: str, password_hash: str, created: float) -> Deferred[bool]:
+        """False when the name already has an account."""
+
+    def set_password(self, name: str, password_hash: str) -> Deferred[bool]: ...
+
+    def delete_account(self, name: str) -> Deferred[bool]: ...
+
+    async def close(self) -> None:
+        """Commit what is queued and release the database."""
+
+
+__all__ = [
+    "Account",
+    "DEFAULT_DB",
+    "Engine",
+    "LATEST",
+    "MAX_PAGE",
+    "MIGRATIONS",
+    "RoomInfo",
+    "SchemaTooNew",
+    "Storage",
+    "StorageClosed",
+    "StorageError",
+    "StorageService",
+    "ThreadedStore",
+    "conversation_key",
+    "is_postgres",
+    "open_engine",
+    "open_store",
+    "redact",
+]

@@ -1,0 +1,441 @@
+"""Blocking database engines: one connection each, SQLite or PostgreSQL.
+
+An engine is plain synchronous DB-API code. The server never calls it on the
+reactor thread (:mod:`chatserv.storage.store` runs it in dedicated threads);
+``chatserv-admin`` and start-up code call it directly. Every public method
+takes the engine's lock, so one connection is never used by two threads at
+once even when a single SQLite ``:memory:`` connection serves both the writer
+and the reader thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.logger import Logger
+
+from ..hub import ChatMessage
+from ..names import name_key
+from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: Larger than any id the server will hand out: "before" when none is given.
+NO_LIMIT_ID = 1 << 62
+#: Parameters per ``IN (...)`` query; SQLite's default limit is 32,766.
+_IN_CHUNK = 500
+#: Arbitrary constant: the advisory lock that serialises PostgreSQL migrations.
+_PG_MIGRATION_LOCK = 0x63686174
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    name: str
+    key: str
+    password_hash: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    name: str
+    messages: int
+    last_ts: float
+
+
+def conversation_key(a: str, b: str) -> str:
+    """The key both directions of a private conversation are filed under.
+
+    Names never contain white space, so a newline cannot be forged into one.
+    """
+    ka, kb = name_key(a), name_key(b)
+    return f"{ka}\n{kb}" if ka <= kb else f"{kb}\n{ka}"
+
+
+#: Optional message fields kept in the ``extra`` JSON column, when the hub's
+#: ChatMessage has them.
+_EXTRA_FIELDS = tuple(f for f in ("reply_to", "edit_of") if f in ChatMessage.__dataclass_fields__)
+
+
+def _extra(m: ChatMessage) -> str | None:
+    extra = {f: v for f in _EXTRA_FIELDS if (v := getattr(m, f)) is not None}
+    return json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
+
+
+def _row(m: ChatMessage) -> tuple[Any, ...]:
+    if m.room is not None:
+        return (m.id, m.ts, m.sender, m.room, name_key(m.room), None, None, m.text, _extra(m))
+    assert m.recipient is not None
+    conversation = conversation_key(m.sender, m.recipient)
+    return (m.id, m.ts, m.sender, None, None, m.recipient, conversation, m.text, _extra(m))
+
+
+def _message(row: Sequence[Any]) -> ChatMessage:
+    id_, ts, sender, room, recipient, body, extra = row
+    message = ChatMessage(int(id_), float(ts), sender, body, room=room, recipient=recipient)
+    if extra:
+        for f, v in json.loads(extra).items():
+            if f in _EXTRA_FIELDS:
+                setattr(message, f, v)
+    return message
+
+
+_SELECT = "SELECT id, ts, sender, room, recipient, body, extra FROM messages"
+_INSERT = (
+    "INSERT INTO messages (id, ts, sender, room, room_key, recipient, conversation, body, extra)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def redact(url: str) -> str:
+    """*url* without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Engine:
+    """The SQL both dialects share; subclasses supply the connection."""
+
+    dialect: ClassVar[str]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+
+    # -- dialect hooks ------------------------------------------------------
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        raise NotImplementedError
+        yield
+
+    def _call(self, fn: Callable[[], T], idempotent: bool = True) -> T:
+        """Run *fn* under the lock (PostgreSQL retries it once on a lost connection)."""
+        with self.lock:
+            return fn()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- schema -------------------------------------------------------------
+
+    def migrate(self, target: int = LATEST) -> int:
+        """Apply every migration up to *target*; return the schema version."""
+        return self._call(lambda: self._migrate(target))
+
+    def _migrate(self, target: int) -> int:
+        with self._transaction():
+            self._lock_schema()
+            self._execute(VERSION_TABLE)
+            current = self._version()
+            if current > LATEST:
+                raise SchemaTooNew(
+                    f"the database {redact(self.url)} has schema version {current}, but this"
+                    f" chatserv only knows versions up to {LATEST}: it was written by a newer"
+                    " chatserv. Run that version, or upgrade this one."
+                )
+            for migration in MIGRATIONS:
+                if current < migration.version <= target:
+                    for statement in getattr(migration, self.dialect):
+                        self._execute(statement)
+                    self._execute(
+                        "INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)",
+                        (
+                            migration.version,
+                            migration.description,
+                            datetime.now(UTC).isoformat(timespec="seconds"),
+                        ),
+                    )
+                    log.info(
+                        "database schema migrated to version {version} ({description})",
+                        version=migration.version,
+                        description=migration.description,
+                    )
+                    current = migration.version
+            return current
+
+    def _lock_schema(self) -> None:
+        """Keep two servers starting at once from migrating the same database."""
+
+    def _version(self) -> int:
+        (version,) = self._execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        return int(version)
+
+    def version(self) -> int:
+        return self._call(self._version)
+
+    # -- messages -----------------------------------------------------------
+
+    def insert_messages(self, messages: list[ChatMessage]) -> None:
+        """Store *messages* in one transaction: the group commit."""
+        rows = [_row(m) for m in messages]
+
+        def insert() -> None:
+            with self._transaction():
+                self._executemany(_INSERT, rows)
+
+        self._call(insert, idempotent=False)
+
+    def max_id(self) -> int:
+        return self._call(
+            lambda: int(self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
+        )
+
+    def room_page(self, room: str, before: int | None, limit: int) -> list[ChatMessage]:
+        """The *limit* newest messages of *room* older than *before*, oldest first."""
+        params = (name_key(room), NO_LIMIT_ID if before is None else before, limit)
+        rows = self._call(
+            lambda: self._execute(
+                f"{_SELECT} WHERE room_key = ? AND id < ? ORDER BY id DESC LIMIT ?", params
+            ).fetchall()
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    def private_page(
+        self, a: str, b: str, before: int | None, limit: int, since: float = 0.0
+    ) -> list[ChatMessage]:
+        """The *limit* newest messages between *a* and *b* older than *before*
+        and not older than *since*, oldest first."""
+        params = (conversation_key(a, b), NO_LIMIT_ID if before is None else before, since, limit)
+        rows = self._call(
+            lambda: self._execute(
+                f"{_SELECT} WHERE conversation = ? AND id < ? AND ts >= ? ORDER BY id DESC LIMIT ?",
+                params,
+            ).fetchall()
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    def rooms(self) -> list[RoomInfo]:
+        rows = self._call(
+            lambda: self._execute(
+                "SELECT max(room), count(*), max(ts) FROM messages WHERE room_key IS NOT NULL"
+                " GROUP BY room_key ORDER BY max(ts) DESC"
+            ).fetchall()
+        )
+        return [RoomInfo(name, int(count), float(ts)) for name, count, ts in rows]
+
+    # -- accounts -----------------------------------------------------------
+
+    def account(self, name: str) -> Account | None:
+        key = name_key(name)
+        row = self._call(
+            lambda: self._execute(
+                "SELECT name, name_key, password_hash, created FROM accounts WHERE name_key = ?", (key,)
+            ).fetchone()
+        )
+        return None if row is None else Account(row[0], row[1], row[2], float(row[3]))
+
+    def registered(self, keys: Sequence[str]) -> set[str]:
+        """Which of the name *keys* belong to an account."""
+        found: set[str] = set()
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = list(keys[start : start + _IN_CHUNK])
+            marks = ", ".join("?" * len(chunk))
+            rows = self._call(
+                lambda chunk=chunk, marks=marks: self._execute(
+                    f"SELECT name_key FROM accounts WHERE name_key IN ({marks})", chunk
+                ).fetchall()
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def create_account(self, name: str, password_hash: str, created: float) -> bool:
+        """Create the account; False if the name already has one."""
+
+        def create() -> bool:
+            with self._transaction():
+                key = name_key(name)
+                if self._execute("SELECT 1 FROM accounts WHERE name_key = ?", (key,)).fetchone():
+                    return False
+                self._execute(
+                    "INSERT INTO accounts (name_key, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                    (key, name, password_hash, created),
+                )
+                return True
+
+        return self._call(create, idempotent=False)
+
+    def set_password(self, name: str, password_hash: str) -> bool:
+        def update() -> bool:
+            with self._transaction():
+                cursor = self._execute(
+                    "UPDATE accounts SET password_hash = ? WHERE name_key = ?",
+                    (password_hash, name_key(name)),
+                )
+                return bool(cursor.rowcount)
+
+        return self._call(update)
+
+    def delete_account(self, name: str) -> bool:
+        def delete() -> bool:
+            with self._transaction():
+                cursor = self._execute("DELETE FROM accounts WHERE name_key = ?", (name_key(name),))
+                return bool(cursor.rowcount)
+
+        return self._call(delete)
+
+    def accounts(self) -> list[Account]:
+        rows = self._call(
+            lambda: self._execute(
+                "SELECT name, name_key, password_hash, created FROM accounts ORDER BY name_key"
+            ).fetchall()
+        )
+        return [Account(r[0], r[1], r[2], float(r[3])) for r in rows]
+
+
+class SQLiteEngine(Engine):
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.memory = path == ":memory:"
+        try:
+            # The connection moves between the start-up thread and one pool
+            # thread; the engine lock, not sqlite3's thread check, keeps it
+            # single-user. isolation_level=None: transactions are explicit.
+            self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            if not self.memory:
+                # WAL: the reader connection never waits for the writer's
+                # commits, and a commit is one sequential append plus fsync.
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before it returns, so a message the
+            # server acknowledged survives a power cut, not only a crash.
+            # Group commit pays the fsync once per batch.
+            self.conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open the SQLite database {path}: {e}") from e
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so a transaction that
+        # starts by reading cannot fail later on upgrading its lock.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+class PostgresEngine(Engine):
+    dialect = "postgresql"
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(dsn)
+        try:
+            import psycopg
+        except ImportError as e:
+            raise StorageError("PostgreSQL needs psycopg 3: pip install 'chatserv[postgres]'") from e
+        self._psycopg = psycopg
+        self._sql: dict[str, str] = {}
+        self.conn = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            # autocommit: reads do not leave a transaction open between
+            # calls; writes open one explicitly with conn.transaction().
+            return self._psycopg.connect(self.url, autocommit=True)
+        except self._psycopg.Error as e:
+            raise StorageError(f"cannot connect to {redact(self.url)}: {e}") from e
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(self._translate(sql), params)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.executemany(self._translate(sql), rows)
+
+    def _translate(self, sql: str) -> str:
+        translated = self._sql.get(sql)
+        if translated is None:
+            translated = self._sql[sql] = _PLACEHOLDER.sub("%s", sql)
+        return translated
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield
+
+    def _lock_schema(self) -> None:
+        self._execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
+
+    def _call(self, fn: Callable[[], T], idempotent: bool = True) -> T:
+        with self.lock:
+            try:
+                return fn()
+            except self._psycopg.OperationalError:
+                if not self.conn.broken and not self.conn.closed:
+                    raise
+                # The server restarted or the network dropped: reconnect
+                # once. Only idempotent work is replayed blindly; a batch of
+                # messages is replayed by insert_messages itself.
+                log.warn("lost the PostgreSQL connection; reconnecting")
+                self.conn = self._connect()
+                if not idempotent:
+                    raise
+                return fn()
+
+    def insert_messages(self, messages: list[ChatMessage]) -> None:
+        try:
+            super().insert_messages(messages)
+        except self._psycopg.OperationalError:
+            # The connection died around the commit: the batch may or may
+            # not be stored. Ids are primary keys, so replaying it with
+            # ON CONFLICT DO NOTHING stores exactly what is missing.
+            rows = [_row(m) for m in messages]
+
+            def replay() -> None:
+                with self._transaction():
+                    self._executemany(_INSERT + " ON CONFLICT (id) DO NOTHING", rows)
+
+            self._call(replay)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def open_engine(url: str) -> Engine:
+    """Connect to the database *url* names: a ``postgresql://`` DSN, else a
+    SQLite file (``:memory:`` for a private in-memory database)."""
+    if is_postgres(url):
+        return PostgresEngine(url)
+    return SQLiteEngine(url)

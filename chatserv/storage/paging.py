@@ -1,0 +1,103 @@
+"""The ``history`` command and lazy loading of room windows, for the protocol.
+
+``{"cmd": "history", "room": R, "before": ID, "limit": N}`` pages back through
+a room the session is in; ``{"cmd": "history", "with": U, ...}`` through the
+session's private conversation with U. Both answer one ``history`` frame,
+oldest item first, with ``more`` telling whether older messages exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from .. import wire
+from ..hub import ChatError, ChatMessage, Hub, InvalidName, Session
+from ..names import BadName, check_name
+from . import MAX_PAGE
+
+DEFAULT_PAGE = 50
+
+
+def _int_field(frame: dict[str, Any], field: str) -> int | None:
+    value = frame.get(field)
+    if value is None:
+        return None
+    # bool is an int in Python, never in the protocol.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ChatError(f"el campo {field!r} debe ser un entero positivo")
+    return value
+
+
+def _private_item(message: ChatMessage) -> dict[str, Any]:
+    obj = wire.message_object(message)
+    return {
+        "id": message.id,
+        "time": obj["time"],
+        "ts": obj["ts"],
+        "from": message.sender,
+        "to": message.recipient,
+        "msg": message.text,
+    }
+
+
+def history(
+    hub: Hub, store: Any, session: Session, frame: dict[str, Any], since: float
+) -> Deferred[bytes]:
+    """Validate a ``history`` request and fire with the encoded answer.
+
+    Raises :class:`ChatError` (``bad_request``, ``bad_name``, ``not_in_room``)
+    at once for a request that cannot be answered.
+    """
+    before = _int_field(frame, "before")
+    limit = _int_field(frame, "limit")
+    # Larger requests are served up to the bound rather than refused, so a
+    # client need not know the server's figure.
+    limit = DEFAULT_PAGE if limit is None else min(limit, MAX_PAGE)
+    room_name, peer = frame.get("room"), frame.get("with")
+    if room_name is not None and peer is not None:
+        raise ChatError("pide la historia de una sala o de una conversación, no de ambas")
+    if peer is not None:
+        try:
+            peer = check_name(peer)
+        except BadName as e:
+            raise InvalidName(str(e)) from None
+        answer: dict[str, Any] = {"cmd": "history", "with": peer}
+        if store is None:
+            return succeed(wire.frame({**answer, "items": [], "more": False}))
+        # Fetch one more than asked to learn whether there is an older page.
+        d = store.private_page(session.name, peer, before, limit + 1, since)
+        return d.addCallback(lambda found: _encode(answer, found, limit, _private_item))
+    if room_name is not None and not isinstance(room_name, str):
+        raise ChatError("el campo 'room' debe ser un texto")
+    # Only members page through a room, as only members read it live.
+    room = hub.member_room(session, room_name)
+    answer = {"cmd": "history", "room": room.name}
+    if store is None:
+        window = [m for m in room.history if before is None or m.id < before]
+        return succeed(_encode(answer, window[-(limit + 1) :], limit, wire.message_object))
+    d = store.room_page(room.name, before, limit + 1)
+    return d.addCallback(lambda found: _encode(answer, found, limit, wire.message_object))
+
+
+def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:
+    more = len(found) > limit
+    page = found[1:] if more else found
+    return wire.frame({**answer, "items": [item(m) for m in page], "more": more})
+
+
+def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:
+    """Whether joining *room_name* must first read its history window from
+    storage: the room is not in memory (never used since start-up, or
+    dropped when its last member left) but may have stored messages."""
+    return store is not None and isinstance(room_name, str) and hub.room(room_name) is None
+
+
+def load_room(hub: Hub, store: Any, room_name: str) -> Deferred[list[ChatMessage]]:
+    """The newest window of *room_name* from storage, for :meth:`Hub.remember`."""
+    try:
+        check_name(room_name)
+    except BadName as e:
+        raise InvalidName(str(e)) from None
+    return store.room_page(room_name, None, hub.history_size)

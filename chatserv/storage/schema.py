@@ -1,0 +1,100 @@
+"""Numbered schema migrations, one list per SQL dialect.
+
+A migration is applied once, in order, inside a transaction, and recorded in
+``schema_version``. Released migrations are never edited: a change to the
+schema is a new entry at the end of :data:`MIGRATIONS`. A database whose
+version is higher than the last entry was written by a newer chatserv and is
+refused at start-up (:class:`SchemaTooNew`) rather than misread later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StorageError(Exception):
+    """The database cannot be used; the message says why, for the operator."""
+
+
+class SchemaTooNew(StorageError):
+    """The database was migrated by a newer chatserv than this one."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sqlite: tuple[str, ...]
+    postgresql: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "messages",
+        # extra: JSON for optional message fields (reply_to, edit_of), NULL
+        # for the common message that has none.
+        sqlite=(
+            # INTEGER PRIMARY KEY makes the server id SQLite's rowid: the
+            # table is stored in id order and needs no second index for it.
+            """CREATE TABLE messages (
+                id INTEGER PRIMARY KEY,
+                ts REAL NOT NULL,
+                sender TEXT NOT NULL,
+                room TEXT,
+                room_key TEXT,
+                recipient TEXT,
+                conversation TEXT,
+                body TEXT NOT NULL,
+                extra TEXT
+            )""",
+            "CREATE INDEX messages_by_room ON messages (room_key, id) WHERE room_key IS NOT NULL",
+            "CREATE INDEX messages_by_conversation ON messages (conversation, id)"
+            " WHERE conversation IS NOT NULL",
+        ),
+        postgresql=(
+            """CREATE TABLE messages (
+                id BIGINT PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                sender TEXT NOT NULL,
+                room TEXT,
+                room_key TEXT,
+                recipient TEXT,
+                conversation TEXT,
+                body TEXT NOT NULL,
+                extra TEXT
+            )""",
+            "CREATE INDEX messages_by_room ON messages (room_key, id) WHERE room_key IS NOT NULL",
+            "CREATE INDEX messages_by_conversation ON messages (conversation, id)"
+            " WHERE conversation IS NOT NULL",
+        ),
+    ),
+    Migration(
+        2,
+        "accounts",
+        sqlite=(
+            """CREATE TABLE accounts (
+                name_key TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                created REAL NOT NULL
+            )""",
+        ),
+        postgresql=(
+            """CREATE TABLE accounts (
+                name_key TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                created DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied TEXT NOT NULL
+)"""

@@ -1,0 +1,284 @@
+"""The asynchronous store the server uses: engines in threads, group commit.
+
+Threading model. Each store owns two single-thread pools: a *writer* thread
+that runs every write (message batches, account changes) on one connection,
+and a *reader* thread that runs queries (history pages, account look-ups) on
+another. Why not ``twisted.enterprise.adbapi``: its pool hands each
+interaction to any of several threads with a connection each, so writes race
+for SQLite's single write lock (SQLITE_BUSY) and nothing keeps one batch
+committing at a time, which group commit needs. Why not psycopg's asyncio API:
+it would tie the server to the asyncio reactor and give the two engines two
+code paths; the same thread code serves both. One writer is also all the
+write concurrency SQLite has, and for PostgreSQL one connection committing
+batches back to back is not the limit (see the throughput figure in the
+storage README section). Reads get their own thread and connection (WAL lets
+SQLite readers run beside the writer) so that paging history never waits
+behind a commit; a SQLite ``:memory:`` database is one connection, so there
+both threads share it under the engine lock.
+
+Group commit. :meth:`ThreadedStore.append` queues the message and, if no
+commit is in flight, schedules one for the end of the reactor turn; every
+message queued while a commit runs goes into the next transaction. Callers'
+Deferreds fire in append order once their transaction commits. A burst of N
+messages therefore costs about two transactions, not N, and the latency a
+message pays is at most one commit plus the one in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from ..hub import ChatMessage
+from ..names import name_key
+from .engine import Account, Engine, RoomInfo, SQLiteEngine, is_postgres, open_engine, redact
+from .schema import StorageError
+
+log = Logger()
+
+T = TypeVar("T")
+
+
+class StorageClosed(StorageError):
+    """The store was closed; nothing more can be written."""
+
+
+class _Group:
+    """Runs ``work(items)`` in *pool* for everything submitted while the
+    previous run was in flight, and fires each submitter's Deferred in order.
+
+    ``work`` returns one result per item, or None for "None for each".
+    """
+
+    def __init__(
+        self, reactor: Any, pool: ThreadPool, work: Callable[[list[Any]], Sequence[Any] | None]
+    ) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._work = work
+        self._items: list[Any] = []
+        self._waiters: list[Deferred[Any]] = []
+        self._busy = False
+        self._idle: list[Deferred[None]] = []
+        self.runs = 0
+        self.done = 0
+
+    def submit(self, item: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._items.append(item)
+        self._waiters.append(d)
+        if not self._busy:
+            self._busy = True
+            # Not at once: whatever else arrives in this reactor turn (the
+            # rest of a read full of lines, other connections' reads) joins
+            # the same transaction.
+            self._reactor.callLater(0, self._run)
+        return d
+
+    def _run(self) -> None:
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters = [], []
+        d = deferToThreadPool(self._reactor, self._pool, self._work, items)
+        d.addCallbacks(self._finished, self._failed, callbackArgs=(waiters,), errbackArgs=(waiters,))
+
+    def _finished(self, results: Sequence[Any] | None, waiters: list[Deferred[Any]]) -> None:
+        self.runs += 1
+        self.done += len(waiters)
+        if results is None:
+            for waiter in waiters:
+                waiter.callback(None)
+        else:
+            for waiter, result in zip(waiters, results, strict=True):
+                waiter.callback(result)
+        self._next()
+
+    def _failed(self, failure: Failure, waiters: list[Deferred[Any]]) -> None:
+        log.failure("storage batch of {n} failed", failure, n=len(waiters))
+        for waiter in waiters:
+            waiter.errback(failure)
+        self._next()
+
+    def _next(self) -> None:
+        if self._items:
+            # They accumulated while the last run was in flight: go now.
+            self._run()
+            return
+        self._busy = False
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once everything submitted so far has finished."""
+        d: Deferred[None] = Deferred()
+        if self._busy:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+
+class ThreadedStore:
+    """The server's storage: implements :class:`chatserv.hub.MessageLog` and
+    the history and account queries, without ever blocking the reactor."""
+
+    def __init__(self, reactor: Any, writer: Engine, reader: Engine | None = None) -> None:
+        self.reactor = reactor
+        self.writer = writer
+        self.reader = reader if reader is not None else writer
+        self.url = writer.url
+        self._write_pool = ThreadPool(1, 1, name="chatserv-db-writer")
+        self._read_pool = ThreadPool(1, 1, name="chatserv-db-reader")
+        self._write_pool.start()
+        self._read_pool.start()
+        self._commits = _Group(reactor, self._write_pool, self._insert)
+        self._lookups = _Group(reactor, self._read_pool, self._registered)
+        self._closed = False
+
+    # -- start-up (blocking; before the server serves) -------------------------
+
+    def next_id(self) -> int:
+        """The first message id this server may hand out."""
+        return self.reader.max_id() + 1
+
+    def recent_now(self, room: str, limit: int) -> list[ChatMessage]:
+        """The *limit* newest messages of *room*, read synchronously at start-up."""
+        return self.reader.room_page(room, None, limit)
+
+    # -- messages ---------------------------------------------------------------
+
+    def append(self, message: ChatMessage) -> Deferred[None]:
+        """Commit *message* with whatever else is queued; fire once it is durable."""
+        if self._closed:
+            return fail(StorageClosed("the message store is closed"))
+        return self._commits.submit(message)
+
+    def _insert(self, messages: list[ChatMessage]) -> None:
+        self.writer.insert_messages(messages)
+        return None
+
+    @property
+    def stored(self) -> int:
+        """Messages committed since the store opened."""
+        return self._commits.done
+
+    @property
+    def commits(self) -> int:
+        """Transactions (batches) committed since the store opened."""
+        return self._commits.runs
+
+    def room_page(self, room: str, before: int | None, limit: int) -> Deferred[list[ChatMessage]]:
+        return self._read(self.reader.room_page, room, before, limit)
+
+    def private_page(
+        self, a: str, b: str, before: int | None, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage]]:
+        return self._read(self.reader.private_page, a, b, before, limit, since)
+
+    def rooms(self) -> Deferred[list[RoomInfo]]:
+        return self._read(self.reader.rooms)
+
+    # -- accounts ---------------------------------------------------------------
+
+    def account(self, name: str) -> Deferred[Account | None]:
+        return self._read(self.reader.account, name)
+
+    def is_registered(self, name: str) -> Deferred[bool]:
+        """Whether *name* has an account. Look-ups made while one is in flight
+        are answered by one query, so a login storm costs a few queries."""
+        return self._lookups.submit(name_key(name))
+
+    def _registered(self, keys: list[str]) -> list[bool]:
+        found = self.reader.registered(sorted(set(keys)))
+        return [key in found for key in keys]
+
+    def create_account(self, name: str, password_hash: str, created: float) -> Deferred[bool]:
+        return self._write(self.writer.create_account, name, password_hash, created)
+
+    def set_password(self, name: str, password_hash: str) -> Deferred[bool]:
+        return self._write(self.writer.set_password, name, password_hash)
+
+    def delete_account(self, name: str) -> Deferred[bool]:
+        return self._write(self.writer.delete_account, name)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closed:
+            return fail(StorageClosed("the store is closed"))
+        return deferToThreadPool(self.reactor, self._read_pool, fn, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        if self._closed:
+            return fail(StorageClosed("the store is closed"))
+        return deferToThreadPool(self.reactor, self._write_pool, fn, *args)
+
+    async def close(self) -> None:
+        """Commit what is queued, then close the connections and stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._commits.idle()
+        await self._lookups.idle()
+        # Each connection is closed by its own thread, after the work already
+        # queued there; the pools are then idle and stop without waiting.
+        if self.reader is not self.writer:
+            await deferToThreadPool(self.reactor, self._read_pool, self.reader.close)
+        await deferToThreadPool(self.reactor, self._write_pool, self.writer.close)
+        self._write_pool.stop()
+        self._read_pool.stop()
+        log.info("storage {url} closed", url=redact(self.url))
+
+
+def open_store(url: str, reactor: Any) -> ThreadedStore:
+    """Connect to *url*, migrate its schema, and return the server's store.
+
+    Blocking: called once at start-up, before the server listens. Raises
+    :class:`StorageError` with a message for the operator when the database
+    cannot be used (unreachable, not ours, or written by a newer chatserv).
+    """
+    writer = _open_migrated(url)
+    if isinstance(writer, SQLiteEngine) and writer.memory:
+        reader: Engine = writer  # a second :memory: connection would be another database
+    else:
+        try:
+            reader = open_engine(url)
+        except BaseException:
+            writer.close()
+            raise
+    log.info("storage: {url}, schema version {version}", url=redact(url), version=writer.version())
+    return ThreadedStore(reactor, writer, reader)
+
+
+def _open_migrated(url: str) -> Engine:
+    engine = open_engine(url)
+    try:
+        engine.migrate()
+    except StorageError:
+        engine.close()
+        raise
+    except Exception as e:
+        engine.close()
+        kind = "PostgreSQL" if is_postgres(url) else "SQLite"
+        raise StorageError(f"cannot use the {kind} database {redact(url)}: {e}") from e
+    return engine
+
+
+class StorageService(Service):
+    """Closes the store when the application stops, after queued commits land."""
+
+    name = "storage"
+
+    def __init__(self, store: ThreadedStore) -> None:
+        self.store = store
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self.store.close())
