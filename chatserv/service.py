@@ -40,6 +40,8 @@ class ServerConfig:
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
     limits: Limits = field(default_factory=Limits)
+    #: The Telegram bridge (chatserv.bridge.BridgeConfig); None runs without one.
+    telegram: Any = None
     #: Database URL (chatserv.storage); None keeps everything in memory.
     db: str | None = None
     #: Refuse guest logins: every user needs an account (needs a database).
@@ -117,5 +119,11 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         # Blocking connect and migration: this runs before the server serves.
         store = open_store(config.db, reactor)
         StorageService(store).setServiceParent(application)
-    ChatServer(config, reactor, store).setServiceParent(application)
+    server = ChatServer(config, reactor, store)
+    server.setServiceParent(application)
+    if config.telegram is not None:
+        from .bridge import TelegramBridge
+
+        # After the chat server, so it stops first and logs out of a live hub.
+        TelegramBridge(config.telegram, server.hub, reactor, store).setServiceParent(application)
     return application

@@ -7,13 +7,16 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from .bridge.config import TelegramOptions, check_runtime
+from .bridge.config import check_options as check_telegram_options
+from .bridge.config import config_from_options as telegram_config
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
 
 
-class Options(usage.Options):
+class Options(TelegramOptions, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the chatserv chat server: JSON lines (seed 000) and plain text "
@@ -48,6 +51,7 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["rate-limit"] < 0:
             raise usage.UsageError("--rate-limit must not be negative")
+        check_telegram_options(self)
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -60,12 +64,15 @@ class Options(usage.Options):
                 max_output=self["max-output"],
                 max_connections=self["max-connections"],
             ),
+            telegram=telegram_config(self),
             db=self["db"],
             require_accounts=bool(self["require-accounts"]),
         )
 
 
 def makeService(options: Options, reactor: Any = None, store: Any = None) -> MultiService:
+    if options["telegram-chat"] is not None:
+        check_runtime(reactor)  # one line and a non-zero exit if the bridge cannot run
     try:
         return _makeService(options.config(), reactor=reactor, store=store)
     except StorageError as e:
