@@ -157,3 +157,30 @@ def config_from_options(options: Any) -> BridgeConfig | None:
         )
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
+
+
+class TelegramOptions:
+    """Mixed into ``chatserv.tap.Options``: usage.Options gathers
+    ``optParameters`` and ``optFlags`` from every base class."""
+
+    optParameters = PARAMETERS
+    optFlags = FLAGS
+
+
+def check_runtime(reactor: Any = None) -> None:
+    """At ``twistd`` start-up with a bridge configured: exit with one clear
+    line unless python-telegram-bot is installed and the reactor is asyncio's."""
+    from .aio import ReactorMismatch, require_asyncio_reactor
+
+    try:
+        import telegram  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "chatserv: the Telegram bridge needs python-telegram-bot: pip install 'chatserv[telegram]'"
+        ) from None
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        require_asyncio_reactor(reactor)
+    except ReactorMismatch as e:
+        raise SystemExit(f"chatserv: {e}") from None
