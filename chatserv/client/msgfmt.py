@@ -128,8 +128,8 @@ def extract_messages(sources: list[Path] | None = None) -> set[str]:
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
                 continue
             args = node.args
-            consts = [a.value for a in args if isinstance(a, ast.Constant)]
-            if node.func.id == "_" and len(args) == 1 and consts and isinstance(consts[0], str):
+            consts = [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if node.func.id == "_" and len(args) == 1 and consts:
                 found.add(consts[0])
             elif node.func.id == "ngettext" and len(consts) >= 2:
                 found.add(f"{consts[0]}\0{consts[1]}")

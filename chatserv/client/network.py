@@ -121,8 +121,9 @@ class ChatLineProtocol(LineReceiver):
         # Only servers known to answer ping can be judged by their silence.
         if self.pong_seen and silent >= DEAD_AFTER:
             self.log.warn("No word from the server in {s:.0f} s, reconnecting", s=silent)
-            if self.transport is not None:
-                self.transport.abortConnection()
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abortConnection()
             return
         if silent >= KEEPALIVE_INTERVAL:
             self.send_frame({"cmd": "ping", "data": "keepalive"})
@@ -162,7 +163,7 @@ def make_endpoint(reactor: Any, address: ServerAddress) -> IStreamClientEndpoint
 
         trust = None
         if address.cafile:
-            with open(address.cafile, encoding="ascii") as pem:
+            with open(address.cafile, "rb") as pem:
                 trust = ssl.Certificate.loadPEM(pem.read())
         options = ssl.optionsForClientTLS(address.host, trustRoot=trust)
         endpoint = wrapClientTLS(options, endpoint)

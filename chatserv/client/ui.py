@@ -194,7 +194,7 @@ class ConnectForm(ttk.Frame):
         self.port = tk.StringVar(value=str(settings.port))
         self.user = tk.StringVar(value=settings.user)
         self.password = tk.StringVar()
-        self.register = tk.BooleanVar(value=False)
+        self.register_var = tk.BooleanVar(value=False)
         self.tls = tk.BooleanVar(value=settings.tls)
         self.error = tk.StringVar()
         box = ttk.Labelframe(self, text=_("Connect to a chat server"), padding=16)
@@ -214,7 +214,7 @@ class ConnectForm(ttk.Frame):
             self.entries[label] = entry
         self.user_entry = rows[2][1]
         ttk.Checkbutton(
-            box, text=_("Create an account with this password"), variable=self.register
+            box, text=_("Create an account with this password"), variable=self.register_var
         ).grid(row=4, column=1, sticky="w", pady=3)
         ttk.Checkbutton(box, text=_("Use TLS"), variable=self.tls).grid(
             row=5, column=1, sticky="w", pady=3
@@ -239,9 +239,9 @@ class ConnectForm(ttk.Frame):
             return _("The port must be a number between 1 and 65535.")
         if not user:
             return _("Enter a name.")
-        if self.register.get() and not self.password.get():
+        if self.register_var.get() and not self.password.get():
             return _("Creating an account needs a password.")
-        settings = Settings(host, port, user, self.tls.get(), self.register.get())
+        settings = Settings(host, port, user, self.tls.get(), self.register_var.get())
         return settings, self.password.get()
 
 
@@ -347,7 +347,7 @@ class ChatWindow(ModelObserver):
         self.input.bind("<Shift-KP_Enter>", self._on_shift_return)
         self.input.bind("<KeyPress>", self._on_key, add="+")
         for widget in (self.input, self.master):
-            widget.bind("<Control-w>", lambda _e: self._close_current() or "break")
+            widget.bind("<Control-w>", self._on_close_key)
 
         self.users_label = ttk.Label(right, text=_("Online"))
         self.users_label.pack(side="top", anchor="w")
@@ -437,6 +437,10 @@ class ChatWindow(ModelObserver):
 
     def _close_current(self) -> None:
         self.session.close(self.model.active)
+
+    def _on_close_key(self, _event: tk.Event) -> str:
+        self._close_current()
+        return "break"
 
     def _tab_changed(self, _event: tk.Event) -> None:
         if self._syncing_tabs:

@@ -177,6 +177,24 @@ async def test_enter_sends_shift_enter_breaks_line_and_typing_shows_then_expires
         assert lines[-2].endswith("Ana: primera") and lines[-1] == "segunda"
         sent = [ln.text for ln in luis.model.conversations[GENERAL_KEY].lines if ln.kind is LineKind.MESSAGE]
         assert sent == ["primera\nsegunda"]
+
+        # The view follows new messages unless the reader has scrolled up.
+        view = luis.window.views[GENERAL_KEY].text
+        ana.session.send(GENERAL_KEY, "\n".join(f"línea {i}" for i in range(60)))
+        await wait_for(lambda: "línea 59" in luis.view_text(), "long message")
+        luis.top.update()
+        assert view.yview()[1] == 1.0
+        view.yview_moveto(0)
+        luis.top.update()
+        ana.session.send(GENERAL_KEY, "nueva")
+        await wait_for(lambda: "Ana: nueva" in luis.view_text(), "new message while scrolled up")
+        luis.top.update()
+        assert view.yview()[0] == 0.0, "stayed where the reader was"
+        view.yview_moveto(1.0)
+        ana.session.send(GENERAL_KEY, "otra")
+        await wait_for(lambda: "Ana: otra" in luis.view_text(), "new message at the bottom")
+        luis.top.update()
+        assert view.yview()[1] == 1.0, "followed the conversation"
     finally:
         await ana.close()
         await luis.close()

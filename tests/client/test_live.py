@@ -134,6 +134,36 @@ async def test_server_restart_both_reconnect_and_nothing_typed_is_lost(chat_serv
 
 
 @pytest_twisted.ensureDeferred
+async def test_rooms_on_a_server_that_has_them(chat_server: RestartableServer):
+    ana, luis = Client(chat_server.port, "Ana"), Client(chat_server.port, "Luis")
+    try:
+        ana.connect()
+        luis.connect()
+        await ana.online()
+        await luis.online()
+        await wait_for(lambda: ana.model.rooms_supported is not None, "rooms probed")
+        if not ana.model.rooms_supported:
+            return  # a seed-000 server: test_session covers the refusal
+        cine = ana.session.join("Cine")
+        assert cine is not None
+        await wait_for(lambda: cine in ana.session.ready, "Ana is in the room")
+        ana.session.send(cine, "solo para la sala")
+        await wait_for(lambda: "solo para la sala" in ana.texts(cine), "room echo")
+        luis.session.join("cine")
+        await wait_for(lambda: ana.model.conversations[cine].members == ["Ana", "Luis"], "members")
+        await wait_for(lambda: "solo para la sala" in luis.texts(cine), "room history on join")
+        assert "solo para la sala" not in luis.texts()
+        luis.session.send(cine, "aquí estoy")
+        await wait_for(lambda: "aquí estoy" in ana.texts(cine), "room message")
+        assert "aquí estoy" not in ana.texts()
+        luis.session.close(cine)
+        await wait_for(lambda: ana.model.conversations[cine].members == ["Ana"], "Luis left the room")
+    finally:
+        await ana.close()
+        await luis.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_taken_name_is_reported_not_retried(chat_server: RestartableServer):
     ana, other = Client(chat_server.port, "Ana"), Client(chat_server.port, "ＡＮＡ")
     try:
