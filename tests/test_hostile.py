@@ -283,11 +283,7 @@ async def test_nesting_near_the_parser_limit_is_answered_once(arena):
     ping gets exactly one answer and the connection stays open."""
     hostile = await arena.user("Hostile")
     depths = list(range(800, 1001))  # every depth: the gap is a few levels wide
-    hostile.send_raw(
-        b"".join(
-            b'{"cmd": "ping", "data": ' + b"[" * d + b"]" * d + b"}\n" for d in depths
-        )
-    )
+    hostile.send_raw(b"".join(b'{"cmd": "ping", "data": ' + b"[" * d + b"]" * d + b"}\n" for d in depths))
     seen = []
     for depth in depths:
         line = await hostile.line()
