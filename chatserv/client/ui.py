@@ -179,8 +179,8 @@ def state_suffix(line: Line) -> tuple[str, str]:
     if state is SendState.FAILED:
         return "  ✗ " + _("not sent: {reason}").format(reason=line.note or "?"), "failed"
     if state is SendState.HELD:
-        return "  ⏳ " + (line.note or _("waiting")), "state"
-    return "  ⏳ " + (line.note or _("not sent yet")), "state"
+        return "  ◷ " + (line.note or _("waiting")), "state"
+    return "  ◷ " + (line.note or _("not sent yet")), "state"
 
 
 class ConnectForm(ttk.Frame):

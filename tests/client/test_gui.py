@@ -218,7 +218,7 @@ async def test_server_restart_reconnects_both_and_keeps_what_was_typed(
         )
         ana.type("mientras tanto")
         ana.press("<Return>")
-        assert "mientras tanto  ⏳ not sent yet" in ana.view_text()
+        assert "mientras tanto  ◷ not sent yet" in ana.view_text()
         luis.type("yo también")
         luis.press("<Return>")
         await sleep(0.5)  # a few failed attempts while the server is down
