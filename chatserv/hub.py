@@ -213,7 +213,7 @@ class Hub:
             return
         del self.sessions[session.key]
         for room_name in list(session.rooms):
-            self._exit(session, self.rooms[room_name])
+            self._exit(session, self.rooms[name_key(room_name)])
         log.debug("logout {name}", name=session.name)
 
     def find(self, name: str) -> Session | None:
@@ -357,7 +357,7 @@ class Hub:
             return
         room = self.member_room(session, room_name)
         event = Typing(session.name, room.name)
-        for member in room.members.values():
+        for member in list(room.members.values()):
             if member is not session:
                 member.participant.receive_typing(event)
 
@@ -417,7 +417,8 @@ class Hub:
             self._flush_presence(room)
         room.history.append(message)
         room.wire.clear()
-        for member in room.members.values():
+        # A copy: a participant may go offline while it is handed the message.
+        for member in list(room.members.values()):
             member.participant.receive_message(message)
 
     def _deliver_private(self, message: ChatMessage) -> None:

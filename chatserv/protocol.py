@@ -406,7 +406,7 @@ class ChatProtocol(LineReceiver):
         assert self.session is not None
         hub = self.factory.hub
         already_in = False
-        room_name = frame.get("room")
+        room_name = _text(frame, "room")  # ill-typed is bad_request, not bad_name
         if isinstance(room_name, str):
             existing = hub.room(room_name)
             already_in = existing is not None and existing.name in self.session.rooms

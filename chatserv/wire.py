@@ -14,7 +14,8 @@ from typing import Any
 
 from .hub import ChatMessage, PresenceChange, Room, Typing
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# allow_nan=False: NaN and Infinity are not JSON; no client could parse them.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 # Error frames may echo client input that is not valid Unicode (a lone
 # surrogate in a name, say); ASCII escapes keep those encodable.
 _dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
