@@ -127,9 +127,10 @@ class _ToTwisted(logging.Handler):
 class TelegramBridge(Service):
     """Bridges ``config.chat_id`` with the room ``config.room`` of *hub*.
 
-    ``ready`` fires once polling has started (tests wait for it). *store* is
-    the server's message store: when there is one, chat ids survive a
-    restart, so replies across restarts may name the original's id.
+    ``ready`` fires once polling has started (tests wait for it). *store*,
+    the server's message store, is not written to: the bridge keeps its own
+    bookkeeping in ``config.state_path`` (see :mod:`.state`), and learns
+    whether chat ids survive restarts from the hub's numbering.
     """
 
     name = "telegram-bridge"
@@ -138,7 +139,10 @@ class TelegramBridge(Service):
         self.config = config
         self.hub = hub
         self.reactor = reactor
-        self.stable_ids = store is not None
+        #: whether chat ids recorded by earlier runs still name the same
+        #: messages; decided once the state file is loaded
+        self.stable_ids = False
+        self._first_id: int | None = None
         self.chat_id = config.chat_id
         self.room_key = name_key(config.room)
         self.run = uuid.uuid4().hex[:12]
@@ -177,6 +181,8 @@ class TelegramBridge(Service):
         # Log in now, synchronously: nothing said in the room from here on is
         # missed, even while Telegram is still being reached.
         self.session = self._login(_Listener(self), BRIDGE_USER)
+        # The id the hub gives its next message, read before anything is said.
+        self._first_id = getattr(self.hub, "_next_id", None)
         self._starting = ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
         log.info("Telegram bridge: chat {chat} <-> room {room}", chat=self.chat_id, room=self.config.room)
@@ -192,6 +198,10 @@ class TelegramBridge(Service):
             log.critical("{error}; the chat server runs without the Telegram bridge", error=str(e))
             self._logout_all()
             return
+        # With durable storage the hub numbers on from the stored messages;
+        # without it, or with :memory:, it starts again at 1 and ids from
+        # earlier runs would name other messages.
+        self.stable_ids = self._first_id is not None and self._first_id > self.state.max_chat_id
         outbox = Outbox(self.config.queue_max, self.config.max_length)
         self.state.queue_remove(outbox.restore(queued))
         self.outbox = outbox
@@ -439,8 +449,6 @@ class TelegramBridge(Service):
         self.state.map_add(chat.id, msg.message_id, [Ref(message.id, session.name, excerpt(body), self.run)])
 
     def _usable_id(self, ref: Ref) -> int | None:
-        # Without server storage the hub numbers messages from 1 again after
-        # a restart, so an id from another run would name the wrong message.
         if ref.run == self.run or self.stable_ids:
             return ref.chat_id
         return None
@@ -670,6 +678,9 @@ class TelegramBridge(Service):
         return text.replace(self.config.token, "<token>")
 
     def _install_log_redaction(self) -> None:
+        # PTB warns about its own RetryAfter on every 429 (its int ->
+        # timedelta transition); _seconds() already accepts both.
+        warnings.filterwarnings("ignore", message=r".*`retry_after` will be of type")
         handler = _ToTwisted(logging.WARNING)
         handler.addFilter(_Redact(self.config.token))
         for name in ("telegram", "httpx", "httpcore"):

@@ -70,6 +70,7 @@ class Ref:
 @dataclass(slots=True)
 class Loaded:
     offset: int
+    max_chat_id: int
     refs: list[tuple[int, int, int, Ref]]  # (n, tg_chat, tg_msg, ref)
     outbox: list[Entry]
 
@@ -87,6 +88,8 @@ def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     row = conn.execute("SELECT value FROM meta WHERE key = 'offset'").fetchone()
     offset = int(row[0]) if row else 0
+    row = conn.execute("SELECT max(chat_id) FROM msgmap").fetchone()
+    max_chat_id = int(row[0]) if row and row[0] is not None else 0
     refs = [
         (n, tg_chat, tg_msg, Ref(chat_id, sender, excerpt, run))
         for n, tg_chat, tg_msg, chat_id, sender, excerpt, run in conn.execute(
@@ -100,7 +103,7 @@ def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
         "SELECT seq, chat_id, sender, text FROM outbox ORDER BY seq"
     ):
         outbox.append(Entry(seq, chat_id, sender, text))
-    return conn, Loaded(offset, refs, outbox)
+    return conn, Loaded(offset, max_chat_id, refs, outbox)
 
 
 class BridgeState:
@@ -112,6 +115,9 @@ class BridgeState:
         self.map_size = map_size
         self.run = run
         self.offset = 0
+        #: the highest chat message id in the map: tells whether the server
+        #: numbers its messages on from there after a restart
+        self.max_chat_id = 0
         self._map: OrderedDict[tuple[int, int], list[Ref]] = OrderedDict()
         self._n = 0
         self._conn: sqlite3.Connection | None = None
@@ -137,6 +143,7 @@ class BridgeState:
             self._pool.stop()
             raise
         self.offset = loaded.offset
+        self.max_chat_id = loaded.max_chat_id
         for n, tg_chat, tg_msg, ref in loaded.refs:
             self._n = max(self._n, n)
             self._map.setdefault((tg_chat, tg_msg), []).append(ref)
@@ -156,6 +163,7 @@ class BridgeState:
         if not refs:
             return
         self._n += 1
+        self.max_chat_id = max([self.max_chat_id] + [r.chat_id for r in refs if r.chat_id is not None])
         key = (tg_chat, tg_msg)
         self._map.setdefault(key, []).extend(refs)
         self._map.move_to_end(key)

@@ -236,6 +236,10 @@ class FakeBotAPI:
         self.push("edited_message", edited)
         return edited
 
+    @property
+    def last_update_id(self) -> int:
+        return int(self._history[-1]["update_id"])
+
     def unconfirm_all(self) -> None:
         """Forget every confirmation, as if Telegram never got our offsets."""
         self.updates = list(self._history)
