@@ -73,16 +73,18 @@ def _extra(m: ChatMessage) -> str | None:
     return json.dumps(extra, ensure_ascii=False, separators=(",", ":")) if extra else None
 
 
-def _row(m: ChatMessage) -> tuple[Any, ...]:
+def _row(m: ChatMessage, body: Any) -> tuple[Any, ...]:
     if m.room is not None:
-        return (m.id, m.ts, m.sender, m.room, name_key(m.room), None, None, m.text, _extra(m))
+        return (m.id, m.ts, m.sender, m.room, name_key(m.room), None, None, body, _extra(m))
     assert m.recipient is not None
     conversation = conversation_key(m.sender, m.recipient)
-    return (m.id, m.ts, m.sender, None, None, m.recipient, conversation, m.text, _extra(m))
+    return (m.id, m.ts, m.sender, None, None, m.recipient, conversation, body, _extra(m))
 
 
 def _message(row: Sequence[Any]) -> ChatMessage:
     id_, ts, sender, room, recipient, body, extra = row
+    if not isinstance(body, str):
+        body = bytes(body).decode("utf-8")  # PostgreSQL's BYTEA
     message = ChatMessage(int(id_), float(ts), sender, body, room=room, recipient=recipient)
     if extra:
         for f, v in json.loads(extra).items():
@@ -188,13 +190,16 @@ class Engine:
 
     def insert_messages(self, messages: list[ChatMessage]) -> None:
         """Store *messages* in one transaction: the group commit."""
-        rows = [_row(m) for m in messages]
+        rows = self._rows(messages)
 
         def insert() -> None:
             with self._transaction():
                 self._executemany(_INSERT, rows)
 
         self._call(insert, idempotent=False)
+
+    def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
+        return [_row(m, m.text) for m in messages]
 
     def max_id(self) -> int:
         return self._call(
@@ -393,6 +398,9 @@ class PostgresEngine(Engine):
     def _lock_schema(self) -> None:
         self._execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
 
+    def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
+        return [_row(m, m.text.encode("utf-8")) for m in messages]
+
     def _call(self, fn: Callable[[], T], idempotent: bool = True) -> T:
         with self.lock:
             try:
@@ -416,7 +424,7 @@ class PostgresEngine(Engine):
             # The connection died around the commit: the batch may or may
             # not be stored. Ids are primary keys, so replaying it with
             # ON CONFLICT DO NOTHING stores exactly what is missing.
-            rows = [_row(m) for m in messages]
+            rows = self._rows(messages)
 
             def replay() -> None:
                 with self._transaction():

@@ -33,7 +33,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         1,
         "messages",
         # extra: JSON for optional message fields (reply_to, edit_of), NULL
-        # for the common message that has none.
+        # for the common message that has none. PostgreSQL keeps the body as
+        # UTF-8 BYTEA because its TEXT cannot hold NUL, which messages may.
         sqlite=(
             # INTEGER PRIMARY KEY makes the server id SQLite's rowid: the
             # table is stored in id order and needs no second index for it.
@@ -61,7 +62,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 room_key TEXT,
                 recipient TEXT,
                 conversation TEXT,
-                body TEXT NOT NULL,
+                body BYTEA NOT NULL,
                 extra TEXT
             )""",
             "CREATE INDEX messages_by_room ON messages (room_key, id) WHERE room_key IS NOT NULL",

@@ -96,11 +96,15 @@ class _Group:
                 waiter.callback(None)
         else:
             for waiter, result in zip(waiters, results, strict=True):
-                waiter.callback(result)
+                if isinstance(result, Failure):
+                    self.done -= 1  # the submitter logs it
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
         self._next()
 
     def _failed(self, failure: Failure, waiters: list[Deferred[Any]]) -> None:
-        log.failure("storage batch of {n} failed", failure, n=len(waiters))
+        # Not logged here: each submitter handles (and logs) its failure.
         for waiter in waiters:
             waiter.errback(failure)
         self._next()
@@ -160,9 +164,24 @@ class ThreadedStore:
             return fail(StorageClosed("the message store is closed"))
         return self._commits.submit(message)
 
-    def _insert(self, messages: list[ChatMessage]) -> None:
-        self.writer.insert_messages(messages)
-        return None
+    def _insert(self, messages: list[ChatMessage]) -> list[Failure | None] | None:
+        """Writer thread: one transaction for the batch. If it fails, store
+        the messages one by one, so that one message the database refuses
+        does not take the rest of its batch down with it."""
+        try:
+            self.writer.insert_messages(messages)
+            return None
+        except Exception:
+            if len(messages) == 1:
+                raise
+        results: list[Failure | None] = []
+        for message in messages:
+            try:
+                self.writer.insert_messages([message])
+                results.append(None)
+            except Exception:
+                results.append(Failure())
+        return results
 
     @property
     def stored(self) -> int:

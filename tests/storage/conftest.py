@@ -1,0 +1,89 @@
+"""Fixtures for the storage tests: both engines, and real servers on a database.
+
+Every test that takes ``db_url`` runs once on SQLite (a file in a temporary
+directory) and once on PostgreSQL at 127.0.0.1:5432, in a schema of its own
+that is dropped afterwards; without a reachable PostgreSQL that half skips
+with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+
+from tests.storage.support import DurableServer
+
+PG_ADMIN_DSN = os.environ.get("CHATSERV_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+_pg_reason: str | None = None
+_pg_checked = False
+
+
+def pg_unavailable() -> str | None:
+    """Why PostgreSQL tests cannot run here, or None if they can."""
+    global _pg_checked, _pg_reason
+    if not _pg_checked:
+        _pg_checked = True
+        try:
+            import psycopg
+        except ImportError:
+            _pg_reason = "psycopg is not installed (pip install 'chatserv[postgres]')"
+        else:
+            try:
+                psycopg.connect(PG_ADMIN_DSN, connect_timeout=3).close()
+            except psycopg.Error as e:
+                _pg_reason = f"PostgreSQL is not reachable at {PG_ADMIN_DSN}: {str(e).strip()}"
+    return _pg_reason
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped after the test."""
+    reason = pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    schema = f"chatserv_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_ADMIN_DSN else "?"
+    try:
+        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "chat.sqlite3")
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest_twisted.async_yield_fixture
+async def durable(db_url):
+    """A factory of real servers on *db_url*; all stopped after the test."""
+    started: list[DurableServer] = []
+
+    async def start(**options) -> DurableServer:
+        server = DurableServer(db_url, **options)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor
+
+    return reactor
