@@ -7,6 +7,7 @@ these option tables in even when no bridge is configured.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,12 +92,12 @@ FLAGS: list[list[Any]] = [
 _DEPENDENT = ("telegram-token-file", "telegram-room", "telegram-marker", "telegram-queue", "telegram-state")
 
 
-def read_token(token_file: str | None, environ: dict[str, str] | None = None) -> str:
+def read_token(token_file: str | None, environ: Mapping[str, str] | None = None) -> str:
     """The bot token from *token_file*, else from ``$TELEGRAM_BOT_TOKEN``.
 
     Never from the command line: arguments are visible to every local user.
     """
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    env: Mapping[str, str] = os.environ if environ is None else environ
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
@@ -106,7 +107,7 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
         if not token:
             raise usage.UsageError("--telegram-token-file is empty")
         return token
-    token = environ.get(TOKEN_ENV, "").strip()
+    token = env.get(TOKEN_ENV, "").strip()
     if not token:
         raise usage.UsageError(
             f"--telegram-chat needs a bot token: set ${TOKEN_ENV} or --telegram-token-file"
@@ -114,7 +115,7 @@ def read_token(token_file: str | None, environ: dict[str, str] | None = None) ->
     return token
 
 
-def check_options(options: Any, environ: dict[str, str] | None = None) -> None:
+def check_options(options: Any, environ: Mapping[str, str] | None = None) -> None:
     """``postOptions`` for the telegram options: validate and read the token now,
     so a misconfigured bridge fails at start-up with a usage error."""
     if options["telegram-chat"] is None:

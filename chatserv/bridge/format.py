@@ -75,7 +75,7 @@ def split_text(sender: str | None, text: str, limit: int) -> list[str]:
 def clean_name(name: str) -> str:
     """A Telegram display name made fit for the chat's user list: no control or
     format characters, runs of white space as one space, at most 32 characters."""
-    out = []
+    out: list[str] = []
     for ch in unicodedata.normalize("NFC", name):
         cat = unicodedata.category(ch)
         if cat[0] == "Z" or ch in "\t\n\r":

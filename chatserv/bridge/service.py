@@ -133,7 +133,7 @@ class TelegramBridge(Service):
     whether chat ids survive restarts from the hub's numbering.
     """
 
-    name = "telegram-bridge"
+    name = "telegram-bridge"  # type: ignore[assignment]
 
     def __init__(self, config: BridgeConfig, hub: Hub, reactor: Any, store: Any = None) -> None:
         self.config = config

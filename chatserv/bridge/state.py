@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -245,18 +245,6 @@ class BridgeState:
         conn, self._conn = self._conn, None
         await self._in_thread(conn.close)
         self._pool.stop()
-
-    def flushed(self) -> Deferred[None]:
-        """Fires once everything changed so far is on disk (for tests)."""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-            self._flush_call = None
-            self._flush()
-        if self._flushing is None:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._flushing.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
 
 
 def _write(conn: sqlite3.Connection, ops: list[tuple[str, tuple[Any, ...]]], meta: dict[str, str]) -> None:

@@ -265,3 +265,25 @@ async def test_ids_from_a_previous_server_are_not_reused(rig):
     rig.fake.say(LUIS, "contesto", reply_to=bot_message)
     frame = await bea.expect("broadcast", **{"from": "Luis (TG)"})
     assert frame["reply_to"] == {"from": "Ana", "msg": "del servidor anterior"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_updates_offered_again_are_relayed_once(rig):
+    """If Telegram offers handled updates again (our confirmation got lost),
+    the saved update id still keeps them out of the chat."""
+    await rig.start()
+    ana = await rig.client("Ana")
+    rig.fake.say(LUIS, "una vez")
+    await ana.expect("broadcast", msg="una vez")
+    await sleep(0.05)
+    await rig.stop_bridge()
+    rig.fake.unconfirm_all()
+    rig.fake.fail("getUpdates", "500")  # the start-up confirmation fails too
+    rig.fake.say(LUIS, "nuevo")
+    polls = len(rig.fake.offsets)
+    await rig.start()
+    frame = await ana.expect("broadcast", **{"from": "Luis (TG)"})
+    assert frame["msg"] == "nuevo"
+    assert 0 in rig.fake.offsets[polls:]  # PTB did fetch from the start again
+    await sleep(0.1)
+    assert [line for line in await ana.quiet(0.05) if "una vez".encode() in line] == []

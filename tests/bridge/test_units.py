@@ -174,7 +174,7 @@ def test_reactor_check():
     require_asyncio_reactor(reactor)
 
 
-def parse(args: list[str], env: dict[str, str] | None = None, monkeypatch: Any = None) -> Options:
+def parse(args: list[str]) -> Options:
     options = Options()
     options.parseOptions(args)
     return options
