@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
@@ -584,9 +585,11 @@ def _write(transport: Any, data: bytes) -> None:
     once halves the server's CPU per delivery (docs/PERFORMANCE.md). Whatever
     the kernel does not take, or any error, goes through the transport, which
     then owns ordering, back-pressure and error reporting as usual. TLS and
-    other wrapped transports have no ``socket`` and always take the plain path.
+    other wrapped transports always take the plain path: they are not socket
+    FileDescriptors, though a wrapper forwards ``socket`` and ``dataBuffer``
+    lookups to the TCP transport beneath it (sending there would bypass TLS).
     """
-    sock = getattr(transport, "socket", None)
+    sock = getattr(transport, "socket", None) if isinstance(transport, FileDescriptor) else None
     if sock is not None and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True):
         try:
             sent = sock.send(data)

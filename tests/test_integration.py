@@ -551,3 +551,101 @@ async def test_rooms(server, clients):
     luis.send(cmd="leave", room="COCINA")
     assert await luis.expect("left") == {"cmd": "left", "room": "Cocina"}
     await ana.expect("users", room="Cocina", list=["Ana"])
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for localhost: (key path, certificate path)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory = tmp_path_factory.mktemp("tls")
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(key_path), str(cert_path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_listener_next_to_tcp(tls_files):
+    """`--listen ssl:...` beside `--listen tcp:...`: one room, and TLS really is TLS."""
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    from chatserv.protocol import Limits
+    from chatserv.service import ChatServer, ServerConfig
+
+    key, cert = tls_files
+    config = ServerConfig(
+        listen=[
+            f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
+            "tcp:0:interface=127.0.0.1",
+        ],
+        limits=Limits(rate_limit=0),
+    )
+    srv = ChatServer(config, reactor)
+    srv.startService()
+    ports = await srv.listening
+    tls_port, tcp_port = (p.getHost().port for p in ports)
+    with open(cert, "rb") as f:
+        trust = Certificate.loadPEM(f.read())
+    made: list[LineClient] = []
+    try:
+        tls_endpoint = SSL4ClientEndpoint(
+            reactor, "127.0.0.1", tls_port, optionsForClientTLS("localhost", trustRoot=trust)
+        )
+        ana = await connectProtocol(tls_endpoint, LineClient())
+        made.append(ana)
+        await ana.login("Ana")
+        luis = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", tcp_port), LineClient())
+        made.append(luis)
+        await luis.login("Luis")
+        await ana.expect("users", list=["Ana", "Luis"])
+        big = "ñ😀" * 3_000  # 18 kB of UTF-8 (54 kB escaped): several TLS records
+        for i in range(10):
+            luis.send(cmd="broadcast", msg=f"{i}{big}")
+        for i in range(10):
+            assert (await ana.expect("broadcast"))["msg"] == f"{i}{big}"
+        ana.send(cmd="message", to="Luis", msg="cifrado")
+        assert (await luis.expect("private"))["msg"] == "cifrado"
+        # A plain-text client speaking TCP to the TLS port gets no plaintext back.
+        raw = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", tls_port), LineClient())
+        made.append(raw)
+        raw.send_raw(b"Mallory: hola\n")
+        await raw.closed
+        assert b"Hola" not in raw.buffer and b"error" not in raw.buffer
+    finally:
+        for client in made:
+            client.close()
+        for client in made:
+            if client.connected:
+                await client.closed
+        await srv.stopService()
