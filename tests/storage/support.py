@@ -13,10 +13,17 @@ class DurableServer:
     """``makeService`` on *db_url*, listening on a loopback port; can be
     stopped and started again on the same database, as an operator would."""
 
-    def __init__(self, db_url: str, history: int = 50, require_accounts: bool = False, **limits: Any) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        history: int = 50,
+        require_accounts: bool = False,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        **limits: Any,
+    ) -> None:
         limits.setdefault("rate_limit", 0)
         self.config = ServerConfig(
-            listen=["tcp:0:interface=127.0.0.1"],
+            listen=[listen],
             history=history,
             limits=Limits(**limits),
             db=db_url,

@@ -1,0 +1,101 @@
+"""Chat over TLS with a throwaway certificate, verified by the client."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+from tests.support import LineClient
+
+
+def make_certificate(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
+    """A self-signed certificate for *hostname*: (key.pem, cert.pem)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem, cert_pem = directory / "key.pem", directory / "cert.pem"
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_pem, cert_pem
+
+
+class TLSClient(LineClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = None
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.reason = reason
+        super().connectionLost(reason)
+
+
+async def tls_client(port: int, cert_pem: Path, hostname: str = "localhost") -> TLSClient:
+    from twisted.internet import reactor
+
+    # trustRoot is the throwaway certificate; the hostname is checked
+    # against it by service_identity, as any real client would.
+    options = optionsForClientTLS(hostname, trustRoot=Certificate.loadPEM(cert_pem.read_bytes()))
+    endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, options)
+    return await connectProtocol(endpoint, TLSClient())
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_over_tls(durable, tmp_path):
+    import service_identity  # noqa: F401 - without it Twisted skips hostname checks
+
+    key_pem, cert_pem = make_certificate(tmp_path)
+    srv = await durable(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    ana = await tls_client(srv.port, cert_pem)
+    luis = await tls_client(srv.port, cert_pem)
+    try:
+        await ana.login("Ana")
+        await luis.login("Luis")
+        ana.send(cmd="broadcast", msg="cifrado 🔒")
+        frame = await luis.expect("broadcast")
+        assert frame["from"] == "Ana" and frame["msg"] == "cifrado 🔒"
+        luis.send(cmd="message", to="Ana", msg="solo para ti")
+        assert (await ana.expect("private"))["msg"] == "solo para ti"
+        ana.send(cmd="history")
+        assert [i["msg"] for i in (await ana.expect("history"))["items"]] == ["cifrado 🔒"]
+    finally:
+        for c in (ana, luis):
+            c.close()
+            await c.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_rejects_a_certificate_for_another_name(durable, tmp_path):
+    key_pem, cert_pem = make_certificate(tmp_path, hostname="otro.example")
+    srv = await durable(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    client = await tls_client(srv.port, cert_pem, hostname="localhost")
+    client.send(cmd="login", user="Ana")
+    await client.closed
+    assert client.lines.pending == []
+    # service_identity's verdict: the certificate names another host.
+    assert type(client.reason.value).__name__ == "VerificationError"
+    assert "DNSMismatch" in repr(client.reason.value)
+    assert srv.server.hub.find("Ana") is None
