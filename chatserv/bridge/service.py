@@ -41,7 +41,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ..hub import GENERAL, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from ..hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
 from ..names import name_key
 from ..wire import join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
@@ -58,6 +58,11 @@ PRIVATE_ANSWER = (
 #: A private chat gets the answer above at most once in this many seconds.
 PRIVATE_ANSWER_EVERY = 3600.0
 BRIDGE_USER = "Telegram"
+BRIDGE_PRIVATE = (
+    "Soy el puente con Telegram: lo que se escribe en la sala {room} llega al grupo; "
+    "los mensajes privados, no."
+)
+NO_PRIVATE = "Estoy en Telegram: los mensajes privados del chat no me llegan."
 _RETRY = object()
 _DROPPED = object()
 
@@ -80,11 +85,25 @@ class _Listener:
 
 class _Mute:
     """A Telegram user's session. That person reads the chat in Telegram,
-    through the bridge's own session, so what the hub hands it is dropped;
-    private messages to it are not relayed (see docs/TELEGRAM.md)."""
+    through the bridge's own session, so what the hub hands it is dropped.
+    A private message to it is answered, once per message, saying it cannot
+    be delivered (see docs/TELEGRAM.md)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.session: Session | None = None
 
     def receive_message(self, message: ChatMessage) -> None:
-        pass
+        me = self.session
+        if me is None or message.room is not None or message.sender == me.name:
+            return
+        sender = self.hub.find(message.sender)
+        if sender is None or isinstance(sender.participant, _Mute):
+            return
+        try:
+            self.hub.private(me, message.sender, NO_PRIVATE)
+        except ChatError:
+            pass
 
     def receive_presence(self, change: PresenceChange) -> None:
         pass
@@ -143,6 +162,9 @@ class TelegramBridge(Service):
         #: messages; decided once the state file is loaded
         self.stable_ids = False
         self._first_id: int | None = None
+        #: true until updates newer than the saved offset arrive, when
+        #: Telegram may offer handled ones again
+        self._catching_up = False
         self.chat_id = config.chat_id
         self.room_key = name_key(config.room)
         self.run = uuid.uuid4().hex[:12]
@@ -285,8 +307,9 @@ class TelegramBridge(Service):
         try:
             await as_deferred(self.bot.get_updates(offset=self.state.offset + 1, limit=1, timeout=0))
         except TelegramError as e:
-            # Not fatal: updates seen again are recognised by their id.
+            # Not fatal: updates offered again are recognised by their id.
             log.warn("could not confirm the saved update offset: {error}", error=self._redact(str(e)))
+            self._catching_up = True
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -361,7 +384,8 @@ class TelegramBridge(Service):
             if user.idle.active():
                 user.idle.cancel()
             self._logout(user.session)
-        session = self._login(_Mute(), base)
+        mute = _Mute(self.hub)
+        session = mute.session = self._login(mute, base)
         idle = self.reactor.callLater(self.config.idle_timeout, self._expire, key)
         self.tg_users[key] = _TgUser(base, session, idle)
         return session
@@ -372,14 +396,28 @@ class TelegramBridge(Service):
             self._logout(user.session)
 
     def _chat_message(self, message: ChatMessage) -> None:
-        if message.room is None or name_key(message.room) != self.room_key:
+        if message.room is None:
+            self._chat_private(message)
+            return
+        if name_key(message.room) != self.room_key:
             return
         if name_key(message.sender) in self.bridged:
             return  # it came from Telegram: no echo
         self._enqueue(message.id, message.sender, message.text)
 
+    def _chat_private(self, message: ChatMessage) -> None:
+        me = self.session
+        if me is None or name_key(message.sender) in self.bridged:
+            return
+        try:
+            self.hub.private(me, message.sender, BRIDGE_PRIVATE.format(room=self.config.room))
+        except ChatError:
+            pass
+
     def _chat_presence(self, change: PresenceChange) -> None:
-        if not self.config.notices or name_key(change.room) != self.room_key:
+        # Not while stopping: clients leaving at shutdown are no news, and
+        # the lines would wait in the queue for the next start.
+        if not self.config.notices or not self.running or name_key(change.room) != self.room_key:
             return
         joined = tuple(n for n in change.joined if name_key(n) not in self.bridged)
         left = tuple(n for n in change.left if name_key(n) not in self.bridged)
@@ -395,15 +433,23 @@ class TelegramBridge(Service):
     # -- Telegram -> chat -----------------------------------------------------
 
     async def _on_update(self, update: Any, context: Any) -> None:
-        if update.update_id <= self.state.offset:
-            log.debug("update {id} already handled", id=update.update_id)
-            return
+        uid = update.update_id
+        if uid <= self.state.offset:
+            if self._catching_up:
+                log.debug("update {id} already handled", id=uid)
+                return
+            # Telegram delivers ids in order, and it has confirmed everything
+            # up to our offset: a lower id means it started numbering afresh
+            # (it does after a week without updates).
+            log.info("Telegram restarted its update numbering at {id}", id=uid)
+        else:
+            self._catching_up = False
         try:
             self._relay_update(update)
         finally:
             # Marked handled even if relaying failed: an update that breaks
             # the bridge must not come back after every restart.
-            self.state.set_offset(update.update_id)
+            self.state.set_offset(uid, force=True)
 
     async def _on_handler_error(self, update: Any, context: Any) -> None:
         log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))

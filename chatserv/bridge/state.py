@@ -151,8 +151,8 @@ class BridgeState:
 
     # -- update offsets ---------------------------------------------------
 
-    def set_offset(self, update_id: int) -> None:
-        if update_id > self.offset:
+    def set_offset(self, update_id: int, force: bool = False) -> None:
+        if update_id > self.offset or force:
             self.offset = update_id
             self._meta["offset"] = str(update_id)
             self._schedule()

@@ -286,4 +286,32 @@ async def test_updates_offered_again_are_relayed_once(rig):
     assert frame["msg"] == "nuevo"
     assert 0 in rig.fake.offsets[polls:]  # PTB did fetch from the start again
     await sleep(0.1)
-    assert [line for line in await ana.quiet(0.05) if "una vez".encode() in line] == []
+    assert [line for line in await ana.quiet(0.05) if b"una vez" in line] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_while_telegram_is_unreachable(rig):
+    rig.fake.fail("getMe", "502", times=3)
+    bridge = await rig.start(wait=False)
+    ana = await rig.client("Ana")
+    ana.send(cmd="broadcast", msg="mientras arranca")  # queued until Telegram answers
+    await bridge.ready
+    assert rig.fake.count("getMe") == 4
+    assert await wait_lines(rig.fake, 1) == ["Ana: mientras arranca"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_token_leaves_the_chat_running(rig):
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    try:
+        rig.fake.token = "999:another-token"
+        await rig.start(wait=False)
+        await wait_for(lambda: "refused the bot token" in capture.text())
+        ana = await rig.client("Ana")
+        bea = await rig.client("Bea")
+        assert await round_trip(ana, bea, "seguimos") < 0.5
+        await rig.stop_bridge()
+    finally:
+        globalLogPublisher.removeObserver(capture)
+    assert TOKEN not in capture.text()

@@ -211,3 +211,36 @@ async def test_bridged_room_other_than_general(rig):
     await rig.fake.wait_sent(1)
     await sleep(0.1)
     assert rig.fake.group_lines() == ["Ana: en telegram"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_messages_to_bridged_names_are_answered(rig):
+    await rig.start()
+    ana = await rig.client("Ana")
+    rig.fake.say(LUIS, "hola")
+    await broadcast(ana)
+    ana.send(cmd="message", to="Luis García (TG)", msg="¿me oyes?")
+    answer = await ana.expect("private", **{"from": "Luis García (TG)"})
+    assert "Telegram" in answer["msg"]
+    ana.send(cmd="message", to="Telegram (TG)", msg="¿y tú?")
+    answer = await ana.expect("private", **{"from": "Telegram (TG)"})
+    assert "puente" in answer["msg"]
+    await sleep(0.1)
+    assert rig.fake.sent == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_update_numbering_restarted_by_telegram_is_followed(rig):
+    from telegram import Update
+
+    bridge = await rig.start()
+    ana = await rig.client("Ana")
+    rig.fake.say(LUIS, "antes del cambio")
+    await broadcast(ana)
+    assert bridge.state.offset >= 5000
+    # After a week without updates Telegram numbers them afresh, lower.
+    update = Update.de_json({"update_id": 7, "message": rig.fake.message(LUIS, "después")}, bridge.bot)
+    await bridge._on_update(update, None)
+    frame = await broadcast(ana)
+    assert frame["msg"] == "después"
+    assert bridge.state.offset == 7
