@@ -121,6 +121,15 @@ def readable_error(code: str, msg: str, **names: str) -> str:
     return texts.get(code) or msg or code
 
 
+def with_detail(text: str, server_text: str) -> str:
+    """Our sentence plus the server's own words when they add something: a
+    ``bad_request`` or ``auth_failed`` at login can mean several things (a
+    wrong password, or a server without accounts)."""
+    if server_text and server_text != text:
+        return _("{text} (server: {detail})").format(text=text, detail=server_text)
+    return text
+
+
 class ChatSession:
     log = Logger()
 
@@ -373,7 +382,7 @@ class ChatSession:
                     _("Could not create the account: {reason}").format(reason=msg)
                 )
             else:
-                self._login_failed(readable_error(code, msg))
+                self._login_failed(with_detail(readable_error(code, msg), msg))
             return
         if code == "name_taken" and self.model.ever_online and self._name_retries < NAME_RETRIES:
             # Probably our own previous session, not yet noticed as gone.
@@ -388,7 +397,7 @@ class ChatSession:
                 _("The name {user} is already in use. Choose another one.").format(user=user)
             )
         else:
-            self._login_failed(readable_error(code, msg))
+            self._login_failed(with_detail(readable_error(code, msg), msg))
 
     # -- frames -----------------------------------------------------------------
     def _room_key(self, frame: Frame) -> ConvKey:
