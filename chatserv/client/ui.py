@@ -534,6 +534,10 @@ class ChatWindow(ModelObserver):
             self.input.focus_set()
 
     def state_changed(self) -> None:
+        if self.model.state is ConnState.ONLINE:
+            # The account exists now: reconnecting from the form must not
+            # try to create it again.
+            self.form.register_var.set(False)
         self._render_status()
         self._render_title()
 
