@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.support import LineClient, connect, start_server
+from tests.support import LineClient, connect, sleep, start_server
 
 TIME = re.compile(r"^\d\d:\d\d:\d\d$")
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -354,6 +354,10 @@ async def test_server_full(custom):
     # The others are untouched, and a freed slot can be used again.
     first.close()
     await first.closed
+    for _ in range(200):  # until the server, too, has seen it go
+        if len(srv.factory.connections) < 2:
+            break
+        await sleep(0.01)
     await second.login("Luis")
     fourth = await custom.client(srv)
     await fourth.login("Ana")
