@@ -85,12 +85,15 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
                                   password=srv.password or args.irc_pass, db=srv.db_path())
     if args.no_presence:
         target.features = ()
+    call = dict(params)
+    if "features" in call:
+        target.features = tuple(call.pop("features"))
     spy = start_py_spy(args.py_spy, target.pid) if args.py_spy else None
     func: Callable[..., Awaitable[dict[str, Any]]] = getattr(workloads, workload)
     t0 = time.time()
     try:
         with asyncio.Runner(loop_factory=new_loop) as runner:
-            res = runner.run(asyncio.wait_for(func(target, log=log, **params), args.max_time))
+            res = runner.run(asyncio.wait_for(func(target, log=log, **call), args.max_time))
         error = res.pop("error", None)
     except TimeoutError:
         res, error = {}, f"workload exceeded --max-time {args.max_time}s"
@@ -108,6 +111,8 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
         "wall_s": round(time.time() - t0, 1), **res,
     }
+    if peer == "chatserv":
+        out["features"] = list(target.features)
     if error:
         out["error"] = error
     if not alive:
@@ -224,23 +229,35 @@ def rate_params(a: argparse.Namespace, default_deliveries: float) -> dict[str, A
 
 
 def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
-    """(item, workload, params) for the comparison table of issue 3."""
-    q = a.quick
-    ramp = {"find": True, "start": 10000.0 if q else 25000.0, "factor": 2.0 if q else 1.5,
-            "ceiling": 20e6, "refine": 0 if q else 2, "duration": 1.0 if q else 3.0,
-            "probes": 50, "rate": 0.0, "deliveries": 0.0}
-    n1, n2 = (50, 200) if q else (200, 1000)
+    """(item, workload, params) for the comparison table of issue 3.
+
+    The item names are the full run's; ``--quick`` runs smaller and shorter
+    versions of a subset (the table says what was actually run).
+    """
+    ramp = {"find": True, "start": 25000.0, "factor": 1.5, "ceiling": 20e6, "refine": 2,
+            "duration": 3.0, "probes": 20, "rate": 0.0, "deliveries": 0.0}
+    fixed = {"find": False, "rate": 0.0, "start": 0.0, "factor": 1.0, "ceiling": 0.0,
+             "refine": 0, "probes": 20, "repeat": 1}
+    if a.quick:
+        qramp = {**ramp, "start": 10000.0, "factor": 2.5, "refine": 0, "duration": 1.0}
+        return [
+            ("fanout200_max", "fanout", {"clients": 50, "senders": 10, "repeat": 1, **qramp}),
+            ("fanout200_100k", "fanout", {"clients": 50, "senders": 10, "deliveries": 20000.0,
+                                          "duration": 2.0, **fixed}),
+            ("conns1000", "conns", {"clients": 1000, "timeout": 10.0}),
+            ("private100_max", "private", {"pairs": 20, **qramp}),
+        ]
     return [
-        ("fanout200_max", "fanout", {"clients": n1, "senders": 10, "repeat": a.repeat, **ramp}),
-        ("fanout1000_max", "fanout", {"clients": n2, "senders": 10, "repeat": a.repeat, **ramp}),
-        ("fanout200_100k", "fanout", {
-            "clients": n1, "senders": 10, "repeat": 1, "find": False, "rate": 0.0,
-            "deliveries": 20000.0 if q else 100000.0, "duration": 2.0 if q else 10.0,
-            "start": 0.0, "factor": 1.0, "ceiling": 0.0, "refine": 0, "probes": 50}),
-        ("conns1000", "conns", {"clients": 300 if q else 1000, "timeout": 20.0}),
-        ("conns5000", "conns", {"clients": 1000 if q else 5000, "timeout": 20.0}),
-        ("conns10000", "conns", {"clients": 2000 if q else 10000, "timeout": 20.0}),
-        ("private100_max", "private", {"pairs": 20 if q else 100, **ramp}),
+        ("fanout200_max", "fanout", {"clients": 200, "senders": 10, "repeat": a.repeat, **ramp}),
+        ("fanout1000_max", "fanout", {"clients": 1000, "senders": 10, "repeat": a.repeat, **ramp}),
+        ("fanout200_100k", "fanout", {"clients": 200, "senders": 10, "deliveries": 100000.0,
+                                      "duration": 10.0, **fixed}),
+        ("conns1000", "conns", {"clients": 1000, "timeout": 20.0}),
+        ("conns5000", "conns", {"clients": 5000, "timeout": 20.0}),
+        ("conns10000", "conns", {"clients": 10000, "timeout": 20.0}),
+        # chatserv only: clients that do not ask for presence deltas (seed 000).
+        ("conns10000_fulllists", "conns", {"clients": 10000, "timeout": 20.0, "features": []}),
+        ("private100_max", "private", {"pairs": 100, **ramp}),
     ]
 
 
@@ -284,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             if only and item not in only:
                 continue
             for peer in peers:
+                if "features" in params and peer != "chatserv":
+                    continue
                 log(f"== {item} ({workload}) on {peer}")
                 res = run_one(a, peer, workload, {**params, **common})
                 res["item"] = item

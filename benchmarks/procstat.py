@@ -37,11 +37,18 @@ class CpuWindow:
         self.pid = pid
         self.t0 = self.s0 = self.g0 = 0.0
         self.wall = self.server = self.gen = 0.0
+        self.mark_wall = self.mark_server = self.mark_gen = 0.0
 
     def start(self) -> None:
         self.t0 = time.monotonic()
         self.s0 = cpu_seconds(self.pid) if self.pid else 0.0
         self.g0 = self_cpu()
+
+    def mark(self) -> None:
+        """End of the busy part (sending): CPU shares are taken over start()..mark()."""
+        self.mark_wall = time.monotonic() - self.t0
+        self.mark_server = (cpu_seconds(self.pid) - self.s0) if self.pid else float("nan")
+        self.mark_gen = self_cpu() - self.g0
 
     def stop(self) -> None:
         self.wall = time.monotonic() - self.t0

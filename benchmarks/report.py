@@ -123,9 +123,10 @@ def _p99_cell(r: dict[str, Any] | None) -> str:
     return f"{_f(r.get('p99_ms'), ' ms', 2)} (p50 {_f(r.get('p50_ms'), ' ms', 2)})"
 
 
-def _conns_cell(r: dict[str, Any] | None, timeout: str = "20") -> str:
+def _conns_cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return "not run"
+    timeout = f"{r['params'].get('timeout', 20):g}"
     lg = r.get("login")
     if not lg:
         return f"error: {r.get('error', '?')[:60]}"
@@ -158,6 +159,7 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
     f200, f1000 = _by(results, "fanout200_max"), _by(results, "fanout1000_max")
     fx = _by(results, "fanout200_100k")
     c1, c5, c10 = _by(results, "conns1000"), _by(results, "conns5000"), _by(results, "conns10000")
+    c10f = _by(results, "conns10000_fulllists")
     pv = _by(results, "private100_max")
 
     def n_of(d: dict[str, dict[str, Any]], key: str, default: str) -> str:
@@ -173,10 +175,14 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
          f"deliveries/s ({n_of(fx, 'clients', '200')} clients)", fx, _cpu_cell),
         (f"p99 latency at {float(n_of(fx, 'deliveries', '0')) / 1000:.0f} k deliveries/s", fx,
          _p99_cell),
+        (f"{n_of(c1, 'clients', '1000')} clients logging in to one room "
+         f"({n_of(c1, 'timeout', '20').split('.')[0]} s allowed)", c1, _conns_cell),
         (f"{n_of(c5, 'clients', '5000')} clients logging in to one room (20 s allowed)", c5,
          _conns_cell),
         (f"{n_of(c10, 'clients', '10000')} clients logging in to one room (20 s allowed)", c10,
          _conns_cell),
+        (f"{n_of(c10f, 'clients', '10000')} clients logging in, clients without the presence "
+         "feature (full users lists)", c10f, _conns_cell),
         (f"RSS per logged-in connection ({n_of(c1, 'clients', '1000')} clients)", c1, _rss_cell),
         (f"RSS per logged-in connection ({n_of(c10, 'clients', '10000')} clients)", c10, _rss_cell),
         (f"private messages, {n_of(pv, 'pairs', '100')} pairs, max deliveries/s", pv, _max_cell),
@@ -192,7 +198,8 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
     for label, d, cell in rows:
         if not d:
             continue
-        lines.append(f"| {label} | " + " | ".join(cell(d.get(p)) for p in peers) + " |")
+        lines.append(f"| {label} | " + " | ".join(cell(d[p]) if p in d else "—" for p in peers)
+                     + " |")
     vers = {r["peer"]: r.get("version", "?") for r in results}
     lines += ["", "Versions: " + "; ".join(f"{p}: {v}" for p, v in vers.items()) + "."]
     return "\n".join(lines) + "\n"
