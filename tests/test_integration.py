@@ -597,6 +597,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(key_path), str(cert_path)
 
 
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 @pytest_twisted.ensureDeferred
 async def test_tls_listener_next_to_tcp(tls_files):
     """`--listen ssl:...` beside `--listen tcp:...`: one room, and TLS really is TLS."""
