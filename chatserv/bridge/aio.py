@@ -34,7 +34,7 @@ def require_asyncio_reactor(reactor: Any) -> None:
         name = type(reactor).__name__
         raise ReactorMismatch(
             f"the Telegram bridge needs the asyncio reactor, but {name} is running: "
-            "start it with 'twistd -n -r asyncio chatserv ...'"
+            "start it with 'twistd -n -r asyncio chatserv ...' (or with no -r at all)"
         )
 
 

@@ -7,6 +7,7 @@ these option tables in even when no bridge is configured.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,12 @@ class TelegramOptions:
 
 def check_runtime(reactor: Any = None) -> None:
     """At ``twistd`` start-up with a bridge configured: exit with one clear
-    line unless python-telegram-bot is installed and the reactor is asyncio's."""
+    line unless python-telegram-bot is installed and the reactor is asyncio's.
+
+    twistd installs the reactor named by ``-r`` before building the service,
+    and its default one only later: so when no reactor is installed yet the
+    operator chose none, and the bridge installs the asyncio reactor itself.
+    """
     from .aio import ReactorMismatch, require_asyncio_reactor
 
     try:
@@ -180,6 +186,10 @@ def check_runtime(reactor: Any = None) -> None:
             "chatserv: the Telegram bridge needs python-telegram-bot: pip install 'chatserv[telegram]'"
         ) from None
     if reactor is None:
+        if "twisted.internet.reactor" not in sys.modules:
+            from twisted.internet import asyncioreactor
+
+            asyncioreactor.install()
         from twisted.internet import reactor
     try:
         require_asyncio_reactor(reactor)

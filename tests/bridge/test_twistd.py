@@ -63,14 +63,15 @@ def spawn(args: list[str], cwd: Path, token: str | None = TOKEN) -> Output:
     return out
 
 
+@pytest.mark.parametrize("reactor_args", [["-r", "asyncio"], []], ids=["-r asyncio", "no -r"])
 @pytest_twisted.ensureDeferred
-async def test_twistd_relays_both_ways(fakebot, tmp_path):
+async def test_twistd_relays_both_ways(fakebot, tmp_path, reactor_args):
+    """Also without ``-r``: with no reactor chosen the bridge installs asyncio's."""
     from twisted.internet import reactor
 
     out = spawn(
         [
-            "-r",
-            "asyncio",
+            *reactor_args,
             "--pidfile=",
             "chatserv",
             "--listen",
@@ -114,13 +115,25 @@ async def test_twistd_relays_both_ways(fakebot, tmp_path):
     assert "Server Shut Down." in out.text
     assert time.monotonic() - started < 10
     assert "Telegram bot @chatserv_bridge_bot is up" in out.text
+    assert "reactor class: twisted.internet.asyncioreactor.AsyncioSelectorReactor" in out.text
     assert TOKEN not in out.text and TOKEN.split(":")[1] not in out.text
 
 
 @pytest_twisted.ensureDeferred
-async def test_twistd_without_the_asyncio_reactor_says_so(tmp_path):
+async def test_twistd_with_another_reactor_says_so(tmp_path):
     out = spawn(
-        ["--pidfile=", "chatserv", "--db", ":memory:", "--listen", "tcp:0", "--telegram-chat", str(GROUP)],
+        [
+            "-r",
+            "poll",
+            "--pidfile=",
+            "chatserv",
+            "--db",
+            ":memory:",
+            "--listen",
+            "tcp:0",
+            "--telegram-chat",
+            str(GROUP),
+        ],
         tmp_path,
     )
     code = await out.ended
