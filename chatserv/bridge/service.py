@@ -172,6 +172,7 @@ class TelegramBridge(Service):
         self.outbox: Outbox | None = None
         # Chat lines that arrive while the state file is still loading.
         self._early: deque[tuple[int | None, str | None, str]] = deque(maxlen=config.queue_max)
+        self._early_dropped = 0
         self.session: Session | None = None
         self.tg_users: dict[int, _TgUser] = {}
         #: name keys of every session the bridge holds: their messages and
@@ -232,6 +233,7 @@ class TelegramBridge(Service):
         early, self._early = self._early, deque()
         for item in early:
             self._enqueue(*item)
+        outbox.dropped += self._early_dropped
         self._pump_d = ensureDeferred(self._pump())
         self._pump_d.addErrback(self._pump_died)
         await self._start_telegram()
@@ -292,6 +294,9 @@ class TelegramBridge(Service):
                 timeout=timedelta(seconds=self.config.poll_timeout),
                 allowed_updates=["message", "edited_message"],
                 error_callback=self._poll_error,
+                # Telegram may drop out between getMe and deleteWebhook too;
+                # stopping the service cancels these retries.
+                bootstrap_retries=-1,
             )
         )
         self._kick()
@@ -562,6 +567,12 @@ class TelegramBridge(Service):
 
     def _enqueue(self, chat_id: int | None, sender: str | None, text: str) -> None:
         if self.outbox is None:
+            if len(self._early) == self._early.maxlen:
+                self._early_dropped += 1
+                if self._early_dropped == 1:
+                    log.warn(
+                        "chat lines for Telegram arrive faster than the bridge starts; dropping the oldest"
+                    )
             self._early.append((chat_id, sender, text))
             return
         added, dropped = self.outbox.add(chat_id, sender, text)

@@ -292,11 +292,13 @@ async def test_updates_offered_again_are_relayed_once(rig):
 @pytest_twisted.ensureDeferred
 async def test_start_while_telegram_is_unreachable(rig):
     rig.fake.fail("getMe", "502", times=3)
+    rig.fake.fail("deleteWebhook", "drop")  # PTB's bootstrap, between getMe and polling
     bridge = await rig.start(wait=False)
     ana = await rig.client("Ana")
     ana.send(cmd="broadcast", msg="mientras arranca")  # queued until Telegram answers
     await bridge.ready
     assert rig.fake.count("getMe") == 4
+    assert rig.fake.count("deleteWebhook") == 2
     assert await wait_lines(rig.fake, 1) == ["Ana: mientras arranca"]
 
 
