@@ -88,9 +88,9 @@ async def test_twistd_relays_both_ways(fakebot, tmp_path, reactor_args):
         tmp_path,
     )
     try:
-        await wait_for(lambda: "polling" in out.text or out.ended.called or "is up" in out.text, 20)
-        await wait_for(lambda: re.search(r"listening on .*port=(\d+)", out.text) or out.ended.called, 20)
-        match = re.search(r"listening on .*port=(\d+)", out.text)
+        listening = r"listening on .*port=(\d+)"
+        await wait_for(lambda: re.search(listening, out.text) or out.ended.called, 20)
+        match = re.search(listening, out.text)
         assert match, out.text
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", int(match.group(1)))
         ana = await connectProtocol(endpoint, LineClient())
