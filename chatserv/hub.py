@@ -282,15 +282,16 @@ class Hub:
     # -- presence ---------------------------------------------------------
 
     def _note_presence(self, room: Room, joined: str | None = None, left: str | None = None) -> None:
+        # A leave and a later join of the same name in one window are both
+        # kept (members apply `left` before `joined`): the new session must
+        # find itself in `joined` to get its member list. A join followed by
+        # a leave cancels out: nobody else needs to hear of it.
         if joined is not None:
-            if joined in room.left:
-                room.left.remove(joined)
-            else:
-                room.joined.append(joined)
+            room.joined.append(joined)
         if left is not None:
             if left in room.joined:
                 room.joined.remove(left)
-            else:
+            elif left not in room.left:
                 room.left.append(left)
         if room.flush_call is None:
             room.flush_call = self.clock.callLater(

@@ -44,6 +44,10 @@ class Limits:
     max_connections: int = 20_000
 
 
+#: Seconds a closing connection may take to drain before it is aborted.
+CLOSE_GRACE = 10.0
+
+
 class BadRequest(Exception):
     """A frame that is well-formed JSON but not a valid command."""
 
@@ -120,6 +124,7 @@ class ChatProtocol(LineReceiver):
         self._scheduled = False
         self._writable = True
         self._closing = False
+        self._lost = False
         self._bucket: TokenBucket | None = None
         self._peer = "?"
         #: Private history is readable from this time on (see accounts.Identity).
@@ -149,18 +154,41 @@ class ChatProtocol(LineReceiver):
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
         self._out = []
+        self._lost = True
         self.factory.connections.discard(self)
+        if self.session is not None:
+            self._leave_hub()
+        else:
+            log.debug("connection from {peer} closed", peer=self._peer)
+
+    def _close(self) -> None:
+        """Say goodbye: flush what is queued, leave the hub now, then hang up.
+
+        The session leaves at once rather than at ``connectionLost``, because
+        a peer that does not read would otherwise keep its name for as long
+        as it keeps the socket open. Such a peer is aborted outright, and one
+        that stops reading after this gets ``CLOSE_GRACE`` seconds.
+        """
+        if self._closing and self.session is None:
+            return
+        self._closing = True
+        self.flush()
+        self._leave_hub()
+        if not self._writable:
+            self.transport.abortConnection()
+            return
+        self.transport.loseConnection()
+        self.factory.clock.callLater(CLOSE_GRACE, self._abort_if_connected)
+
+    def _abort_if_connected(self) -> None:
+        if not self._lost:
+            self.transport.abortConnection()
+
+    def _leave_hub(self) -> None:
         if self.session is not None:
             session, self.session = self.session, None
             self.factory.hub.logout(session)
             log.info("{name} disconnected ({peer})", name=session.name, peer=self._peer)
-        else:
-            log.info("connection from {peer} closed before login", peer=self._peer)
-
-    def _close(self) -> None:
-        self._closing = True
-        self.flush()
-        self.transport.loseConnection()
 
     # -- output -----------------------------------------------------------
 

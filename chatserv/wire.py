@@ -215,10 +215,24 @@ def typing_frame(typing: Typing) -> bytes:
 # -- plain-text dialect (seed 004) -----------------------------------------
 
 
+_TERMINAL_CONTROLS = {c: "\ufffd" for c in range(32) if chr(c) not in "\t\n"}
+_TERMINAL_CONTROLS[0x7F] = "\ufffd"
+_TERMINAL_CONTROLS[ord("\r")] = "\n"
+
+
 def plain_line(text: str) -> bytes:
-    # A newline inside a message would read as a new message from nobody;
-    # indenting continuation lines keeps it one message.
-    return text.replace("\r\n", "\n").replace("\n", "\n  ").encode("utf-8") + b"\n"
+    """One logical line for a plain-text client, which is usually a terminal.
+
+    A line break inside a message would read as a new message from nobody,
+    and a carriage return or an escape sequence could paint a line that seems
+    to come from someone else; so breaks become indented continuation lines
+    and other control characters become U+FFFD. JSON clients get the text
+    exactly as it was sent.
+    """
+    text = text.replace("\r\n", "\n")
+    if not text.isprintable():
+        text = text.translate(_TERMINAL_CONTROLS)
+    return text.replace("\n", "\n  ").encode("utf-8") + b"\n"
 
 
 def plain_message(message: ChatMessage, own_name: str) -> bytes:

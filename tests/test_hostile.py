@@ -624,13 +624,6 @@ async def test_a_silent_connection_harms_nobody(arena):
     await arena.watcher.expect("system", event="join", users=["Tarde"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: /quit (or line_too_long) from a client whose output is paused "
-    "calls loseConnection(), which waits for a reader that never comes; "
-    "send() then ignores the closing connection, so max_output never aborts it "
-    "and the session stays online (protocol.py ChatProtocol._close)",
-)
 @pytest_twisted.ensureDeferred
 async def test_quit_from_a_client_that_never_reads(arena):
     slow = arena.raw_socket(rcvbuf=4096)

@@ -352,12 +352,6 @@ def test_flush_all_presence(hub, clock):
     assert members[0][1].kinds() == ["presence"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: hub._note_presence cancels a leave and a join of the same name in one "
-    "window, so the new session is in no PresenceChange and its login answer never "
-    "gets its `users` frame",
-)
 def test_reconnect_with_the_same_name_inside_the_window_still_gets_the_member_list(hub, clock):
     """The login answer's `users` frame is the presence change of the window the
     session entered in (docs/PROTOCOL.md); a session that logs out and back in
