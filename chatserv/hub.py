@@ -402,6 +402,12 @@ class Hub:
         if self.store is None:
             deliver(message)
             return
+        append_then = getattr(self.store, "append_then", None)
+        if append_then is not None:
+            # The store calls back without a Deferred per message (it logs
+            # what it cannot store): most of the cost of relay-after-commit.
+            append_then(message, deliver)
+            return
         d = self.store.append(message)
         d.addCallback(lambda _: deliver(message))
         d.addErrback(

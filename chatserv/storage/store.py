@@ -52,9 +52,13 @@ class StorageClosed(StorageError):
 
 class _Group:
     """Runs ``work(items)`` in *pool* for everything submitted while the
-    previous run was in flight, and fires each submitter's Deferred in order.
+    previous run was in flight, and tells each submitter, in order.
 
-    ``work`` returns one result per item, or None for "None for each".
+    ``work`` returns one result per item, or None for "None for each". A
+    submitter waits with a Deferred (:meth:`submit`), or, on the hot path of
+    message commits, with a plain function called with its item
+    (:meth:`submit_then`), which saves a Deferred and two callbacks per
+    message; failures of those are logged once per batch.
     """
 
     def __init__(
@@ -64,7 +68,7 @@ class _Group:
         self._pool = pool
         self._work = work
         self._items: list[Any] = []
-        self._waiters: list[Deferred[Any]] = []
+        self._waiters: list[Any] = []  # a Deferred, or a function of the item
         self._busy = False
         self._idle: list[Deferred[None]] = []
         self.runs = 0
@@ -72,41 +76,60 @@ class _Group:
 
     def submit(self, item: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
+        self.submit_then(item, d)
+        return d
+
+    def submit_then(self, item: Any, then: Any) -> None:
         self._items.append(item)
-        self._waiters.append(d)
+        self._waiters.append(then)
         if not self._busy:
             self._busy = True
             # Not at once: whatever else arrives in this reactor turn (the
             # rest of a read full of lines, other connections' reads) joins
             # the same transaction.
             self._reactor.callLater(0, self._run)
-        return d
 
     def _run(self) -> None:
         items, waiters = self._items, self._waiters
         self._items, self._waiters = [], []
         d = deferToThreadPool(self._reactor, self._pool, self._work, items)
-        d.addCallbacks(self._finished, self._failed, callbackArgs=(waiters,), errbackArgs=(waiters,))
+        d.addCallbacks(
+            self._finished, self._failed, callbackArgs=(items, waiters), errbackArgs=(items, waiters)
+        )
 
-    def _finished(self, results: Sequence[Any] | None, waiters: list[Deferred[Any]]) -> None:
+    def _finished(self, results: Sequence[Any] | None, items: list[Any], waiters: list[Any]) -> None:
         self.runs += 1
         self.done += len(waiters)
         if results is None:
-            for waiter in waiters:
-                waiter.callback(None)
-        else:
-            for waiter, result in zip(waiters, results, strict=True):
-                if isinstance(result, Failure):
-                    self.done -= 1  # the submitter logs it
-                    waiter.errback(result)
+            for item, waiter in zip(items, waiters, strict=True):
+                if waiter.__class__ is Deferred:
+                    waiter.callback(None)
                 else:
-                    waiter.callback(result)
+                    waiter(item)
+            self._next()
+            return
+        for item, waiter, result in zip(items, waiters, results, strict=True):
+            if isinstance(result, Failure):
+                self.done -= 1
+                if waiter.__class__ is Deferred:
+                    waiter.errback(result)  # the submitter handles it
+                else:
+                    log.failure("could not store {item!r}; it is not relayed", result, item=item)
+            elif waiter.__class__ is Deferred:
+                waiter.callback(result)
+            else:
+                waiter(item)
         self._next()
 
-    def _failed(self, failure: Failure, waiters: list[Deferred[Any]]) -> None:
-        # Not logged here: each submitter handles (and logs) its failure.
+    def _failed(self, failure: Failure, items: list[Any], waiters: list[Any]) -> None:
+        silent = 0
         for waiter in waiters:
-            waiter.errback(failure)
+            if waiter.__class__ is Deferred:
+                waiter.errback(failure)
+            else:
+                silent += 1
+        if silent:
+            log.failure("could not store {n} messages; they are not relayed", failure, n=silent)
         self._next()
 
     def _next(self) -> None:
@@ -163,6 +186,15 @@ class ThreadedStore:
         if self._closed:
             return fail(StorageClosed("the message store is closed"))
         return self._commits.submit(message)
+
+    def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
+        """Like :meth:`append`, but call ``deliver(message)`` once it is
+        durable, without a Deferred: the hub's hot path. A message that cannot
+        be stored is logged and never delivered."""
+        if self._closed:
+            log.error("store closed: message {id} not stored, not relayed", id=message.id)
+            return
+        self._commits.submit_then(message, deliver)
 
     def _insert(self, messages: list[ChatMessage]) -> list[Failure | None] | None:
         """Writer thread: one transaction for the batch. If it fails, store
@@ -253,7 +285,12 @@ class ThreadedStore:
         await deferToThreadPool(self.reactor, self._write_pool, self.writer.close)
         self._write_pool.stop()
         self._read_pool.stop()
-        log.info("storage {url} closed", url=redact(self.url))
+        log.info(
+            "storage {url} closed after {stored} messages in {commits} commits",
+            url=redact(self.url),
+            stored=self.stored,
+            commits=self.commits,
+        )
 
 
 def open_store(url: str, reactor: Any) -> ThreadedStore:

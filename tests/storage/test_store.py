@@ -108,3 +108,22 @@ async def test_memory_store_serves_reads_and_writes(reactor):
         assert s.next_id() == 11
     finally:
         await s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_then_calls_back_in_order_and_logs_what_fails(store):
+    from twisted.logger import globalLogPublisher
+
+    delivered: list[int] = []
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        await store.append(msg(1))
+        for i in (2, 1, 3):  # 1 again: refused by the database
+            store.append_then(msg(i), lambda m: delivered.append(m.id))
+        await store.append(msg(4))  # committed after the three above
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert delivered == [2, 3]
+    assert any("could not store" in (e.get("log_format") or "") for e in logged)
+    assert [m.id for m in await store.room_page("general", None, 10)] == [1, 2, 3, 4]
