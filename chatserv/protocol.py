@@ -420,7 +420,7 @@ class ChatProtocol(LineReceiver):
     def _cmd_join(self, frame: dict[str, Any]) -> None:
         hub, store = self.factory.hub, self.factory.store
         room_name = frame.get("room")
-        if paging.needs_loading(hub, store, room_name):
+        if isinstance(room_name, str) and paging.needs_loading(hub, store, room_name):
             # Not in memory, but storage may hold its history: read the
             # window before entering, so the answer carries it.
             def enter(messages: list[ChatMessage]) -> None:

@@ -9,6 +9,7 @@ engine ``chatserv-admin`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
@@ -31,6 +32,10 @@ class Storage(Protocol):
 
     def append(self, message: ChatMessage) -> Deferred[None]:
         """Commit *message* (group commit); fire in append order once durable."""
+
+    def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
+        """The same without a Deferred: call ``deliver(message)`` once durable
+        (the hub's hot path); what cannot be stored is logged, not delivered."""
 
     def next_id(self) -> int:
         """Start-up: one more than the highest stored message id."""

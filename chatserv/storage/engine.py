@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -152,6 +153,9 @@ class Engine:
         raise NotImplementedError
         yield
 
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._execute(sql, params).fetchall())
+
     def _call(self, fn: Callable[[], T], idempotent: bool = True) -> T:
         """Run *fn* under the lock (PostgreSQL retries it once on a lost connection)."""
         with self.lock:
@@ -276,12 +280,8 @@ class Engine:
         found: set[str] = set()
         for start in range(0, len(keys), _IN_CHUNK):
             chunk = list(keys[start : start + _IN_CHUNK])
-            marks = ", ".join("?" * len(chunk))
-            rows = self._call(
-                lambda chunk=chunk, marks=marks: self._execute(
-                    f"SELECT name_key FROM accounts WHERE name_key IN ({marks})", chunk
-                ).fetchall()
-            )
+            sql = f"SELECT name_key FROM accounts WHERE name_key IN ({', '.join('?' * len(chunk))})"
+            rows = self._call(partial(self._fetchall, sql, chunk))
             found.update(row[0] for row in rows)
         return found
 

@@ -330,7 +330,7 @@ def _open_migrated(url: str) -> Engine:
 class StorageService(Service):
     """Closes the store when the application stops, after queued commits land."""
 
-    name = "storage"
+    name = "storage"  # type: ignore[assignment]
 
     def __init__(self, store: ThreadedStore) -> None:
         self.store = store
