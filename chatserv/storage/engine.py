@@ -164,6 +164,10 @@ class Engine:
     def close(self) -> None:
         raise NotImplementedError
 
+    def reconnect(self) -> None:
+        """Open a fresh connection (after a fork: connections must not cross one)."""
+        raise NotImplementedError
+
     # -- schema -------------------------------------------------------------
 
     def migrate(self, target: int = LATEST) -> int:
@@ -335,21 +339,34 @@ class SQLiteEngine(Engine):
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.memory = path == ":memory:"
+        self.conn = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
         try:
             # The connection moves between the start-up thread and one pool
             # thread; the engine lock, not sqlite3's thread check, keeps it
             # single-user. isolation_level=None: transactions are explicit.
-            self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            conn = sqlite3.connect(self.url, check_same_thread=False, isolation_level=None, timeout=10.0)
             if not self.memory:
                 # WAL: the reader connection never waits for the writer's
                 # commits, and a commit is one sequential append plus fsync.
-                self.conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before it returns, so a message the
             # server acknowledged survives a power cut, not only a crash.
             # Group commit pays the fsync once per batch.
-            self.conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")
+            return conn
         except sqlite3.Error as e:
-            raise StorageError(f"cannot open the SQLite database {path}: {e}") from e
+            raise StorageError(f"cannot open the SQLite database {self.url}: {e}") from e
+
+    def reconnect(self) -> None:
+        # A :memory: database exists only in its connection (the forked
+        # child has its own copy of it, which is the one to keep).
+        if self.memory:
+            return
+        with self.lock:
+            old, self.conn = self.conn, self._connect()
+            old.close()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(sql, params)
@@ -394,6 +411,12 @@ class PostgresEngine(Engine):
             return self._psycopg.connect(self.url, autocommit=True)
         except self._psycopg.Error as e:
             raise StorageError(f"cannot connect to {redact(self.url)}: {e}") from e
+
+    def reconnect(self) -> None:
+        with self.lock:
+            # The old connection's socket belonged to the parent process;
+            # it is dropped, not closed, so nothing is sent on it.
+            self.conn = self._connect()
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self.conn.execute(self._translate(sql), params)

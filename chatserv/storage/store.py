@@ -26,6 +26,7 @@ message pays is at most one commit plus the one in flight.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -62,11 +63,16 @@ class _Group:
     """
 
     def __init__(
-        self, reactor: Any, pool: ThreadPool, work: Callable[[list[Any]], Sequence[Any] | None]
+        self,
+        reactor: Any,
+        pool: ThreadPool,
+        work: Callable[[list[Any]], Sequence[Any] | None],
+        prepare: Callable[[], None],
     ) -> None:
         self._reactor = reactor
         self._pool = pool
         self._work = work
+        self._prepare = prepare
         self._items: list[Any] = []
         self._waiters: list[Any] = []  # a Deferred, or a function of the item
         self._busy = False
@@ -92,6 +98,7 @@ class _Group:
     def _run(self) -> None:
         items, waiters = self._items, self._waiters
         self._items, self._waiters = [], []
+        self._prepare()
         d = deferToThreadPool(self._reactor, self._pool, self._work, items)
         d.addCallbacks(
             self._finished, self._failed, callbackArgs=(items, waiters), errbackArgs=(items, waiters)
@@ -163,11 +170,29 @@ class ThreadedStore:
         self.url = writer.url
         self._write_pool = ThreadPool(1, 1, name="chatserv-db-writer")
         self._read_pool = ThreadPool(1, 1, name="chatserv-db-reader")
+        self._commits = _Group(reactor, self._write_pool, self._insert, self._start)
+        self._lookups = _Group(reactor, self._read_pool, self._registered, self._start)
+        self._closed = False
+        self._started = False
+        self._pid = os.getpid()
+
+    def _start(self) -> None:
+        """Start the threads, at first use: by then the reactor runs.
+
+        twistd opens the store before it daemonizes, and neither threads nor
+        database connections survive that fork: threads started earlier
+        would not exist in the server process, and the connections are
+        opened again there.
+        """
+        if self._started:
+            return
+        self._started = True
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            for engine in {id(self.writer): self.writer, id(self.reader): self.reader}.values():
+                engine.reconnect()
         self._write_pool.start()
         self._read_pool.start()
-        self._commits = _Group(reactor, self._write_pool, self._insert)
-        self._lookups = _Group(reactor, self._read_pool, self._registered)
-        self._closed = False
 
     # -- start-up (blocking; before the server serves) -------------------------
 
@@ -264,11 +289,13 @@ class ThreadedStore:
     def _read(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
+        self._start()
         return deferToThreadPool(self.reactor, self._read_pool, fn, *args)
 
     def _write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
+        self._start()
         return deferToThreadPool(self.reactor, self._write_pool, fn, *args)
 
     async def close(self) -> None:
@@ -278,6 +305,7 @@ class ThreadedStore:
         self._closed = True
         await self._commits.idle()
         await self._lookups.idle()
+        self._start()  # a store never used still has connections to close
         # Each connection is closed by its own thread, after the work already
         # queued there; the pools are then idle and stop without waiting.
         if self.reader is not self.writer:

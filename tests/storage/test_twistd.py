@@ -187,3 +187,46 @@ def test_a_newer_schema_stops_twistd_with_one_clear_line(tmp_path):
 def test_twistd_help_lists_the_storage_options():
     result = subprocess.run([TWISTD, "chatserv", "--help"], capture_output=True, text=True, timeout=60)
     assert "--db=" in result.stdout and "--require-accounts" in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_daemonized_twistd_stores_and_relays(tmp_path):
+    """Without -n twistd forks after building the service: the store's threads
+    and connections must be created in the daemon, not before the fork."""
+    pidfile, log = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    subprocess.run(
+        [TWISTD, f"--pidfile={pidfile}", f"--logfile={log}", "chatserv",
+         "--listen", "tcp:0:interface=127.0.0.1", "--db", "chat.sqlite3"],
+        cwd=tmp_path, check=True, timeout=60,
+    )
+    pid = None
+    try:
+        for _ in range(600):
+            text = log.read_text() if log.exists() else ""
+            found = re.search(r"listening on tcp:0\S* \(IPv4Address\(.*?port=(\d+)", text)
+            if found and pidfile.exists():
+                break
+            await sleep(0.05)
+        else:
+            raise AssertionError(f"the daemon did not start:\n{text}")
+        pid = int(pidfile.read_text())
+        from twisted.internet import reactor
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", int(found.group(1)))
+        ana = await connectProtocol(endpoint, LineClient())
+        await ana.login("Ana")
+        ana.send(cmd="broadcast", msg="desde el demonio")
+        assert (await ana.expect("broadcast"))["msg"] == "desde el demonio"
+        ana.close()
+        await ana.closed
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(600):
+                if not pidfile.exists():
+                    break
+                await sleep(0.05)
+            else:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError("the daemon did not stop on SIGTERM")
+    assert "closed after 1 messages in 1 commits" in log.read_text()
