@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from .. import wire
 from ..hub import ChatError, ChatMessage, Hub, InvalidName, Session
-from ..names import BadName, check_name
+from ..names import MAX_NAME_LENGTH, BadName, check_name
 from . import MAX_PAGE
 
 DEFAULT_PAGE = 50
@@ -59,10 +59,7 @@ def history(
     if room_name is not None and peer is not None:
         raise ChatError("pide la historia de una sala o de una conversación, no de ambas")
     if peer is not None:
-        try:
-            peer = check_name(peer)
-        except BadName as e:
-            raise InvalidName(str(e)) from None
+        peer = _peer_name(peer)
         answer: dict[str, Any] = {"cmd": "history", "with": peer}
         if store is None:
             return succeed(wire.frame({**answer, "items": [], "more": False}))
@@ -79,6 +76,21 @@ def history(
         return succeed(_encode(answer, window[-(limit + 1) :], limit, wire.message_object))
     d = store.room_page(room.name, before, limit + 1)
     return d.addCallback(lambda found: _encode(answer, found, limit, wire.message_object))
+
+
+def _peer_name(peer: object) -> str:
+    """A name a private conversation can be with: a client's name, or one of
+    the names in-process participants hold ("Luis (TG)" from the bridge),
+    which may contain spaces. Any name is safe to ask for: only the
+    session's own conversation with it is ever read."""
+    if isinstance(peer, str):
+        try:
+            return check_name(peer)
+        except BadName as e:
+            if peer.strip() and peer.isprintable() and len(peer) <= 2 * MAX_NAME_LENGTH:
+                return peer
+            raise InvalidName(str(e)) from None
+    raise ChatError("el campo 'with' debe ser un texto")
 
 
 def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:

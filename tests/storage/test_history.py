@@ -105,7 +105,9 @@ async def test_history_request_errors(durable):
         ({"room": 5}, "bad_request"),
         ({"room": "general", "with": "Luis"}, "bad_request"),
         ({"room": "cine"}, "not_in_room"),
-        ({"with": "mal nombre"}, "bad_name"),
+        ({"with": "tab\there"}, "bad_name"),
+        ({"with": ""}, "bad_name"),
+        ({"with": 5}, "bad_request"),
     ]:
         ana.send(cmd="history", **request)
         answer = await ana.frame()
@@ -228,3 +230,35 @@ async def test_two_members_joining_an_unloaded_room_at_once(durable):
         history = await c.expect("history", room="sala")
         assert [i["id"] for i in history["items"]] == ids[-3:]
     assert [m.id for m in srv.server.hub.recent("sala")] == ids[-3:]
+
+
+class Silent:
+    """An in-process participant (as the Telegram bridge is) that keeps what it gets."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    def receive_message(self, message) -> None:
+        self.messages.append(message)
+
+    def receive_presence(self, change) -> None:
+        pass
+
+    def receive_typing(self, typing) -> None:
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_history_with_an_in_process_participant(durable):
+    srv = await durable()
+    hub = srv.server.hub
+    bridge = Silent()
+    hub.login(bridge, "Luis (TG)", trusted=True)
+    ana = await srv.client()
+    await ana.login("Ana")
+    ana.send(cmd="message", to="Luis (TG)", msg="hola Telegram")
+    while not bridge.messages:
+        await ana.quiet(0.01)
+    answer = await page(ana, **{"with": "luis (tg)"})
+    items = [(i["from"], i["to"], i["msg"]) for i in answer["items"]]
+    assert items == [("Ana", "Luis (TG)", "hola Telegram")]
