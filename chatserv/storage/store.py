@@ -18,10 +18,16 @@ both threads share it under the engine lock.
 
 Group commit. :meth:`ThreadedStore.append` queues the message and, if no
 commit is in flight, schedules one for the end of the reactor turn; every
-message queued while a commit runs goes into the next transaction. Callers'
-Deferreds fire in append order once their transaction commits. A burst of N
-messages therefore costs about two transactions, not N, and the latency a
-message pays is at most one commit plus the one in flight.
+message queued while a commit runs goes into the next transaction. Callers
+are told in append order once their transaction commits (the hub uses
+:meth:`ThreadedStore.append_then`, a plain callback, rather than a Deferred
+per message). A burst of N messages therefore costs about two transactions,
+not N, and the latency a message pays is at most one commit plus the one in
+flight. If a batch fails, its messages are retried one by one, so that one
+message the database refuses does not take the others down with it.
+
+Threads start at first use, not when the store is opened: twistd opens it
+before daemonizing, and threads do not survive the fork.
 """
 
 from __future__ import annotations
