@@ -85,6 +85,8 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
                                   password=srv.password or args.irc_pass, db=srv.db_path())
     if args.no_presence:
         target.features = ()
+    target.server_core = args.server_core if srv else None
+    target.gen_core = args.gen_core if args.gen_core >= 0 else None
     call = dict(params)
     if "features" in call:
         target.features = tuple(call.pop("features"))

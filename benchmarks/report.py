@@ -34,9 +34,13 @@ def step_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
                                     f"{_f(r['max_ms'], digits=2)} ms ({r['latency_samples']:,} samples)"),
         ("server CPU", f"{_f(r['server_cpu_pct'])} % of a core, "
                        f"{_f(r['server_cpu_ms_per_1k'], digits=2)} ms per 1000 deliveries"),
+        ("server core busy (kernel incl.)", _f(r.get("server_core_busy_pct"), " %")),
+        ("generator core busy", _f(r.get("gen_core_busy_pct"), " %")),
         ("server RSS", _f(r["server_rss_kb"], " kB")),
         ("generator CPU", f"{_f(r['gen_cpu_pct'])} % of a core"
                           + ("  <- the generator is the limit" if r["limit"] == "generator" else "")),
+        ("other processes' CPU", f"{_f(r.get('other_cpu_pct'))} % of a core"
+                                 + ("  <- noisy machine" if (r.get("other_cpu_pct") or 0) >= 15 else "")),
         ("send lag max", _f(r["send_lag_max_ms"], " ms")),
         ("disconnects / out of order", f"{r['disconnects']} / {r['disorder']}"),
         ("stored messages/s (backlog)", "—" if r.get("stored_s") is None
@@ -100,10 +104,17 @@ def _max_cell(r: dict[str, Any] | None) -> str:
         return f"error: {r['error'][:60]}"
     best = r.get("at_max") or {}
     gen = " (generator at its limit)" if "generator" in str(r.get("limit")) else ""
+    if "server core" in str(r.get("limit")):
+        gen = " (server's core full, kernel incl.)"
     cell = f"{r['max_deliveries_s'] / 1000:,.0f} k{gen}"
     if best:
         cell += f"; p99 {_f(best.get('p99_ms'), ' ms')}, srv {_f(best.get('server_cpu_pct'))}%"
-    return cell
+    return cell + _noise(best)
+
+
+def _noise(step: dict[str, Any] | None) -> str:
+    o = (step or {}).get("other_cpu_pct") or 0
+    return f" (noisy: others {o:.0f}%)" if o >= 15 else ""
 
 
 def _cpu_cell(r: dict[str, Any] | None) -> str:
@@ -112,7 +123,7 @@ def _cpu_cell(r: dict[str, Any] | None) -> str:
     if r.get("error"):
         return f"error: {r['error'][:60]}"
     ok = "" if r.get("passed") else f" (FAIL: loss {r.get('loss')})"
-    return f"{_f(r.get('server_cpu_ms_per_1k'), ' ms', 2)}{ok}"
+    return f"{_f(r.get('server_cpu_ms_per_1k'), ' ms', 2)}{ok}{_noise(r)}"
 
 
 def _p99_cell(r: dict[str, Any] | None) -> str:
@@ -120,7 +131,7 @@ def _p99_cell(r: dict[str, Any] | None) -> str:
         return "not run"
     if r.get("error"):
         return f"error: {r['error'][:60]}"
-    return f"{_f(r.get('p99_ms'), ' ms', 2)} (p50 {_f(r.get('p50_ms'), ' ms', 2)})"
+    return f"{_f(r.get('p99_ms'), ' ms', 2)} (p50 {_f(r.get('p50_ms'), ' ms', 2)}){_noise(r)}"
 
 
 def _conns_cell(r: dict[str, Any] | None) -> str:
