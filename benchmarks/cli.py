@@ -168,6 +168,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=float, default=600.0,
                    help="hard limit on one workload's run time, s")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    p.add_argument("--noise-retries", type=int, default=workloads.NOISY_RETRIES,
+                   help="times a step is measured again when other processes took over "
+                        f"{workloads.NOISY * 100:.0f}%% of a core meanwhile (default %(default)s)")
     p.add_argument("--py-spy", metavar="OUT", default="",
                    help="profile the server with py-spy during the workload (OUT.txt: collapsed "
                         "stacks, else speedscope JSON)")
@@ -266,6 +269,7 @@ def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     raise_nofile()
+    workloads.NOISY_RETRIES = max(0, a.noise_retries)
     gen_core = pin_generator(a.gen_core)
     meta = {"python": platform.python_version(), "loop": loop_name(), "gen_core": gen_core,
             "server_core": a.server_core, "cpus": os.cpu_count(), "kernel": platform.release()}

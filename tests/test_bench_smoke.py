@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def bench(*args: str, timeout: float = 60) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", *args, "--json-only", "--max-time", "40"],
+        [sys.executable, "-m", "benchmarks", *args, "--json-only", "--max-time", "40",
+         # The test machine may be busy: no re-measuring of noisy steps here.
+         "--noise-retries", "0"],
         cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
