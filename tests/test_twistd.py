@@ -201,13 +201,6 @@ def test_twistd_chatserv_serves_json_and_plain_clients(twistd):
     assert "Traceback" not in log and "Unhandled" not in log, log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="BUG: ChatServer.startService raises CannotListenError as designed, but "
-    "twistd then hangs at interpreter exit: the storage thread pool started by "
-    "makeService (default --db chatserv.sqlite3) is never stopped",
-)
 def test_twistd_fails_fast_when_it_cannot_listen(twistd):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
