@@ -13,7 +13,6 @@ import json
 import socket
 from typing import Any
 
-import pytest
 import pytest_twisted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
