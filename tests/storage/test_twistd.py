@@ -101,34 +101,37 @@ async def test_sigkill_mid_traffic_loses_no_acknowledged_message(twistd_factory,
     sent = 0
 
     async def pump() -> None:
+        # Keep 2,000 broadcasts unacknowledged (tens of milliseconds of work
+        # for the server) so that the kill lands with messages in flight and
+        # commits under way.
         nonlocal sent
         while ana.connected:
-            for _ in range(25):
+            while sent < len(acked) + 2000:
                 ana.send(cmd="broadcast", msg=f"n{sent}")
                 sent += 1
-            if sent % 200 == 0:
-                ana.send(cmd="message", to="Luis", msg=f"privado {sent}")
-            await sleep(0.002)
+                if sent % 200 == 0:
+                    ana.send(cmd="message", to="Luis", msg=f"privado {sent}")
+            await sleep(0.001)
 
-    pumping = pump()
+    async def read() -> None:
+        while True:
+            try:
+                frame = await ana.frame(timeout=5)
+            except Exception:  # the connection is gone and nothing is left
+                return
+            if frame["cmd"] == "broadcast":
+                acked[frame["id"]] = frame["msg"]
+
     from twisted.internet.defer import Deferred
 
-    pump_done = Deferred.fromCoroutine(pumping)
-    while len(acked) < 600:
-        frame = await ana.frame(timeout=30)
-        if frame["cmd"] == "broadcast":
-            acked[frame["id"]] = frame["msg"]
+    pumping = Deferred.fromCoroutine(pump())
+    reading = Deferred.fromCoroutine(read())
+    while len(acked) < 5000:
+        await sleep(0.005)
     server.kill()  # no shutdown, no flush: the process is gone
-    # Echoes already in flight to Ana were acknowledged too.
-    while True:
-        try:
-            frame = await ana.frame(timeout=5)
-        except Exception:
-            break
-        if frame["cmd"] == "broadcast":
-            acked[frame["id"]] = frame["msg"]
     await ana.closed
-    await pump_done
+    await pumping
+    await reading  # echoes already on their way to Ana were acknowledged too
     assert sent > len(acked)  # the kill did land mid-traffic
 
     await server.start()
