@@ -149,8 +149,11 @@ def _conns_cell(r: dict[str, Any] | None) -> str:
     if b and b.get("p99_ms") is not None:
         cell += f"; broadcast p99 {b['p99_ms']:.0f} ms"
         if b.get("loss"):
-            cell += f", lost {b['loss']}"
-    return cell
+            cell += f", {b['received']:,}/{b['expected']:,} got it within 10 s"
+    elif b:
+        cell += f"; broadcast: {b['received']:,}/{b['expected']:,} got it within 10 s"
+    o = r.get("other_cpu_login_pct") or 0
+    return cell + (f" (noisy: others {o:.0f}%)" if o >= 15 else "")
 
 
 def _rss_cell(r: dict[str, Any] | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import BenchClient, ChatservClient, IrcClient, Phase, make_text, now_us
-from .procstat import CpuWindow, rss_bytes
+from .procstat import CpuWindow, others_cpu, rss_bytes
 
 # A step passes when p99 latency is at most this and nothing was lost.
 P99_LIMIT_MS = 200.0
@@ -410,6 +411,23 @@ async def find_max(runner: Runner, start: float, factor: float, duration: float,
     return out
 
 
+async def machine_quiet(target: Target, log: Callable[[str], None],
+                        limit: float = 30.0) -> None:
+    """Wait (at most ``limit`` s) for a second in which other processes are idle."""
+    excl = {os.getpid()} | ({target.pid} if target.pid else set())
+    t0 = time.monotonic()
+    while True:
+        a = others_cpu(excl)
+        await asyncio.sleep(1.0)
+        b = others_cpu(excl)
+        used = sum(v - a.get(p, 0.0) for p, v in b.items())
+        if used < NOISY / 2:
+            return
+        if time.monotonic() - t0 > limit:
+            log(f"  (machine still busy after {limit:.0f} s: {100 * used:.0f}% of a core)")
+            return
+
+
 async def measured(runner: Runner, rate: float, duration: float, out: RampResult,
                    log: Callable[[str], None]) -> StepResult:
     """One ramp step; a failure while other processes took CPU is measured again."""
@@ -423,7 +441,7 @@ async def measured(runner: Runner, rate: float, duration: float, out: RampResult
         if attempt < NOISY_RETRIES:
             log(f"  (other processes used {r.other_cpu_pct}% of a core: measuring again)")
             out.retries += 1
-            await asyncio.sleep(2.0)
+            await machine_quiet(runner.target, log)
     return r
 
 
@@ -439,7 +457,7 @@ async def fixed_step(runner: Runner, rate: float, duration: float,
             break
         log(f"  (other processes used {r.other_cpu_pct}% of a core: measuring again)")
         await wait_quiet(runner.clients)
-        await asyncio.sleep(2.0)
+        await machine_quiet(runner.target, log)
     return min(runs, key=lambda x: x.other_cpu_pct)
 
 
