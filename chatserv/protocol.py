@@ -434,11 +434,9 @@ class ChatProtocol(LineReceiver):
     def _join_room(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
         hub = self.factory.hub
-        already_in = False
         room_name = _text(frame, "room")  # ill-typed is bad_request, not bad_name
-        if isinstance(room_name, str):
-            existing = hub.room(room_name)
-            already_in = existing is not None and existing.name in self.session.rooms
+        existing = hub.room(room_name)
+        already_in = existing is not None and existing.name in self.session.rooms
         room = hub.join(self.session, room_name)
         self.send(wire.room_history_frame(room))
         if already_in:
