@@ -76,21 +76,23 @@ def broadcast_frame(message: ChatMessage) -> bytes:
     return data
 
 
+def private_object(message: ChatMessage) -> dict[str, Any]:
+    """A private message as it appears in ``private`` frames and private history."""
+    obj = message_object(message)
+    return {
+        "id": message.id,
+        "time": obj["time"],
+        "ts": obj["ts"],
+        "from": message.sender,
+        "to": message.recipient,
+        "msg": message.text,
+    }
+
+
 def private_frame(message: ChatMessage) -> bytes:
     data = message.wire.get("json")
     if data is None:
-        obj = message_object(message)
-        data = message.wire["json"] = frame(
-            {
-                "cmd": "private",
-                "id": message.id,
-                "time": obj["time"],
-                "ts": obj["ts"],
-                "from": message.sender,
-                "to": message.recipient,
-                "msg": message.text,
-            }
-        )
+        data = message.wire["json"] = frame({"cmd": "private", **private_object(message)})
     return data
 
 

@@ -30,18 +30,6 @@ def _int_field(frame: dict[str, Any], field: str) -> int | None:
     return value
 
 
-def _private_item(message: ChatMessage) -> dict[str, Any]:
-    obj = wire.message_object(message)
-    return {
-        "id": message.id,
-        "time": obj["time"],
-        "ts": obj["ts"],
-        "from": message.sender,
-        "to": message.recipient,
-        "msg": message.text,
-    }
-
-
 def history(
     hub: Hub, store: Any, session: Session, frame: dict[str, Any], since: float
 ) -> Deferred[bytes]:
@@ -65,7 +53,7 @@ def history(
             return succeed(wire.frame({**answer, "items": [], "more": False}))
         # Fetch one more than asked to learn whether there is an older page.
         d = store.private_page(session.name, peer, before, limit + 1, since)
-        return d.addCallback(lambda found: _encode(answer, found, limit, _private_item))
+        return d.addCallback(lambda found: _encode(answer, found, limit, wire.private_object))
     if room_name is not None and not isinstance(room_name, str):
         raise ChatError("el campo 'room' debe ser un texto")
     # Only members page through a room, as only members read it live.

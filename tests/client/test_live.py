@@ -3,8 +3,6 @@ loopback sockets (no display needed)."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest_twisted
 
 from chatserv.client import i18n
@@ -20,6 +18,7 @@ from chatserv.client.model import (
 from chatserv.client.network import ServerAddress
 from chatserv.client.session import ChatSession, Credentials
 from tests.client.support import RestartableServer, fast_retry, wait_for
+from tests.support import make_certificate
 
 
 class FailureLog(ModelObserver):
@@ -180,39 +179,12 @@ async def test_taken_name_is_reported_not_retried(chat_server: RestartableServer
 
 @pytest_twisted.ensureDeferred
 async def test_tls_with_a_throwaway_certificate(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
     from twisted.internet import reactor
 
     from chatserv.protocol import Limits
     from chatserv.service import ChatServer, ServerConfig
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem, cert_pem = tmp_path / "key.pem", tmp_path / "cert.pem"
-    key_pem.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem, cert_pem = make_certificate(tmp_path)
     server = ChatServer(
         ServerConfig(
             listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
