@@ -91,6 +91,8 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
     if "features" in call:
         target.features = tuple(call.pop("features"))
     spy = start_py_spy(args.py_spy, target.pid) if args.py_spy else None
+    if spy is not None:
+        target.helpers.add(spy.pid)
     func: Callable[..., Awaitable[dict[str, Any]]] = getattr(workloads, workload)
     t0 = time.time()
     try:

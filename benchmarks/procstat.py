@@ -75,14 +75,14 @@ def self_cpu() -> float:
 class CpuWindow:
     """CPU used by the server and by the generator between start() and stop()."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, helpers: set[int] | None = None) -> None:
         self.pid = pid
         self.t0 = self.s0 = self.g0 = 0.0
         self.wall = self.server = self.gen = 0.0
         self.mark_wall = self.mark_server = self.mark_gen = 0.0
         self.mark_other = 0.0
         self._others: dict[int, float] = {}
-        self._exclude = {os.getpid()} | ({pid} if pid else set())
+        self._exclude = {os.getpid()} | ({pid} if pid else set()) | (helpers or set())
 
     def start(self) -> None:
         self.t0 = time.monotonic()

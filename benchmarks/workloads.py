@@ -54,6 +54,8 @@ class Target:
     db: Path | None = None
     server_core: int | None = None
     gen_core: int | None = None
+    # Our own helpers (py-spy): not counted as other processes' noise.
+    helpers: set[int] = field(default_factory=set)
 
     def stored(self) -> int | None:
         """Messages in chatserv's SQLite store now (None when not measurable)."""
@@ -244,7 +246,7 @@ class Runner:
         nroutes = len(routes)
         seqs = [0] * nroutes
         pad = self.pad
-        cpu = CpuWindow(self.target.pid)
+        cpu = CpuWindow(self.target.pid, self.target.helpers)
         lag_max = 0.0
         stored0 = self.target.stored()
         cpu.start()
@@ -414,7 +416,7 @@ async def find_max(runner: Runner, start: float, factor: float, duration: float,
 async def machine_quiet(target: Target, log: Callable[[str], None],
                         limit: float = 30.0) -> None:
     """Wait (at most ``limit`` s) for a second in which other processes are idle."""
-    excl = {os.getpid()} | ({target.pid} if target.pid else set())
+    excl = {os.getpid()} | ({target.pid} if target.pid else set()) | target.helpers
     t0 = time.monotonic()
     while True:
         a = others_cpu(excl)
@@ -601,7 +603,7 @@ async def conns(target: Target, *, clients: int, timeout: float, concurrency: in
     """A login storm into one room, then one broadcast to everyone."""
     pid = target.pid
     rss0 = rss_bytes(pid) if pid else None
-    cpu = CpuWindow(pid)
+    cpu = CpuWindow(pid, target.helpers)
     cpu.start()
     cl, login = await connect_clients(target, clients, concurrency=concurrency, timeout=timeout)
     cpu.mark()
