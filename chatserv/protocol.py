@@ -149,6 +149,12 @@ class ChatProtocol(LineReceiver):
         # Registered as a streaming producer so the transport tells us when
         # its buffer is full (pauseProducing) and when it drained.
         self.transport.registerProducer(self, True)
+        # Output is already gathered per reactor turn, so Nagle's algorithm
+        # has nothing left to coalesce; it would only hold a turn's last
+        # segment back for an ACK (40 ms with delayed ACKs on real networks).
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         log.debug("connection from {peer}", peer=self._peer)
 
     def connectionLost(self, reason: object = None) -> None:
