@@ -574,3 +574,15 @@ def test_messages_are_relayed_only_once_committed(clock):
     store.pending[1][1].errback(RuntimeError("disk full"))
     assert ana.participant.take() == []
     assert hub.recent() == [first]
+
+
+def test_message_stamps_match_datetime_formatting():
+    """The per-second cache in wire gives exactly what datetime would."""
+    import random
+
+    from chatserv.wire import _stamps, clock_time, iso_time
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        ts = 1_700_000_000 + rng.random() * 1e6
+        assert _stamps(ts) == (clock_time(ts), iso_time(ts))
