@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import workloads
-from .peers import PEERS, available, raise_nofile, start_server
+from .peers import PEERS, SUITE_PEERS, available, raise_nofile, start_server
 from .report import print_result, suite_markdown
 
 Log = Callable[[str], None]
@@ -52,6 +52,8 @@ def pin_generator(core: int | None) -> str:
 
 def peer_version(peer: str) -> str:
     try:
+        if peer == "floor":
+            return "benchmarks/floor_server.py (uvloop)"
         if peer == "ngircd":
             out = subprocess.run(["ngircd", "--version"], capture_output=True, text=True, timeout=5)
             return out.stdout.splitlines()[0].split("-")[0]
@@ -190,7 +192,7 @@ def add_rate(p: argparse.ArgumentParser, dflt_deliveries: float) -> None:
     p.add_argument("--factor", type=float, default=1.5, help="find-max: growth per step")
     p.add_argument("--ceiling", type=float, default=20e6, help="find-max: highest deliveries/s")
     p.add_argument("--refine", type=int, default=2, help="find-max: bisection steps after a fail")
-    p.add_argument("--probes", type=int, default=50,
+    p.add_argument("--probes", type=int, default=20,
                    help="receivers that time every message (0: all); all receivers count")
 
 
@@ -217,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("suite", help="the full side-by-side comparison (make bench)")
     add_common(s)
-    s.add_argument("--peers", default=",".join(PEERS),
+    s.add_argument("--peers", default=",".join(SUITE_PEERS),
                    help="comma-separated peers (those not installed are skipped)")
     s.add_argument("--only", default="", help="comma-separated suite items to run (default all)")
     s.add_argument("--quick", action="store_true", help="small and short: a minute or two")

@@ -22,7 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PEERS = ("chatserv", "words", "ngircd", "inspircd")
+PEERS = ("chatserv", "words", "ngircd", "inspircd", "floor")
+# What `suite` compares by default; "floor" (benchmarks/floor_server.py, a
+# minimal uvloop relay) is there to measure the instrument, on request.
+SUITE_PEERS = ("chatserv", "words", "ngircd", "inspircd")
 
 # 10,000 clients on each side of loopback plus the server's own descriptors.
 NOFILE = 65536
@@ -192,7 +195,7 @@ class Server:
 
 def available(peer: str) -> bool:
     """Whether this machine can run that peer."""
-    if peer in ("chatserv", "words"):
+    if peer in ("chatserv", "words", "floor"):
         return True
     return shutil.which(peer) is not None or Path(f"/usr/sbin/{peer}").exists()
 
@@ -234,6 +237,8 @@ def start_server(
         conf.write_text(NGIRCD_CONF.format(port=port, dir=workdir))
         os.chmod(conf, 0o644)
         cmd = [shutil.which("ngircd") or "/usr/sbin/ngircd", "-n", "-f", str(conf)]
+    elif peer == "floor":
+        cmd = [sys.executable, str(Path(__file__).with_name("floor_server.py")), str(port)]
     else:
         (workdir / "motd.txt").write_text("bench\n")
         conf = workdir / "inspircd.conf"
