@@ -683,17 +683,17 @@ async def kernel_timed_broadcast(target: Target, cl: list[BenchClient], pad: int
         fd = tr.get_extra_info("socket").fileno()
         # The same descriptor, not a dup: 10,000 more would pass the
         # open-file limit. detach() below hands it back unclosed.
-        s = socket.socket(fileno=fd)
-        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        s.setblocking(False)
-        socks.append(s)
+        sk = socket.socket(fileno=fd)
+        sk.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sk.setblocking(False)
+        socks.append(sk)
     try:
         # Anything still queued before the message is read and forgotten.
-        for s in socks:
-            if s is None:
+        for maybe in socks:
+            if maybe is None:
                 continue
             try:
-                while s.recv(1 << 16):
+                while maybe.recv(1 << 16):
                     pass
             except OSError:
                 pass
@@ -717,11 +717,11 @@ async def kernel_timed_broadcast(target: Target, cl: list[BenchClient], pad: int
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             pause = min(pause * 2, 2.0)
             for i in list(pending):
-                s = socks[i]
-                assert s is not None
+                sock = socks[i]
+                assert sock is not None
                 while True:
                     try:
-                        data, anc, _, _ = s.recvmsg(1 << 16, cspace)
+                        data, anc, _, _ = sock.recvmsg(1 << 16, cspace)
                     except BlockingIOError:
                         break
                     except OSError:
@@ -743,10 +743,10 @@ async def kernel_timed_broadcast(target: Target, cl: list[BenchClient], pad: int
                         break
                     bufs[i] = buf
     finally:
-        for c, s in zip(cl, socks, strict=True):
-            if s is not None:
-                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
-                s.detach()
+        for c, maybe in zip(cl, socks, strict=True):
+            if maybe is not None:
+                maybe.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)
+                maybe.detach()
                 if c.transport is not None and not c.transport.is_closing():
                     c.transport.resume_reading()
     lat.sort()
