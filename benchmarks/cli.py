@@ -224,8 +224,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--only", default="", help="comma-separated suite items to run (default all)")
     s.add_argument("--quick", action="store_true", help="small and short: a minute or two")
     s.add_argument("--repeat", type=int, default=1, help="find-max ramps per item (median)")
-    s.add_argument("--out", default="", help="append every result as a JSON line to this file")
-    s.add_argument("--markdown", default="", help="write the comparison table to this file")
+    s.add_argument("--out", default=None,
+                   help="append every result as a JSON line to this file (default: "
+                        "benchmarks/results/latest.jsonl, or quick.jsonl, rewritten each run)")
+    s.add_argument("--markdown", default=None,
+                   help="write the comparison table to this file (default: "
+                        "benchmarks/results/latest.md, or quick.md)")
     return ap
 
 
@@ -272,6 +276,9 @@ def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the server we
+    # started is stopped by run_one's finally rather than left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
     workloads.NOISY_RETRIES = max(0, a.noise_retries)
     gen_core = pin_generator(a.gen_core)
@@ -305,7 +312,16 @@ def main(argv: list[str] | None = None) -> int:
     only = {x for x in a.only.split(",") if x}
     results: list[dict[str, Any]] = []
     t_start = time.time()
-    out = open(a.out, "a") if a.out else None
+    results_dir = Path(__file__).resolve().parent / "results"
+    stem = "quick" if a.quick else "latest"
+    if a.out is None:
+        results_dir.mkdir(exist_ok=True)
+        out_path, mode = results_dir / f"{stem}.jsonl", "w"
+    else:
+        out_path, mode = (Path(a.out) if a.out else None), "a"
+    if a.markdown is None:
+        a.markdown = str(results_dir / f"{stem}.md")
+    out = open(out_path, mode) if out_path else None
     try:
         for item, workload, params in suite_plan(a):
             if only and item not in only:
@@ -333,4 +349,5 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if a.markdown:
         Path(a.markdown).write_text(md)
+        log(f"table written to {a.markdown}" + (f", results to {out_path}" if out_path else ""))
     return 0
