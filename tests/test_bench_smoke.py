@@ -60,7 +60,7 @@ def test_fanout_find_max_ramp() -> None:
 
 def test_conns() -> None:
     res = bench("conns", "--clients", "100", "--timeout", "20")
-    assert res["logged_in"] == 100
+    assert res["logged_in"] == 100, res["login"]
     assert res["all_logged_in_s"] is not None
     assert res["rss_per_conn_kb"] is not None
     b = res["broadcast"]
