@@ -127,6 +127,7 @@ class ChatProtocol(LineReceiver):
         self._lost = False
         self._bucket: TokenBucket | None = None
         self._peer = "?"
+        self._socket: Any = None
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
 
@@ -136,6 +137,7 @@ class ChatProtocol(LineReceiver):
         factory = self.factory
         self.MAX_LENGTH = factory.limits.max_line
         self._peer = _describe(self.transport.getPeer())
+        self._socket = _socket_of(self.transport)
         if factory.limits.rate_limit > 0:
             self._bucket = TokenBucket(
                 factory.limits.rate_limit, factory.limits.rate_burst, factory.clock.seconds
@@ -226,7 +228,20 @@ class ChatProtocol(LineReceiver):
         data = out[0] if len(out) == 1 else b"".join(out)
         self._out = []
         self._out_bytes = 0
-        _write(self.transport, data)
+        transport = self.transport
+        sock = self._socket
+        if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+            # See _socket_of. Whatever the kernel does not take, or any error,
+            # goes through the transport, which then owns ordering,
+            # back-pressure and error reporting as usual.
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     # IPushProducer, called by the transport. These replace LineReceiver's own
     # pause methods on purpose: a full output buffer must not stop us reading.
@@ -607,30 +622,22 @@ class ChatProtocol(LineReceiver):
             self.send(wire.typing_frame(typing))
 
 
-def _write(transport: Any, data: bytes) -> None:
-    """Write *data*, straight to the socket when the transport has nothing queued.
+def _socket_of(transport: Any) -> Any:
+    """The socket *transport* writes to, if writing to it directly is safe.
 
-    ``transport.write`` only queues; the bytes go out on the next poll, after
-    the transport has registered itself for writability and before it
-    unregisters again: two extra epoll calls and a buffer copy per write.
-    Fan-out is nearly all small writes the kernel takes whole, so sending at
-    once halves the server's CPU per delivery (docs/PERFORMANCE.md). Whatever
-    the kernel does not take, or any error, goes through the transport, which
-    then owns ordering, back-pressure and error reporting as usual. TLS and
-    other wrapped transports always take the plain path: they are not socket
-    FileDescriptors, though a wrapper forwards ``socket`` and ``dataBuffer``
+    ``ChatProtocol.flush`` sends straight to this socket when the transport
+    has nothing queued. ``transport.write`` only queues: the bytes go out on
+    the next poll, after the transport has registered itself for writability
+    and before it unregisters again, two extra epoll calls and a buffer copy
+    per write. Fan-out is nearly all small writes the kernel takes whole, so
+    sending at once halves the server's CPU per delivery (docs/PERFORMANCE.md).
+    TLS and other wrapped transports get None and always take the plain path:
+    they are not socket FileDescriptors, though a wrapper forwards ``socket``
     lookups to the TCP transport beneath it (sending there would bypass TLS).
     """
-    sock = getattr(transport, "socket", None) if isinstance(transport, FileDescriptor) else None
-    if sock is not None and not transport.dataBuffer and not getattr(transport, "_tempDataBuffer", True):
-        try:
-            sent = sock.send(data)
-        except OSError:
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+    if isinstance(transport, FileDescriptor) and hasattr(transport, "_tempDataBuffer"):
+        return getattr(transport, "socket", None)
+    return None
 
 
 def _describe(address: IAddress) -> str:
