@@ -85,6 +85,19 @@ class Outgoing:
     maybe_delivered: bool = False
 
 
+def _message_line(kind: LineKind, frame: Frame, sender: str, msg: str, own: bool = False) -> Line:
+    """A chat line from a message object (a live frame or a history item)."""
+    msg_id = frame.get("id")
+    return Line(
+        kind,
+        msg,
+        sender=sender,
+        time=_str(frame, "time") or "",
+        own=own,
+        msg_id=msg_id if isinstance(msg_id, int) else None,
+    )
+
+
 def _str(frame: Frame, name: str) -> str | None:
     value = frame.get(name)
     return value if isinstance(value, str) else None
@@ -431,17 +444,7 @@ class ChatSession:
             self.model.add_line(conv, Line(LineKind.INFO, _("Earlier messages")))
         conv.had_history = True
         for item, sender, msg in fresh:
-            self.model.add_line(
-                conv,
-                Line(
-                    LineKind.HISTORY,
-                    msg,
-                    sender=sender,
-                    time=_str(item, "time") or "",
-                    own=self._is_me(sender),
-                    msg_id=item.get("id") if isinstance(item.get("id"), int) else None,
-                ),
-            )
+            self.model.add_line(conv, _message_line(LineKind.HISTORY, item, sender, msg, self._is_me(sender)))
 
     def _on_users(self, frame: Frame) -> None:
         key = self._room_key(frame)
@@ -467,17 +470,7 @@ class ChatSession:
         self.model.clear_typing(conv.key, sender)
         if self._is_me(sender) and self._confirm_room(conv.key, frame):
             return
-        self.model.add_line(
-            conv,
-            Line(
-                LineKind.MESSAGE,
-                msg,
-                sender=sender,
-                time=_str(frame, "time") or "",
-                own=self._is_me(sender),
-                msg_id=frame.get("id") if isinstance(frame.get("id"), int) else None,
-            ),
-        )
+        self.model.add_line(conv, _message_line(LineKind.MESSAGE, frame, sender, msg, self._is_me(sender)))
 
     def _on_private(self, frame: Frame) -> None:
         sender, msg = _str(frame, "from"), _str(frame, "msg")
@@ -486,16 +479,7 @@ class ChatSession:
         key = ConvKey.private(sender)
         conv = self.model.conversation(key, sender)
         self.model.clear_typing(key, sender)
-        self.model.add_line(
-            conv,
-            Line(
-                LineKind.MESSAGE,
-                msg,
-                sender=sender,
-                time=_str(frame, "time") or "",
-                msg_id=frame.get("id") if isinstance(frame.get("id"), int) else None,
-            ),
-        )
+        self.model.add_line(conv, _message_line(LineKind.MESSAGE, frame, sender, msg))
 
     def _on_system(self, frame: Frame) -> None:
         conv = self._room_conv(frame)
