@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from chatserv.client.model import ModelObserver
 from chatserv.protocol import Limits
 from chatserv.service import ChatServer, ServerConfig
 
@@ -60,3 +61,13 @@ async def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
         await sleep(0.02)
+
+
+class FailureLog(ModelObserver):
+    """Records the login failures a model reports."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def login_failed(self, message: str) -> None:
+        self.failures.append(message)

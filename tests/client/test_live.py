@@ -12,21 +12,12 @@ from chatserv.client.model import (
     ConnState,
     ConvKey,
     LineKind,
-    ModelObserver,
     SendState,
 )
 from chatserv.client.network import ServerAddress
 from chatserv.client.session import ChatSession, Credentials
-from tests.client.support import RestartableServer, fast_retry, wait_for
+from tests.client.support import FailureLog, RestartableServer, fast_retry, wait_for
 from tests.support import make_certificate
-
-
-class FailureLog(ModelObserver):
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    def login_failed(self, message: str) -> None:
-        self.failures.append(message)
 
 
 class Client:
@@ -54,6 +45,14 @@ class Client:
 
     async def close(self) -> None:
         await self.session.disconnect()
+
+
+async def bring_online(*clients: Client) -> None:
+    """Connect every client at once, then wait until each is online."""
+    for client in clients:
+        client.connect()
+    for client in clients:
+        await client.online()
 
 
 @pytest_twisted.ensureDeferred
@@ -97,10 +96,7 @@ async def test_general_private_and_typing_between_two_clients(chat_server: Resta
 async def test_server_restart_both_reconnect_and_nothing_typed_is_lost(chat_server: RestartableServer):
     ana, luis = Client(chat_server.port, "Ana"), Client(chat_server.port, "Luis")
     try:
-        ana.connect()
-        luis.connect()
-        await ana.online()
-        await luis.online()
+        await bring_online(ana, luis)
         await wait_for(lambda: len(ana.model.online()) == 2, "both online")
         luis.session.open_private("Ana")
 
@@ -136,10 +132,7 @@ async def test_server_restart_both_reconnect_and_nothing_typed_is_lost(chat_serv
 async def test_rooms_on_a_server_that_has_them(chat_server: RestartableServer):
     ana, luis = Client(chat_server.port, "Ana"), Client(chat_server.port, "Luis")
     try:
-        ana.connect()
-        luis.connect()
-        await ana.online()
-        await luis.online()
+        await bring_online(ana, luis)
         await wait_for(lambda: ana.model.rooms_supported is not None, "rooms probed")
         if not ana.model.rooms_supported:
             return  # a seed-000 server: test_session covers the refusal
@@ -197,10 +190,7 @@ async def test_tls_with_a_throwaway_certificate(tmp_path):
     ana = Client(port, "Ana", host="localhost", tls=True, cafile=str(cert_pem))
     luis = Client(port, "Luis", host="localhost", tls=True, cafile=str(cert_pem))
     try:
-        ana.connect()
-        luis.connect()
-        await ana.online()
-        await luis.online()
+        await bring_online(ana, luis)
         ana.session.send(GENERAL_KEY, "cifrado")
         await wait_for(lambda: "cifrado" in luis.texts(), "message over TLS")
     finally:

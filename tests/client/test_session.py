@@ -22,19 +22,11 @@ from chatserv.client.model import (
     ConnState,
     ConvKey,
     LineKind,
-    ModelObserver,
     SendState,
 )
 from chatserv.client.network import ChatLineProtocol
 from chatserv.client.session import FLUSH_BATCH, ChatSession, Credentials
-
-
-class Recorder(ModelObserver):
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    def login_failed(self, message: str) -> None:
-        self.failures.append(message)
+from tests.client.support import FailureLog
 
 
 class Harness:
@@ -47,7 +39,7 @@ class Harness:
         self.session = ChatSession(self.model, self.clock)
         self.session.creds = Credentials(user, **creds)
         self.model.me = user
-        self.recorder = Recorder()
+        self.recorder = FailureLog()
         self.model.subscribe(self.recorder)
         self.proto: ChatLineProtocol | None = None
         self.transport: StringTransport | None = None
