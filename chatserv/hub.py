@@ -13,11 +13,10 @@ with a fake clock.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -113,8 +112,13 @@ class Participant(Protocol):
 class MessageLog(Protocol):
     """The storage seam: where messages are committed before they are relayed."""
 
-    def append(self, message: ChatMessage) -> Deferred[None]:
-        """Commit *message*; fire in commit order once it is durable."""
+    def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
+        """Commit *message*, then call ``deliver(message)``, in commit order.
+
+        A callback rather than a Deferred per message: this is on every
+        message's path. A message that cannot be stored is the store's to
+        report, and is never delivered.
+        """
 
 
 class Session:
@@ -398,21 +402,11 @@ class Hub:
         self._next_id += 1
         return message_id
 
-    def _commit(self, message: ChatMessage, deliver: Any) -> None:
+    def _commit(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         if self.store is None:
             deliver(message)
-            return
-        append_then = getattr(self.store, "append_then", None)
-        if append_then is not None:
-            # The store calls back without a Deferred per message (it logs
-            # what it cannot store): most of the cost of relay-after-commit.
-            append_then(message, deliver)
-            return
-        d = self.store.append(message)
-        d.addCallback(lambda _: deliver(message))
-        d.addErrback(
-            lambda f: log.failure("message {id} could not be stored; not relayed", f, id=message.id)
-        )
+        else:
+            self.store.append_then(message, deliver)
 
     def _deliver_to_room(self, message: ChatMessage) -> None:
         assert message.room is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -553,10 +554,11 @@ class SlowLog:
     def __init__(self) -> None:
         self.pending: list[tuple[ChatMessage, Deferred[None]]] = []
 
-    def append(self, message: ChatMessage) -> Deferred[None]:
+    def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         d: Deferred[None] = Deferred()
         self.pending.append((message, d))
-        return d
+        d.addCallback(lambda _: deliver(message))
+        d.addErrback(lambda _: None)  # not stored: never relayed
 
 
 def test_messages_are_relayed_only_once_committed(clock):
