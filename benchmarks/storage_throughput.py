@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -94,8 +95,9 @@ class BenchClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(json.dumps({"cmd": "login", "user": self.name}).encode() + b"\n")
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(json.dumps({"cmd": "login", "user": self.name}).encode() + b"\n")
 
     def data_received(self, data: bytes) -> None:
         lines = (self.buffer + data).split(b"\n")
@@ -166,7 +168,7 @@ async def run_server(args: argparse.Namespace) -> dict[str, object]:
         clients = []
         for i in range(args.clients):
             _, client = await loop.create_connection(
-                lambda i=i: BenchClient(f"s{i}", args.window, stats), "127.0.0.1", port
+                functools.partial(BenchClient, f"s{i}", args.window, stats), "127.0.0.1", port
             )
             clients.append(client)
         await asyncio.gather(*(c.ready for c in clients))
