@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
@@ -46,6 +47,8 @@ class ServerConfig:
     db: str | None = None
     #: Refuse guest logins: every user needs an account (needs a database).
     require_accounts: bool = False
+    #: strports description to serve Prometheus metrics on; None: no metrics.
+    metrics: str | None = None
 
 
 class ChatServer(Service):
@@ -82,15 +85,16 @@ class ChatServer(Service):
         for description, attempt in zip(self.config.listen, attempts, strict=True):
             attempt.addCallback(self._listening, description)
         gathered = DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
-        failures: list[Any] = []
+        failures: list[tuple[str, Any]] = []
         gathered.addCallbacks(
             lambda results: self.listening.callback([port for _, port in results]),
-            lambda f: failures.append(f.value.subFailure),
+            lambda f: failures.append((self.config.listen[f.value.index], f.value.subFailure)),
         )
         if failures:
-            # TCP and SSL listeners fail synchronously: raising here makes
-            # twistd report the error and exit non-zero instead of idling.
-            failures[0].raiseException()
+            # TCP and SSL listeners fail synchronously: exiting here makes
+            # twistd stop with one line and a non-zero status instead of idling.
+            description, failure = failures[0]
+            cannot_listen(description, failure.value)
 
     def _listening(self, port: IListeningPort, description: str) -> IListeningPort:
         self.ports.append(port)
@@ -102,6 +106,28 @@ class ChatServer(Service):
         self.factory.disconnect_all()
         ports, self.ports = self.ports, []
         return DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
+
+
+def cannot_listen(description: str, error: BaseException) -> NoReturn:
+    """Stop start-up with ``chatserv: cannot listen on DESCRIPTION: REASON``.
+
+    By the time services start, twistd has sent stdout and stderr into its
+    log, so the line goes to the log (for a daemon, the only place it can
+    go) and to the process's original standard error.
+    """
+    line = f"chatserv: cannot listen on {description}: {listen_reason(error)}"
+    log.critical("{line}", line=line)
+    if sys.__stderr__ is not None:
+        sys.__stderr__.write(line + "\n")
+        sys.__stderr__.flush()
+    raise SystemExit(1)
+
+
+def listen_reason(error: BaseException) -> str:
+    """What an operator needs from a listening error: "address already in use"."""
+    cause = getattr(error, "socketError", None) or error
+    text = getattr(cause, "strerror", None) or str(cause)
+    return text[0].lower() + text[1:] if text else type(error).__name__
 
 
 def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | None = None) -> MultiService:

@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from . import __version__, logs
 from .bridge.config import TelegramOptions, check_runtime
 from .bridge.config import check_options as check_telegram_options
 from .bridge.config import config_from_options as telegram_config
+from .checks import KINDS, Check, at_least, each, endpoint, one_of
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
 
 
+class _Coerce(usage.CoerceParameter):  # type: ignore[misc]
+    """Names the option when a value has the wrong type (Twisted's message does not)."""
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        try:
+            super().dispatch(parameterName, value)
+        except usage.UsageError:
+            if value is None:
+                raise
+            kind = KINDS.get(self.coerce, "valid")
+            raise usage.UsageError(f"--{parameterName}: {value!r} is not {kind}") from None
+
+
 class Options(TelegramOptions, usage.Options):
     synopsis = "[options]"
     longdesc = (
-        "Run the chatserv chat server: JSON lines (seed 000) and plain text "
-        "(seed 004) on the same port. See docs/PROTOCOL.md."
+        "Run the chatserv chat server: JSON lines and plain text on one port "
+        "(docs/PROTOCOL.md). Operating it: docs/OPERATIONS.md."
     )
     optParameters = [
         ["history", None, 50, "Messages of history sent on login.", int],
@@ -30,27 +46,73 @@ class Options(TelegramOptions, usage.Options):
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
+        ["log-level", None, logs.DEFAULT_LEVEL, f"Least important log events written: {', '.join(logs.LEVELS)}."],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this address, e.g. tcp:9100:interface=127.0.0.1 "
+            "(off by default).",
+        ],
     ]
     optFlags = [
         ["require-accounts", None, "Refuse guest logins: every user needs an account."],
     ]
 
+    #: Per option, what its value must satisfy beyond its type (see chatserv.checks).
+    #: Options left at None (not given, no default) are not checked.
+    CHECKS: dict[str, Check] = {
+        "listen": each(endpoint),
+        "history": at_least(1),
+        "max-line": at_least(1),
+        "rate-limit": at_least(0),
+        "rate-burst": at_least(1),
+        "max-output": at_least(1),
+        "max-connections": at_least(1),
+        "log-level": one_of(logs.LEVELS),
+        "metrics": endpoint,
+    }
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        for name, handler in self._dispatch.items():
+            if isinstance(handler, usage.CoerceParameter):
+                self._dispatch[name] = _Coerce(self, handler.coerce)
 
     def opt_listen(self, description: str) -> None:
         """A strports description to listen on (repeatable), default tcp:2000."""
         self["listen"].append(description)
 
+    def opt_version(self) -> None:
+        """Print chatserv's version and exit."""
+        import twisted
+
+        print(f"chatserv {__version__} (Twisted {twisted.__version__})")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse, and turn any mistake into one line and exit status 1.
+
+        twistd would print the whole usage text before the one line that
+        matters; ``--help`` still prints it.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            text = str(e)
+            if not text.startswith("--"):  # it names no option: say where the list is
+                text += " (twistd chatserv --help lists the options)"
+            raise SystemExit(f"chatserv: {text}") from None
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
-            if self[name] < 1:
-                raise usage.UsageError(f"--{name} must be at least 1")
-        if self["rate-limit"] < 0:
-            raise usage.UsageError("--rate-limit must not be negative")
+        for name, check in self.CHECKS.items():
+            value = self.get(name)
+            problem = check(value) if value is not None else None
+            if problem:
+                raise usage.UsageError(f"--{name}: {problem}")
         check_telegram_options(self)
 
     def config(self) -> ServerConfig:
@@ -67,10 +129,12 @@ class Options(TelegramOptions, usage.Options):
             telegram=telegram_config(self),
             db=self["db"],
             require_accounts=bool(self["require-accounts"]),
+            metrics=self["metrics"],
         )
 
 
 def makeService(options: Options, reactor: Any = None, store: Any = None) -> MultiService:
+    logs.set_level(options["log-level"])
     if options["telegram-chat"] is not None:
         check_runtime(reactor)  # one line and a non-zero exit if the bridge cannot run
     try:

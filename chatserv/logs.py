@@ -1,0 +1,148 @@
+"""What chatserv writes to its log, and how much of it.
+
+Two things keep the log readable on a busy server and bounded under attack:
+
+- a level: :class:`Logger` drops events below the process's level
+  (``--log-level``, ``info`` by default) before they are formatted, so the
+  per-connection detail logged at ``debug`` costs one comparison when off;
+- :class:`Throttle`: lines a client can cause at will (logins, refused
+  connections, over-long lines, slow consumers) are written as they happen up
+  to a budget per interval; past it they are counted and one summary line per
+  interval says how many were left out. Rate-limit cut-offs are only ever
+  summarised (:meth:`Throttle.tally`). An attacker opening and closing
+  connections therefore writes at most ``burst`` lines plus one per kind per
+  interval, instead of one line per connection.
+
+Log files themselves are bounded by twistd (``--logfile``): see
+docs/OPERATIONS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger as _TwistedLogger
+from twisted.logger import LogLevel
+
+#: The names ``--log-level`` accepts, lowest first.
+LEVELS = ("debug", "info", "warn", "error", "critical")
+DEFAULT_LEVEL = "info"
+
+_PRIORITY = {LogLevel.levelWithName(name): i for i, name in enumerate(LEVELS)}
+_threshold = LEVELS.index(DEFAULT_LEVEL)
+
+
+def set_level(name: str) -> None:
+    """Drop chatserv's log events below *name* (one of :data:`LEVELS`) from now on.
+
+    Process-wide, like the log itself: ``twistd chatserv`` sets it once from
+    ``--log-level``.
+    """
+    global _threshold
+    _threshold = LEVELS.index(name)
+
+
+def level() -> str:
+    return LEVELS[_threshold]
+
+
+class Logger(_TwistedLogger):
+    """``twisted.logger.Logger`` that honours :func:`set_level`.
+
+    Used as ``log = Logger()`` at module level, exactly like Twisted's: the
+    namespace is still the calling module.
+    """
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if _PRIORITY.get(level, len(LEVELS)) < _threshold:
+            return
+        super().emit(level, format, **kwargs)
+
+
+class _Kind:
+    __slots__ = ("written", "left_out", "sources", "timer")
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.left_out = 0
+        self.sources: set[str] = set()
+        self.timer: IDelayedCall | None = None
+
+
+#: Distinct sources a summary counts before it stops telling them apart.
+MAX_SOURCES = 1000
+
+
+class Throttle:
+    """A log budget per kind of line: *burst* lines per *interval* seconds.
+
+    Past the budget, lines are counted, and at the end of the interval one
+    line says how many of that kind were left out and from how many sources.
+    One timer per kind runs only while something is left out.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        log: _TwistedLogger,
+        *,
+        interval: float = 60.0,
+        burst: int = 50,
+    ) -> None:
+        self.clock = clock
+        self.log = log
+        self.interval = interval
+        self.burst = burst
+        self._kinds: dict[str, _Kind] = {}
+
+    def _kind(self, kind: str) -> _Kind:
+        state = self._kinds.get(kind)
+        if state is None:
+            state = self._kinds[kind] = _Kind()
+        if state.timer is None:
+            # A fresh interval starts with the first line after a quiet one.
+            state.timer = self.clock.callLater(self.interval, self._summarise, kind)
+        return state
+
+    def line(
+        self, kind: str, source: str, format: str, *, emit: Callable[..., None] | None = None, **kw: Any
+    ) -> None:
+        """Log ``format`` (at info unless *emit* says otherwise) if *kind*'s budget allows."""
+        state = self._kind(kind)
+        if state.written < self.burst:
+            state.written += 1
+            (emit or self.log.info)(format, **kw)
+            return
+        state.left_out += 1
+        if len(state.sources) < MAX_SOURCES:
+            state.sources.add(source)
+
+    def tally(self, kind: str, source: str) -> None:
+        """Count one event of *kind*; only the interval's summary line is written."""
+        state = self._kind(kind)
+        state.written = self.burst  # never written one by one
+        state.left_out += 1
+        if len(state.sources) < MAX_SOURCES:
+            state.sources.add(source)
+
+    def _summarise(self, kind: str) -> None:
+        state = self._kinds.pop(kind)
+        if state.left_out:
+            many = len(state.sources)
+            self.log.warn(
+                "{kind}: {n} more in the last {interval:.0f} s, from {sources}{plus} sources",
+                kind=kind,
+                n=state.left_out,
+                interval=self.interval,
+                sources=many,
+                plus="+" if many >= MAX_SOURCES else "",
+            )
+
+    def stop(self) -> None:
+        """Write the pending summaries now (at shutdown) and cancel the timers."""
+        for kind, state in list(self._kinds.items()):
+            if state.timer is not None and state.timer.active():
+                state.timer.cancel()
+            self._summarise(kind)
