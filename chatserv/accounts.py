@@ -26,10 +26,10 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .hub import ChatError, InvalidName, NameTaken
+from .logs import Logger
 from .names import BadName, check_name, name_key
 
 log = Logger()
@@ -190,6 +190,7 @@ class Accounts:
         # but one address spraying many names is slowed as well.
         self.by_address = Throttle(now, free=20)
         self._dummy: str | None = None
+        self.hashing = 0
         self._dummy_lock = threading.Lock()
 
     # -- the three entry points -------------------------------------------------
@@ -273,7 +274,14 @@ class Accounts:
         return name
 
     def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, _hash_pool(self.reactor), fn, *args)
+        self.hashing += 1  # waiting for or running in the hash pool (chatserv.metrics)
+        d = deferToThreadPool(self.reactor, _hash_pool(self.reactor), fn, *args)
+
+        def done(result: Any) -> Any:
+            self.hashing -= 1
+            return result
+
+        return d.addBoth(done)
 
     def _verify(self, stored: str | None, password: str) -> tuple[bool, bool]:
         """(password matches, hash needs upgrading); runs in the hash pool."""

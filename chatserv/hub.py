@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
+from .logs import Logger
 from .names import BadName, check_name, name_key
+from .stats import HubStats
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
@@ -184,6 +185,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
         self._next_id = first_id
+        #: Counts for the metrics (chatserv.metrics); plain integers.
+        self.stats = HubStats()
 
     # -- sessions ---------------------------------------------------------
 
@@ -207,6 +210,7 @@ class Hub:
             raise NameTaken(f"el nombre {name} ya está en uso")
         session = Session(name, key, participant)
         self.sessions[key] = session
+        self.stats.logins += 1
         log.debug("login {name}", name=name)
         self._enter(session, self.rooms[GENERAL])
         return session
@@ -216,6 +220,7 @@ class Hub:
         if self.sessions.get(session.key) is not session:
             return
         del self.sessions[session.key]
+        self.stats.logouts += 1
         for room_name in list(session.rooms):
             self._exit(session, self.rooms[name_key(room_name)])
         log.debug("logout {name}", name=session.name)
@@ -311,6 +316,7 @@ class Hub:
         change = PresenceChange(room.name, tuple(room.joined), tuple(room.left), room.names())
         room.joined.clear()
         room.left.clear()
+        self.stats.delivered["presence"] += len(room.members)
         for session in list(room.members.values()):
             session.participant.receive_presence(change)
 
@@ -337,6 +343,7 @@ class Hub:
             self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
         )
+        self.stats.received["room"] += 1
         self._commit(message, self._deliver_to_room)
         return message
 
@@ -348,6 +355,7 @@ class Hub:
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name
         )
+        self.stats.received["private"] += 1
         self._commit(message, self._deliver_private)
         return message
 
@@ -358,10 +366,12 @@ class Hub:
             if target is None:
                 raise NoSuchUser(f"{to} no está conectado")
             if target is not session:
+                self.stats.delivered["typing"] += 1
                 target.participant.receive_typing(Typing(session.name, None))
             return
         room = self.member_room(session, room_name)
         event = Typing(session.name, room.name)
+        self.stats.delivered["typing"] += len(room.members) - 1
         for member in list(room.members.values()):
             if member is not session:
                 member.participant.receive_typing(event)
@@ -418,6 +428,7 @@ class Hub:
             self._flush_presence(room)
         room.history.append(message)
         room.wire.clear()
+        self.stats.delivered["room"] += len(room.members)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)
@@ -427,6 +438,8 @@ class Hub:
         recipient = self.find(message.recipient)
         sender = self.find(message.sender)
         if recipient is not None:
+            self.stats.delivered["private"] += 1
             recipient.participant.receive_message(message)
         if sender is not None and sender is not recipient:
+            self.stats.delivered["private"] += 1
             sender.participant.receive_message(message)

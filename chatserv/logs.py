@@ -62,9 +62,10 @@ class Logger(_TwistedLogger):
 
 
 class _Kind:
-    __slots__ = ("written", "left_out", "sources", "timer")
+    __slots__ = ("written", "left_out", "sources", "timer", "only_counted")
 
     def __init__(self) -> None:
+        self.only_counted = False
         self.written = 0
         self.left_out = 0
         self.sources: set[str] = set()
@@ -122,7 +123,7 @@ class Throttle:
     def tally(self, kind: str, source: str) -> None:
         """Count one event of *kind*; only the interval's summary line is written."""
         state = self._kind(kind)
-        state.written = self.burst  # never written one by one
+        state.only_counted = True
         state.left_out += 1
         if len(state.sources) < MAX_SOURCES:
             state.sources.add(source)
@@ -132,9 +133,10 @@ class Throttle:
         if state.left_out:
             many = len(state.sources)
             self.log.warn(
-                "{kind}: {n} more in the last {interval:.0f} s, from {sources}{plus} sources",
+                "{kind}: {n}{more} in the last {interval:.0f} s, from {sources}{plus} sources",
                 kind=kind,
                 n=state.left_out,
+                more="" if state.only_counted else " more",
                 interval=self.interval,
                 sources=many,
                 plus="+" if many >= MAX_SOURCES else "",

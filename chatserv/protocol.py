@@ -20,14 +20,15 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
 from . import wire
 from .accounts import AuthFailed, Identity
 from .hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from .logs import Logger, Throttle
 from .names import name_key
 from .ratelimit import TokenBucket
+from .stats import ConnectionStats
 from .storage import paging
 
 log = Logger()
@@ -143,11 +144,19 @@ class ChatProtocol(LineReceiver):
                 factory.limits.rate_limit, factory.limits.rate_burst, factory.clock.seconds
             )
         if len(factory.connections) >= factory.limits.max_connections:
-            log.warn("refusing {peer}: connection limit reached", peer=self._peer)
+            factory.stats.refused += 1
+            factory.log_budget.line(
+                "connections refused (server full)",
+                _host(self.transport.getPeer()),
+                "refusing {peer}: connection limit reached",
+                emit=log.warn,
+                peer=self._peer,
+            )
             self.transport.write(wire.error_frame("server_full", "el servidor está lleno"))
             self._close()
             return
         factory.connections.add(self)
+        factory.stats.accepted += 1
         # Registered as a streaming producer so the transport tells us when
         # its buffer is full (pauseProducing) and when it drained.
         self.transport.registerProducer(self, True)
@@ -196,7 +205,9 @@ class ChatProtocol(LineReceiver):
         if self.session is not None:
             session, self.session = self.session, None
             self.factory.hub.logout(session)
-            log.info("{name} disconnected ({peer})", name=session.name, peer=self._peer)
+            self.factory.log_budget.line(
+                "logouts", self._peer, "{name} logged out ({peer})", name=session.name, peer=self._peer
+            )
 
     # -- output -----------------------------------------------------------
 
@@ -207,8 +218,12 @@ class ChatProtocol(LineReceiver):
         self._out.append(data)
         self._out_bytes += len(data)
         if not self._writable and self._out_bytes > self.factory.limits.max_output:
-            log.warn(
+            self.factory.stats.slow_dropped += 1
+            self.factory.log_budget.line(
+                "slow consumers dropped",
+                self._peer,
                 "dropping {who}: {n} bytes of unread output",
+                emit=log.warn,
                 who=self.session.name if self.session else self._peer,
                 n=self._out_bytes,
             )
@@ -256,6 +271,7 @@ class ChatProtocol(LineReceiver):
         self._writable = False
 
     def error(self, code: str, msg: str, ref: str | None = None) -> None:
+        self.factory.stats.errors[code] += 1
         if self.plain:
             self.send(wire.plain_error(code, msg))
         else:
@@ -266,7 +282,7 @@ class ChatProtocol(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._closing:
             return
-        log.info("line too long from {peer}", peer=self._peer)
+        self.factory.log_budget.line("lines too long", self._peer, "line too long from {peer}", peer=self._peer)
         self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
         self._close()
 
@@ -281,6 +297,8 @@ class ChatProtocol(LineReceiver):
                 return
             self.plain = not stripped.startswith(b"{")
         if self._bucket is not None and not self._bucket.allow():
+            self.factory.stats.rate_limited += 1
+            self.factory.log_budget.tally("rate-limited lines", self._peer)
             self.error("rate_limited", "demasiados mensajes; espera un momento")
             return
         if self.plain:
@@ -391,7 +409,9 @@ class ChatProtocol(LineReceiver):
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
         self.send(wire.room_history_frame(general))
-        log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
+        self.factory.log_budget.line(
+            "logins", self._peer, "{name} logged in from {peer}", name=self.session.name, peer=self._peer
+        )
 
     def _cmd_register(self, frame: dict[str, Any]) -> None:
         user = _text(frame, "user")
@@ -549,7 +569,13 @@ class ChatProtocol(LineReceiver):
         hub = self.factory.hub
         self.session = hub.login(self, identity.name)
         self.history_since = identity.since
-        log.info("{name} logged in (plain text) from {peer}", name=self.session.name, peer=self._peer)
+        self.factory.log_budget.line(
+            "logins",
+            self._peer,
+            "{name} logged in (plain text) from {peer}",
+            name=self.session.name,
+            peer=self._peer,
+        )
         self.send(
             wire.plain_line(
                 f"* Hola, {self.session.name}. Escribe y pulsa Enter."
@@ -668,6 +694,9 @@ class ChatFactory(Factory):
         self.limits = limits or Limits()
         self.flusher = OutputFlusher(clock)
         self.connections: set[ChatProtocol] = set()
+        #: Counts for the metrics, and the log budget for lines clients cause.
+        self.stats = ConnectionStats()
+        self.log_budget = Throttle(clock, log)
 
     def disconnect_all(self) -> None:
         for protocol in list(self.connections):

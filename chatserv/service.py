@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
 
 from .accounts import Accounts
 from .hub import GENERAL, Hub, MessageLog
+from .logs import Logger
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
 
@@ -104,18 +104,19 @@ class ChatServer(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.factory.disconnect_all()
+        self.factory.log_budget.stop()
         ports, self.ports = self.ports, []
         return DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
 
 
-def cannot_listen(description: str, error: BaseException) -> NoReturn:
+def cannot_listen(description: str, error: BaseException, doing: str = "listen on") -> NoReturn:
     """Stop start-up with ``chatserv: cannot listen on DESCRIPTION: REASON``.
 
     By the time services start, twistd has sent stdout and stderr into its
     log, so the line goes to the log (for a daemon, the only place it can
     go) and to the process's original standard error.
     """
-    line = f"chatserv: cannot listen on {description}: {listen_reason(error)}"
+    line = f"chatserv: cannot {doing} {description}: {listen_reason(error)}"
     log.critical("{line}", line=line)
     if sys.__stderr__ is not None:
         sys.__stderr__.write(line + "\n")
@@ -147,9 +148,15 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         StorageService(store).setServiceParent(application)
     server = ChatServer(config, reactor, store)
     server.setServiceParent(application)
+    bridge = None
     if config.telegram is not None:
         from .bridge import TelegramBridge
 
         # After the chat server, so it stops first and logs out of a live hub.
-        TelegramBridge(config.telegram, server.hub, reactor, store).setServiceParent(application)
+        bridge = TelegramBridge(config.telegram, server.hub, reactor, store)
+        bridge.setServiceParent(application)
+    if config.metrics is not None:
+        from .metrics import MetricsService
+
+        MetricsService(config.metrics, reactor, server, bridge).setServiceParent(application)
     return application

@@ -22,14 +22,14 @@ from .storage import StorageError
 class _Coerce(usage.CoerceParameter):  # type: ignore[misc]
     """Names the option when a value has the wrong type (Twisted's message does not)."""
 
-    def dispatch(self, parameterName: str, value: str | None) -> None:
+    def dispatch(self, name: str, value: str | None) -> None:
         try:
-            super().dispatch(parameterName, value)
+            super().dispatch(name, value)
         except usage.UsageError:
             if value is None:
                 raise
             kind = KINDS.get(self.coerce, "valid")
-            raise usage.UsageError(f"--{parameterName}: {value!r} is not {kind}") from None
+            raise usage.UsageError(f"--{name}: {value!r} is not {kind}") from None
 
 
 class Options(TelegramOptions, usage.Options):
@@ -46,7 +46,7 @@ class Options(TelegramOptions, usage.Options):
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
-        ["log-level", None, logs.DEFAULT_LEVEL, f"Least important log events written: {', '.join(logs.LEVELS)}."],
+        ["log-level", None, logs.DEFAULT_LEVEL, f"Least important events logged: {', '.join(logs.LEVELS)}."],
         [
             "metrics",
             None,

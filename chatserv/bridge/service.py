@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -39,9 +39,9 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
 
 from ..hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from ..logs import Logger
 from ..names import name_key
 from ..wire import join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
@@ -194,6 +194,12 @@ class TelegramBridge(Service):
         self._wake: Deferred[None] | None = None
         self._kick_call: IDelayedCall | None = None
         self._log_setup: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
+        #: sendMessage calls by outcome ("ok", "error", "retry_after") and the
+        #: seconds of flood-control waits asked for (chatserv.metrics).
+        self.api_calls: Counter[str] = Counter()
+        self.flood_wait_seconds = 0.0
+        #: Other chats whose messages were ignored: each is logged once.
+        self._ignored_chats: set[int] = set()
 
     # -- service ------------------------------------------------------------
 
@@ -469,7 +475,11 @@ class TelegramBridge(Service):
             self._answer_private(msg)
             return
         if chat.id != self.chat_id:
-            log.debug("ignoring a message from chat {chat}", chat=chat.id)
+            # At info, once per chat: docs/TELEGRAM.md sends operators here
+            # to learn their group's id, and a busy foreign chat cannot flood the log.
+            if chat.id not in self._ignored_chats and len(self._ignored_chats) < 1000:
+                self._ignored_chats.add(chat.id)
+                log.info("ignoring a message from chat {chat}", chat=chat.id)
             return
         user = msg.from_user
         if user is not None and self.bot is not None and user.id == self.bot.id:
@@ -680,10 +690,13 @@ class TelegramBridge(Service):
             )
         except RetryAfter as e:
             wait = _seconds(e)
+            self.api_calls["retry_after"] += 1
+            self.flood_wait_seconds += wait
             self._not_before = self.reactor.seconds() + wait
             log.warn("Telegram asks the bridge to wait {wait:.0f}s (flood control)", wait=wait)
             return _RETRY
         except ChatMigrated as e:
+            self.api_calls["error"] += 1
             log.warn(
                 "Telegram chat {old} became supergroup {new}: bridging that one now; update --telegram-chat",
                 old=self.chat_id,
@@ -692,17 +705,21 @@ class TelegramBridge(Service):
             self.chat_id = e.new_chat_id
             return _RETRY
         except BadRequest as e:
+            self.api_calls["error"] += 1
             if "chat not found" in str(e).lower():
                 self._failed(e, "Telegram does not know the chat; is --telegram-chat right?")
                 return _RETRY
             log.error("Telegram refused a message ({error}); it is dropped", error=self._redact(str(e)))
             return _DROPPED
         except (Forbidden, InvalidToken) as e:
+            self.api_calls["error"] += 1
             self._failed(e, "Telegram refuses the bot; is it still in the group?", longest=True)
             return _RETRY
         except TelegramError as e:
+            self.api_calls["error"] += 1
             self._failed(e, "cannot reach Telegram")
             return _RETRY
+        self.api_calls["ok"] += 1
         now = self.reactor.seconds()
         self.global_pacer.record(now)
         if chat_id == self.chat_id:
@@ -712,6 +729,10 @@ class TelegramBridge(Service):
         self._failures = 0
         self._backoff = 0.0
         return message
+
+    def queue_depth(self) -> int:
+        """Chat lines waiting for Telegram."""
+        return len(self.outbox.entries) if self.outbox is not None else len(self._early)
 
     def _failed(self, error: Exception, why: str, longest: bool = False) -> None:
         cfg = self.config

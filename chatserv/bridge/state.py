@@ -22,9 +22,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from ..logs import Logger
 from .outbox import Entry
 
 log = Logger()

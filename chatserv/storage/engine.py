@@ -23,9 +23,8 @@ from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from twisted.logger import Logger
-
 from ..hub import ChatMessage
+from ..logs import Logger
 from ..names import name_key
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
 

@@ -39,12 +39,13 @@ from typing import Any, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from ..hub import ChatMessage
+from ..logs import Logger
 from ..names import name_key
+from ..stats import Histogram
 from .engine import Account, Engine, RoomInfo, SQLiteEngine, is_postgres, open_engine, redact
 from .schema import StorageError
 
@@ -55,6 +56,10 @@ T = TypeVar("T")
 
 class StorageClosed(StorageError):
     """The store was closed; nothing more can be written."""
+
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class _Group:
@@ -85,6 +90,12 @@ class _Group:
         self._idle: list[Deferred[None]] = []
         self.runs = 0
         self.done = 0
+        #: Seconds from a batch leaving for its thread to its result, and
+        #: items per batch: one observation per batch (chatserv.metrics).
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.sizes = Histogram(BATCH_BUCKETS)
+        self.in_flight = 0
+        self._sent_at = 0.0
 
     def submit(self, item: Any) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
@@ -104,6 +115,8 @@ class _Group:
     def _run(self) -> None:
         items, waiters = self._items, self._waiters
         self._items, self._waiters = [], []
+        self.in_flight = len(items)
+        self._sent_at = self._reactor.seconds()
         self._prepare()
         d = deferToThreadPool(self._reactor, self._pool, self._work, items)
         d.addCallbacks(
@@ -146,6 +159,9 @@ class _Group:
         self._next()
 
     def _next(self) -> None:
+        self.latency.observe(self._reactor.seconds() - self._sent_at)
+        self.sizes.observe(self.in_flight)
+        self.in_flight = 0
         if self._items:
             # They accumulated while the last run was in flight: go now.
             self._run()
@@ -250,6 +266,16 @@ class ThreadedStore:
     def stored(self) -> int:
         """Messages committed since the store opened."""
         return self._commits.done
+
+    @property
+    def backlog(self) -> int:
+        """Messages accepted and not yet committed (queued, or in the transaction in flight)."""
+        return len(self._commits._items) + self._commits.in_flight
+
+    @property
+    def commit_stats(self) -> tuple[Histogram, Histogram]:
+        """Commit latency (seconds) and batch size (messages), per transaction."""
+        return self._commits.latency, self._commits.sizes
 
     @property
     def commits(self) -> int:
