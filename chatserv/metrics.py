@@ -85,7 +85,9 @@ class ServerCollector(Collector):
             if protocol.session is not None:
                 dialects["plain" if protocol.plain else "json"] += 1
         dialects["bridge"] = max(0, len(hub.sessions) - dialects["json"] - dialects["plain"])
-        sessions = GaugeMetricFamily("chatserv_sessions", "Logged-in sessions, by dialect.", labels=["dialect"])
+        sessions = GaugeMetricFamily(
+            "chatserv_sessions", "Logged-in sessions, by dialect.", labels=["dialect"]
+        )
         for dialect, n in dialects.items():
             sessions.add_metric([dialect], n)
         yield sessions

@@ -282,7 +282,8 @@ class ChatProtocol(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         if self._closing:
             return
-        self.factory.log_budget.line("lines too long", self._peer, "line too long from {peer}", peer=self._peer)
+        budget = self.factory.log_budget
+        budget.line("lines too long", self._peer, "line too long from {peer}", peer=self._peer)
         self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
         self._close()
 
@@ -540,6 +541,11 @@ class ChatProtocol(LineReceiver):
     def _plain_login(self, text: str) -> None:
         accounts = self.factory.accounts
         command, _, args = text.partition(" ")
+        if command == "/help":
+            lines = PLAIN_LOGIN_HELP if accounts is not None else PLAIN_LOGIN_HELP[:1]
+            for line in lines:
+                self.send(wire.plain_line(line))
+            return
         if accounts is not None and command in ("/login", "/register"):
             # Plain clients use an account with "/login NAME PASSWORD"
             # (the password is the rest of the line).
@@ -560,7 +566,7 @@ class ChatProtocol(LineReceiver):
         name, colon, rest = text.partition(":")
         first = rest if colon else ""
         if accounts is not None:
-            d = accounts.admit_guest(name.strip())
+            d = accounts.admit_guest(name.strip()).addErrback(_with_login_hint)
             self._hold(d, lambda identity: self._plain_login_as(identity, first), "login")
             return
         self._plain_login_as(Identity(name.strip(), self.factory.clock.seconds(), False), first)
@@ -579,7 +585,7 @@ class ChatProtocol(LineReceiver):
         self.send(
             wire.plain_line(
                 f"* Hola, {self.session.name}. Escribe y pulsa Enter."
-                " Órdenes: /users, /msg NOMBRE texto, /quit."
+                " Órdenes: /help, /users, /msg NOMBRE texto, /quit."
             )
         )
         for message in hub.recent(GENERAL):
@@ -618,6 +624,9 @@ class ChatProtocol(LineReceiver):
             hub.private(self.session, to, body)
         elif command == "/quit":
             self._close()
+        elif command == "/help":
+            for line in PLAIN_HELP:
+                self.send(wire.plain_line(line))
         else:
             self.error("unknown_cmd", f"orden desconocida {command}; usa // para empezar con /")
 
@@ -646,6 +655,32 @@ class ChatProtocol(LineReceiver):
     def receive_typing(self, typing: Typing) -> None:
         if not self.plain:
             self.send(wire.typing_frame(typing))
+
+
+#: The answer to ``/help`` in the plain-text dialect, one line each.
+PLAIN_HELP = (
+    "* Escribe un texto y pulsa Enter para enviarlo a la sala general. Órdenes:",
+    "* /msg NOMBRE texto: mensaje privado a NOMBRE",
+    "* /users: quién está en línea",
+    "* /help: esta ayuda",
+    "* /quit: salir",
+    "* //texto: envía un texto que empieza por /",
+)
+
+
+#: ``/help`` before logging in; the account lines only where there are accounts.
+PLAIN_LOGIN_HELP = (
+    "* Para entrar, escribe tu nombre y pulsa Enter (o NOMBRE: primer mensaje).",
+    "* Con cuenta: /login NOMBRE CONTRASEÑA",
+    "* Crear una cuenta: /register NOMBRE CONTRASEÑA",
+)
+
+
+def _with_login_hint(failure: Any) -> Any:
+    """Tell a plain-text guest refused for a registered name how to log in instead."""
+    if failure.check(AuthFailed):
+        raise AuthFailed(f"{failure.value} (escribe /login NOMBRE CONTRASEÑA)")
+    return failure
 
 
 def _socket_of(transport: Any) -> Any:
