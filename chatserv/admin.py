@@ -22,6 +22,7 @@ import sys
 import time
 from datetime import datetime
 
+from . import __version__
 from .accounts import MAX_PASSWORD, MIN_PASSWORD
 from .names import BadName, check_name
 from .storage import DEFAULT_DB, Engine, StorageError, open_engine, redact
@@ -31,12 +32,31 @@ class Refused(Exception):
     """The command cannot be done; the message says why."""
 
 
+NO_PASSWORD = "no hay terminal donde pedir la contraseña: escríbela en un terminal o usa --password-stdin"
+
+
+def _have_terminal() -> bool:
+    """Whether getpass can prompt on a terminal (it falls back to stdin, echoing, if not)."""
+    try:
+        with open("/dev/tty"):
+            return True
+    except OSError:
+        return False
+
+
 def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass("Contraseña: ")
-        if getpass.getpass("Repite la contraseña: ") != password:
+        if not sys.stdin.isatty() and not _have_terminal():
+            raise Refused(NO_PASSWORD)
+        try:
+            password = getpass.getpass("Contraseña: ")
+            again = getpass.getpass("Repite la contraseña: ")
+        except EOFError:
+            # No terminal, and standard input ended (e.g. </dev/null).
+            raise Refused(NO_PASSWORD) from None
+        if again != password:
             raise Refused("las contraseñas no coinciden")
     if len(password) < MIN_PASSWORD:
         raise Refused(f"la contraseña debe tener al menos {MIN_PASSWORD} caracteres")
@@ -102,6 +122,7 @@ def _migrate(engine: Engine, args: argparse.Namespace) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatserv-admin", description="Manage chatserv accounts and rooms.")
+    p.add_argument("--version", action="version", version=f"chatserv-admin (chatserv {__version__})")
     p.add_argument(
         "--db",
         default=DEFAULT_DB,
@@ -140,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chatserv-admin: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a database error: one line, not a traceback
-        print(f"chatserv-admin: {redact(args.db)}: {e}", file=sys.stderr)
+        print(f"chatserv-admin: {redact(args.db)}: {e or type(e).__name__}", file=sys.stderr)
         return 1
     finally:
         engine.close()

@@ -81,7 +81,8 @@ class Options(TelegramOptions, usage.Options):
                 self._dispatch[name] = _Coerce(self, handler.coerce)
 
     def opt_listen(self, description: str) -> None:
-        """A strports description to listen on (repeatable), default tcp:2000."""
+        """Where to listen, as a strports description (repeatable): tcp:2000,
+        ssl:2443:privateKey=key.pem:certKey=cert.pem, unix:/run/chat.sock. [default: tcp:2000]"""
         self["listen"].append(description)
 
     def opt_version(self) -> None:

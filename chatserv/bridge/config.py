@@ -17,6 +17,7 @@ from twisted.python import usage
 TOKEN_ENV = "TELEGRAM_BOT_TOKEN"
 DEFAULT_API_URL = "https://api.telegram.org/bot"
 DEFAULT_STATE = "chatserv-telegram.sqlite3"
+DEFAULT_MARKER = " (TG)"
 
 
 @dataclass
@@ -75,13 +76,20 @@ PARAMETERS: list[list[Any]] = [
         "telegram-chat",
         None,
         None,
-        "Bridge this Telegram chat id (e.g. -1001234567890). Enables the bridge.",
+        f"Bridge this Telegram chat id (e.g. -1001234567890); needs the bot token in ${TOKEN_ENV}"
+        " or --telegram-token-file.",
         int,
     ],
     ["telegram-token-file", None, None, f"File holding the bot token (default: ${TOKEN_ENV})."],
     ["telegram-api-url", None, DEFAULT_API_URL, "Bot API base URL; the token is appended."],
     ["telegram-room", None, "general", "Chat room bridged to the Telegram chat."],
-    ["telegram-marker", None, " (TG)", "Appended to Telegram users' names in the chat."],
+    [
+        "telegram-marker",
+        None,
+        None,
+        f"Appended to Telegram users' names in the chat."
+        f' [default: "{DEFAULT_MARKER}", with its leading space]',
+    ],
     ["telegram-queue", None, 1000, "Chat lines queued for Telegram before the oldest are dropped.", int],
     ["telegram-state", None, DEFAULT_STATE, "SQLite file for the bridge's offsets, id map and queue."],
 ]
@@ -132,6 +140,9 @@ def check_options(options: Any, environ: Mapping[str, str] | None = None) -> Non
         check_name(options["telegram-room"])
     except BadName as e:
         raise usage.UsageError(f"--telegram-room: {e}") from None
+    if options["telegram-marker"] is None:
+        # None in the table so that --help can show the default quoted.
+        options["telegram-marker"] = DEFAULT_MARKER
     marker = options["telegram-marker"]
     if len(marker) > 16 or any(not c.isprintable() and c != " " for c in marker):
         raise usage.UsageError("--telegram-marker: at most 16 printable characters")

@@ -183,9 +183,9 @@ def parse(args: list[str]) -> Options:
 def test_options(monkeypatch, tmp_path):
     monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
     assert parse([]).config().telegram is None
-    with pytest.raises(usage.UsageError, match="TELEGRAM_BOT_TOKEN"):
+    with pytest.raises(SystemExit, match="TELEGRAM_BOT_TOKEN"):
         parse(["--telegram-chat", "-100"])
-    with pytest.raises(usage.UsageError, match="need --telegram-chat"):
+    with pytest.raises(SystemExit, match="need --telegram-chat"):
         parse(["--telegram-room", "x"])
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:env")
     config = (
@@ -199,7 +199,7 @@ def test_options(monkeypatch, tmp_path):
     token_file.write_text("1:file\n")
     config = parse(["--telegram-chat", "-5", "--telegram-token-file", str(token_file)]).config().telegram
     assert config.token == "1:file"
-    with pytest.raises(usage.UsageError, match="--telegram-room"):
+    with pytest.raises(SystemExit, match="--telegram-room"):
         parse(["--telegram-chat", "-5", "--telegram-room", "dos palabras"])
 
 

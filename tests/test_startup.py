@@ -1,0 +1,132 @@
+"""What an operator sees when start-up goes wrong, and from --help and --version.
+
+Every mistake is one line on standard error that names the option and what is
+wrong, exit status 1, no traceback and no usage text. These run the real
+``twistd`` and ``chatserv-admin`` as subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatserv import __version__
+from tests.support import make_certificate
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def run(*argv: str, cwd: Path, stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TELEGRAM_BOT_TOKEN"}
+    return subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]],
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def twistd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run("twistd", "-n", "--pidfile=", "chatserv", "--db", ":memory:", *args, cwd=cwd)
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single line on stderr of a failed run, after checking the rest."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    everything = result.stdout + result.stderr
+    assert "Traceback" not in everything and "Usage:" not in everything, everything
+    return lines[0]
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_port_in_use(tmp_path, taken_port):
+    line = one_line(twistd("--listen", f"tcp:{taken_port}:interface=127.0.0.1", cwd=tmp_path))
+    assert line == f"chatserv: cannot listen on tcp:{taken_port}:interface=127.0.0.1: address already in use"
+
+
+def test_metrics_port_in_use(tmp_path, taken_port):
+    result = twistd(
+        "--listen", "tcp:0:interface=127.0.0.1", "--metrics", f"tcp:{taken_port}:interface=127.0.0.1",
+        cwd=tmp_path,
+    )
+    line = one_line(result)
+    assert line == (
+        f"chatserv: cannot serve metrics on tcp:{taken_port}:interface=127.0.0.1: address already in use"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--listen", "garbage"], "chatserv: --listen: 'garbage' is not a listening address"),
+        (["--listen", "tcp:notaport"], "chatserv: --listen: 'tcp:notaport' is not a listening address"),
+        (["--listen", "tcp:99999"], "chatserv: --listen: tcp:99999: port 99999 is not between 0 and 65535"),
+        (["--history", "-1"], "chatserv: --history: must be at least 1, not -1"),
+        (["--max-line", "0"], "chatserv: --max-line: must be at least 1, not 0"),
+        (["--max-line", "x"], "chatserv: --max-line: 'x' is not a whole number"),
+        (["--rate-limit", "-3"], "chatserv: --rate-limit: must be at least 0, not -3.0"),
+        (["--telegram-chat", "abc"], "chatserv: --telegram-chat: 'abc' is not a whole number"),
+        (["--telegram-chat", "-100123"], "chatserv: --telegram-chat needs a bot token"),
+        (["--log-level", "loud"], "chatserv: --log-level: must be one of debug, info, warn, error, critical"),
+        (["--metrics", "nonsense"], "chatserv: --metrics: 'nonsense' is not a listening address"),
+        (["--no-such-option"], "chatserv: option --no-such-option not recognized"),
+    ],
+)
+def test_bad_option(tmp_path, args, expected):
+    assert one_line(twistd(*args, cwd=tmp_path)).startswith(expected)
+
+
+@pytest.mark.parametrize("missing", ["key", "cert"])
+def test_ssl_listener_with_a_missing_file(tmp_path, missing):
+    key, cert = make_certificate(tmp_path)
+    (key if missing == "key" else cert).unlink()
+    description = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    line = one_line(twistd("--listen", description, cwd=tmp_path))
+    gone = key if missing == "key" else cert
+    assert line == f"chatserv: --listen: {description}: No such file or directory: {gone}"
+
+
+def test_version(tmp_path):
+    result = run("twistd", "chatserv", "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"chatserv {__version__} ")
+    result = run("chatserv-admin", "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"chatserv-admin (chatserv {__version__})"
+
+
+def test_help_speaks_to_an_operator(tmp_path):
+    result = run("twistd", "chatserv", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "seed" not in text
+    assert "JSON lines and plain text on one port" in text
+    assert "--log-level" in text and "--metrics" in text
+    assert '" (TG)"' in text  # the marker's leading space is visible
+    chat = text[text.index("--telegram-chat") :].split("--telegram-", 2)[1]
+    assert "TELEGRAM_BOT_TOKEN" in chat and "token-file" in text
+
+
+def test_admin_create_without_a_terminal(tmp_path):
+    result = run("chatserv-admin", "--db", str(tmp_path / "a.sqlite3"), "create", "ana", cwd=tmp_path)
+    line = one_line(result)
+    assert line.startswith("chatserv-admin: ") and "--password-stdin" in line
