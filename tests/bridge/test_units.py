@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from telegram import Message
 from twisted.internet.task import Clock
-from twisted.python import usage
 
 from chatserv.bridge.aio import ReactorMismatch, require_asyncio_reactor
 from chatserv.bridge.config import BridgeConfig, check_runtime
