@@ -133,13 +133,14 @@ class Throttle:
         if state.left_out:
             many = len(state.sources)
             self.log.warn(
-                "{kind}: {n}{more} in the last {interval:.0f} s, from {sources}{plus} sources",
+                "{kind}: {n}{more} in the last {interval:.0f} s, from {sources}{plus} {noun}",
                 kind=kind,
                 n=state.left_out,
                 more="" if state.only_counted else " more",
                 interval=self.interval,
                 sources=many,
                 plus="+" if many >= MAX_SOURCES else "",
+                noun="source" if many == 1 else "sources",
             )
 
     def stop(self) -> None:
