@@ -130,3 +130,35 @@ def test_admin_create_without_a_terminal(tmp_path):
     result = run("chatserv-admin", "--db", str(tmp_path / "a.sqlite3"), "create", "ana", cwd=tmp_path)
     line = one_line(result)
     assert line.startswith("chatserv-admin: ") and "--password-stdin" in line
+
+
+# -- the log of a running server ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", [None, "debug"])
+def test_log_of_a_login(tmp_path, level):
+    """At the default level a login and a logout are one line each, and the
+    connection itself none; ``--log-level debug`` adds the connection detail."""
+    from tests.test_twistd import Peer, Twistd
+
+    args = ["--db", ":memory:", "--listen", "tcp:0:interface=127.0.0.1"]
+    if level:
+        args += ["--log-level", level]
+    server = Twistd(*args, cwd=tmp_path)
+    try:
+        port = int(server.wait_for(r"listening on .*port=(\d+)").group(1))
+        ana = Peer(port)
+        ana.send_json(cmd="login", user="Ana")
+        ana.expect("users")
+        ana.close()
+        server.wait_for("Ana logged out")
+    finally:
+        server.stop()
+    log = "".join(server.log)
+    assert log.count("Ana logged in from 127.0.0.1:") == 1
+    assert log.count("Ana logged out") == 1
+    detail = ["connection from 127.0.0.1", "login Ana", "logout Ana"]
+    if level == "debug":
+        assert all(line in log for line in detail), log
+    else:
+        assert not any(line in log for line in detail), log
