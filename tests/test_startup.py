@@ -162,3 +162,21 @@ def test_log_of_a_login(tmp_path, level):
         assert all(line in log for line in detail), log
     else:
         assert not any(line in log for line in detail), log
+
+
+def test_client_help_shows_the_real_defaults(tmp_path):
+    """Not the values the last session saved in the settings file."""
+    saved = tmp_path / "config" / "chatserv"
+    saved.mkdir(parents=True)
+    (saved / "client.json").write_text('{"host": "saved.example.org", "port": 4000, "tls": true}')
+    result = subprocess.run(
+        [str(BIN / "chatserv-client"), "--help"],
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "saved.example.org" not in text and "4000" not in text
+    assert "else localhost" in text and "else 2000" in text

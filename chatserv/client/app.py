@@ -17,13 +17,17 @@ from chatserv.client import i18n
 from chatserv.client.config import Settings, load_settings
 
 
-def build_parser(defaults: Settings) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The options; those left out (None) take the settings file's values, then the defaults."""
+    real = Settings()
     parser = argparse.ArgumentParser(
         prog="chatserv-client",
         description="Desktop chat client for chatserv (Tk on the Twisted reactor).",
     )
-    parser.add_argument("--host", default=defaults.host, help="server host (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=defaults.port, help="server port (default: %(default)s)")
+    parser.add_argument("--host", help=f"server host (default: the last one used, else {real.host})")
+    parser.add_argument(
+        "--port", type=int, help=f"server port (default: the last one used, else {real.port})"
+    )
     parser.add_argument(
         "--user",
         help="log in at once with this name, skipping the connect form",
@@ -34,7 +38,9 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
         help="account password (or set CHATSERV_PASSWORD, which other users cannot see in ps)",
     )
     parser.add_argument("--register", action="store_true", help="create the account first (needs --password)")
-    parser.add_argument("--tls", action="store_true", default=defaults.tls, help="connect with TLS")
+    parser.add_argument(
+        "--tls", action="store_true", default=None, help="connect with TLS (default: as the last time)"
+    )
     parser.add_argument("--cafile", help="PEM certificate to trust for --tls (e.g. a self-signed server's)")
     parser.add_argument("--lang", choices=i18n.LANGUAGES, help="interface language (default: the locale)")
     parser.add_argument("--geometry", help="initial window geometry, e.g. 900x600+0+0")
@@ -42,8 +48,8 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     defaults = load_settings()
-    args = build_parser(defaults).parse_args(argv)
     i18n.install(args.lang)
 
     import tkinter as tk
@@ -70,7 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     session = ChatSession(ChatModel(reactor), reactor)
     settings = Settings(defaults.host, defaults.port, defaults.user, defaults.tls)
-    settings.host, settings.port, settings.tls = args.host, args.port, args.tls
+    # The command line wins over the last session's values.
+    if args.host is not None:
+        settings.host = args.host
+    if args.port is not None:
+        settings.port = args.port
+    if args.tls:
+        settings.tls = True
     window = ChatWindow(root, session, settings, cafile=args.cafile)
 
     def stop_reactor(_ignored: object = None) -> None:
