@@ -13,18 +13,20 @@ Two things keep the log readable on a busy server and bounded under attack:
   connections therefore writes at most ``burst`` lines plus one per kind per
   interval, instead of one line per connection.
 
-Log files themselves are bounded by twistd (``--logfile``): see
-docs/OPERATIONS.md.
+twistd's own ``--logfile`` rotates at 1 MB but keeps every old file; for a
+log with a bounded size on disk, :func:`bounded_observer` is a drop-in for
+twistd's ``--logger`` option (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import FileLogObserver, LogLevel, textFileLogObserver
 from twisted.logger import Logger as _TwistedLogger
-from twisted.logger import LogLevel
 
 #: The names ``--log-level`` accepts, lowest first.
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -149,3 +151,32 @@ class Throttle:
             if state.timer is not None and state.timer.active():
                 state.timer.cancel()
             self._summarise(kind)
+
+
+#: ``bounded_observer``'s settings: environment variable, default.
+LOG_FILE = ("CHATSERV_LOG_FILE", "chatserv.log")
+LOG_MB = ("CHATSERV_LOG_MB", "10")
+LOG_KEEP = ("CHATSERV_LOG_KEEP", "5")
+
+
+def bounded_observer(environ: Mapping[str, str] | None = None) -> FileLogObserver:
+    """A log file that never takes more than (1 + KEEP) x MB of disk.
+
+    For ``twistd --logger chatserv.logs.bounded_observer chatserv ...``
+    (twistd calls it with no arguments, so it is configured from the
+    environment): the log goes to ``$CHATSERV_LOG_FILE`` (``chatserv.log``),
+    which is renamed to ``.1`` once it reaches ``$CHATSERV_LOG_MB`` megabytes
+    (10), keeping ``$CHATSERV_LOG_KEEP`` old files (5).
+    """
+    from twisted.python.logfile import LogFile
+
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    path = env.get(*LOG_FILE)
+    try:
+        size = int(float(env.get(*LOG_MB)) * 1_000_000)
+        keep = int(env.get(*LOG_KEEP))
+    except ValueError as e:
+        raise SystemExit(f"chatserv: ${LOG_MB[0]} and ${LOG_KEEP[0]} must be numbers ({e})") from None
+    if size < 1 or keep < 1:
+        raise SystemExit(f"chatserv: ${LOG_MB[0]} and ${LOG_KEEP[0]} must be positive")
+    return textFileLogObserver(LogFile.fromFullPath(path, rotateLength=size, maxRotatedFiles=keep))

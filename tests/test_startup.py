@@ -8,9 +8,11 @@ wrong, exit status 1, no traceback and no usage text. These run the real
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,36 @@ def test_client_help_shows_the_real_defaults(tmp_path):
     text = " ".join(result.stdout.split())
     assert "saved.example.org" not in text and "4000" not in text
     assert "else localhost" in text and "else 2000" in text
+
+
+def test_bounded_log_file(tmp_path):
+    """``--logger chatserv.logs.bounded_observer``: rotated, and old files beyond KEEP deleted."""
+    from tests.test_twistd import TWISTD
+
+    env = {**os.environ, "CHATSERV_LOG_MB": "0.005", "CHATSERV_LOG_KEEP": "2"}
+    args = ["--logger", "chatserv.logs.bounded_observer", "-n", "--pidfile=", "chatserv"]
+    args += ["--db", ":memory:", "--listen", "tcp:0:interface=127.0.0.1", "--log-level", "debug"]
+    proc = subprocess.Popen([str(TWISTD), *args], cwd=tmp_path, env=env)
+    try:
+        log = tmp_path / "chatserv.log"
+        port = None
+        for _ in range(200):
+            text = log.read_text() if log.exists() else ""
+            found = re.search(r"listening on .*port=(\d+)", text)
+            if found:
+                port = int(found.group(1))
+                break
+            time.sleep(0.05)
+        assert port, text
+        for _ in range(300):  # one debug line each, about 90 bytes
+            socket.create_connection(("127.0.0.1", port)).close()
+        for _ in range(200):
+            if (tmp_path / "chatserv.log.2").exists():
+                break
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    files = sorted(p.name for p in tmp_path.glob("chatserv.log*"))
+    assert files == ["chatserv.log", "chatserv.log.1", "chatserv.log.2"]
+    assert all(p.stat().st_size <= 5_000 + 200 for p in tmp_path.glob("chatserv.log*"))
