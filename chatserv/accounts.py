@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from .hub import ChatError, InvalidName, NameTaken
-from .logs import Logger
+from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 
 log = Logger()
@@ -191,6 +191,8 @@ class Accounts:
         self.by_address = Throttle(now, free=20)
         self._dummy: str | None = None
         self.hashing = 0
+        #: Guessers and registration floods write a bounded log (chatserv.logs).
+        self.log_budget = LogBudget(self.clock, log)
         self._dummy_lock = threading.Lock()
 
     # -- the three entry points -------------------------------------------------
@@ -238,7 +240,9 @@ class Accounts:
         stored = account.password_hash if account is not None else None
         ok, rehash = await self._in_pool(self._verify, stored, password)
         if not ok or account is None:
-            log.info("failed login for {name} from {address}", name=name, address=address)
+            self.log_budget.line(
+                "failed logins", address, "failed login for {name} from {address}", name=name, address=address
+            )
             raise AuthFailed(WRONG)
         self.by_account.reset(key)
         self.by_address.forgive(address)
@@ -270,7 +274,13 @@ class Accounts:
         if not await self.store.create_account(name, password_hash, self.clock.seconds()):
             self.by_address.failure(address)
             raise NameTaken(f"el nombre {name} ya tiene una cuenta")
-        log.info("account {name} registered from {address}", name=name, address=address)
+        self.log_budget.line(
+            "accounts registered",
+            address,
+            "account {name} registered from {address}",
+            name=name,
+            address=address,
+        )
         return name
 
     def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:

@@ -5,11 +5,11 @@ Two things keep the log readable on a busy server and bounded under attack:
 - a level: :class:`Logger` drops events below the process's level
   (``--log-level``, ``info`` by default) before they are formatted, so the
   per-connection detail logged at ``debug`` costs one comparison when off;
-- :class:`Throttle`: lines a client can cause at will (logins, refused
+- :class:`LogBudget`: lines a client can cause at will (logins, refused
   connections, over-long lines, slow consumers) are written as they happen up
   to a budget per interval; past it they are counted and one summary line per
   interval says how many were left out. Rate-limit cut-offs are only ever
-  summarised (:meth:`Throttle.tally`). An attacker opening and closing
+  summarised (:meth:`LogBudget.tally`). An attacker opening and closing
   connections therefore writes at most ``burst`` lines plus one per kind per
   interval, instead of one line per connection.
 
@@ -78,7 +78,7 @@ class _Kind:
 MAX_SOURCES = 1000
 
 
-class Throttle:
+class LogBudget:
     """A log budget per kind of line: *burst* lines per *interval* seconds.
 
     Past the budget, lines are counted, and at the end of the interval one

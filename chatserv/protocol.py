@@ -25,7 +25,7 @@ from twisted.protocols.basic import LineReceiver
 from . import wire
 from .accounts import AuthFailed, Identity
 from .hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
-from .logs import Logger, Throttle
+from .logs import LogBudget, Logger
 from .names import name_key
 from .ratelimit import TokenBucket
 from .stats import ConnectionStats
@@ -731,7 +731,7 @@ class ChatFactory(Factory):
         self.connections: set[ChatProtocol] = set()
         #: Counts for the metrics, and the log budget for lines clients cause.
         self.stats = ConnectionStats()
-        self.log_budget = Throttle(clock, log)
+        self.log_budget = LogBudget(clock, log)
 
     def disconnect_all(self) -> None:
         for protocol in list(self.connections):

@@ -53,7 +53,7 @@ def test_level_drops_events_below_it(events):
 def test_throttle_writes_a_budget_then_one_summary():
     clock = Clock()
     seen: list[dict[str, Any]] = []
-    throttle = logs.Throttle(clock, logs.Logger(observer=seen.append), interval=60, burst=3)
+    throttle = logs.LogBudget(clock, logs.Logger(observer=seen.append), interval=60, burst=3)
     for i in range(10):
         throttle.line("logins", f"10.0.0.{i % 4}", "login {i}", i=i)
     assert [formatEvent(e) for e in seen] == ["login 0", "login 1", "login 2"]
@@ -69,7 +69,7 @@ def test_throttle_writes_a_budget_then_one_summary():
 def test_tally_is_only_a_summary():
     clock = Clock()
     seen: list[dict[str, Any]] = []
-    throttle = logs.Throttle(clock, logs.Logger(observer=seen.append), interval=10)
+    throttle = logs.LogBudget(clock, logs.Logger(observer=seen.append), interval=10)
     for i in range(500):
         throttle.tally("rate-limited lines", f"peer{i % 2}")
     assert seen == []
