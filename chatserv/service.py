@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -109,19 +110,37 @@ class ChatServer(Service):
         return DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
 
 
+class StartError(Exception):
+    """Start-up failed; the message is the one line that says why."""
+
+
 def cannot_listen(description: str, error: BaseException, doing: str = "listen on") -> NoReturn:
     """Stop start-up with ``chatserv: cannot listen on DESCRIPTION: REASON``.
 
     By the time services start, twistd has sent stdout and stderr into its
-    log, so the line goes to the log (for a daemon, the only place it can
-    go) and to the process's original standard error.
+    log, so the line goes to the log and to the process's original standard
+    error, and the process exits with status 1. A daemonized twistd (no
+    ``-n``) has no standard error left, and its parent waits for the child to
+    report through a pipe, which twistd writes only for an ``Exception``: so
+    there the error is raised as :class:`StartError`, and the parent prints
+    ``An error has occurred: ... cannot listen on ...``.
     """
-    line = f"chatserv: cannot {doing} {description}: {listen_reason(error)}"
-    log.critical("{line}", line=line)
+    why = f"cannot {doing} {description}: {listen_reason(error)}"
+    log.critical("chatserv: {why}", why=why)
+    if _daemonized():
+        raise StartError(why)
     if sys.__stderr__ is not None:
-        sys.__stderr__.write(line + "\n")
+        sys.__stderr__.write(f"chatserv: {why}\n")
         sys.__stderr__.flush()
     raise SystemExit(1)
+
+
+def _daemonized() -> bool:
+    """Whether standard error is /dev/null, as twistd leaves it once it has daemonized."""
+    try:
+        return os.path.samestat(os.fstat(2), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 def listen_reason(error: BaseException) -> str:

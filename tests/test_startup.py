@@ -65,6 +65,17 @@ def test_port_in_use(tmp_path, taken_port):
     assert line == f"chatserv: cannot listen on tcp:{taken_port}:interface=127.0.0.1: address already in use"
 
 
+def test_port_in_use_when_daemonized(tmp_path, taken_port):
+    """Without -n: twistd's parent reports the child's error, and does not hang."""
+    args = ["--pidfile=tw.pid", "--logfile=tw.log", "chatserv", "--db", ":memory:"]
+    result = run("twistd", *args, "--listen", f"tcp:{taken_port}:interface=127.0.0.1", cwd=tmp_path)
+    assert result.returncode == 1
+    why = f"cannot listen on tcp:{taken_port}:interface=127.0.0.1: address already in use"
+    assert why in result.stderr
+    assert f"[chatserv.service#critical] chatserv: {why}" in (tmp_path / "tw.log").read_text()
+    assert not (tmp_path / "tw.pid").exists()
+
+
 def test_metrics_port_in_use(tmp_path, taken_port):
     result = twistd(
         "--listen", "tcp:0:interface=127.0.0.1", "--metrics", f"tcp:{taken_port}:interface=127.0.0.1",
