@@ -113,6 +113,10 @@ class ChatServer(Service):
 class StartError(Exception):
     """Start-up failed; the message is the one line that says why."""
 
+    # twistd shows a daemon's start-up error as "module.Class: message" cut at
+    # 100 bytes: leave the message as much of them as possible.
+    __module__ = "chatserv"
+
 
 def cannot_listen(description: str, error: BaseException, doing: str = "listen on") -> NoReturn:
     """Stop start-up with ``chatserv: cannot listen on DESCRIPTION: REASON``.
