@@ -316,7 +316,7 @@ class Hub:
         change = PresenceChange(room.name, tuple(room.joined), tuple(room.left), room.names())
         room.joined.clear()
         room.left.clear()
-        self.stats.delivered["presence"] += len(room.members)
+        self.stats.delivered_presence += len(room.members)
         for session in list(room.members.values()):
             session.participant.receive_presence(change)
 
@@ -343,7 +343,7 @@ class Hub:
             self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
         )
-        self.stats.received["room"] += 1
+        self.stats.received_room += 1
         self._commit(message, self._deliver_to_room)
         return message
 
@@ -355,7 +355,7 @@ class Hub:
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name
         )
-        self.stats.received["private"] += 1
+        self.stats.received_private += 1
         self._commit(message, self._deliver_private)
         return message
 
@@ -366,12 +366,12 @@ class Hub:
             if target is None:
                 raise NoSuchUser(f"{to} no está conectado")
             if target is not session:
-                self.stats.delivered["typing"] += 1
+                self.stats.delivered_typing += 1
                 target.participant.receive_typing(Typing(session.name, None))
             return
         room = self.member_room(session, room_name)
         event = Typing(session.name, room.name)
-        self.stats.delivered["typing"] += len(room.members) - 1
+        self.stats.delivered_typing += len(room.members) - 1
         for member in list(room.members.values()):
             if member is not session:
                 member.participant.receive_typing(event)
@@ -428,7 +428,7 @@ class Hub:
             self._flush_presence(room)
         room.history.append(message)
         room.wire.clear()
-        self.stats.delivered["room"] += len(room.members)
+        self.stats.delivered_room += len(room.members)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)
@@ -438,8 +438,8 @@ class Hub:
         recipient = self.find(message.recipient)
         sender = self.find(message.sender)
         if recipient is not None:
-            self.stats.delivered["private"] += 1
+            self.stats.delivered_private += 1
             recipient.participant.receive_message(message)
         if sender is not None and sender is not recipient:
-            self.stats.delivered["private"] += 1
+            self.stats.delivered_private += 1
             sender.participant.receive_message(message)

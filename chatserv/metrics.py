@@ -95,13 +95,18 @@ class ServerCollector(Collector):
         yield CounterMetricFamily("chatserv_logouts", "Sessions ended.", value=hub.stats.logouts)
         yield _counter(
             "chatserv_messages_received", "Chat messages accepted, by kind.", "kind",
-            {"room": 0, "private": 0, **hub.stats.received},
+            {"room": hub.stats.received_room, "private": hub.stats.received_private},
         )
         yield _counter(
             "chatserv_deliveries",
             "Events handed to recipients (one per recipient), by kind.",
             "kind",
-            {"room": 0, "private": 0, "presence": 0, "typing": 0, **hub.stats.delivered},
+            {
+                "room": hub.stats.delivered_room,
+                "private": hub.stats.delivered_private,
+                "presence": hub.stats.delivered_presence,
+                "typing": hub.stats.delivered_typing,
+            },
         )
         yield CounterMetricFamily(
             "chatserv_slow_consumers_dropped",
