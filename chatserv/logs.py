@@ -64,9 +64,10 @@ class Logger(_TwistedLogger):
 
 
 class _Kind:
-    __slots__ = ("written", "left_out", "sources", "timer", "only_counted")
+    __slots__ = ("written", "left_out", "sources", "timer", "only_counted", "since")
 
-    def __init__(self) -> None:
+    def __init__(self, since: float) -> None:
+        self.since = since
         self.only_counted = False
         self.written = 0
         self.left_out = 0
@@ -103,7 +104,7 @@ class LogBudget:
     def _kind(self, kind: str) -> _Kind:
         state = self._kinds.get(kind)
         if state is None:
-            state = self._kinds[kind] = _Kind()
+            state = self._kinds[kind] = _Kind(self.clock.seconds())
         if state.timer is None:
             # A fresh interval starts with the first line after a quiet one.
             state.timer = self.clock.callLater(self.interval, self._summarise, kind)
@@ -112,7 +113,10 @@ class LogBudget:
     def line(
         self, kind: str, source: str, format: str, *, emit: Callable[..., None] | None = None, **kw: Any
     ) -> None:
-        """Log ``format`` (at info unless *emit* says otherwise) if *kind*'s budget allows."""
+        """Log ``format`` (at info unless *emit* says otherwise) if *kind*'s budget allows.
+
+        *source* is the client address the line is about: summaries count them.
+        """
         state = self._kind(kind)
         if state.written < self.burst:
             state.written += 1
@@ -139,10 +143,10 @@ class LogBudget:
                 kind=kind,
                 n=state.left_out,
                 more="" if state.only_counted else " more",
-                interval=self.interval,
+                interval=self.clock.seconds() - state.since,
                 sources=many,
                 plus="+" if many >= MAX_SOURCES else "",
-                noun="source" if many == 1 else "sources",
+                noun="address" if many == 1 else "addresses",
             )
 
     def stop(self) -> None:

@@ -206,7 +206,11 @@ class ChatProtocol(LineReceiver):
             session, self.session = self.session, None
             self.factory.hub.logout(session)
             self.factory.log_budget.line(
-                "logouts", self._peer, "{name} logged out ({peer})", name=session.name, peer=self._peer
+                "logouts",
+                _source(self._peer),
+                "{name} logged out ({peer})",
+                name=session.name,
+                peer=self._peer,
             )
 
     # -- output -----------------------------------------------------------
@@ -221,7 +225,7 @@ class ChatProtocol(LineReceiver):
             self.factory.stats.slow_dropped += 1
             self.factory.log_budget.line(
                 "slow consumers dropped",
-                self._peer,
+                _source(self._peer),
                 "dropping {who}: {n} bytes of unread output",
                 emit=log.warn,
                 who=self.session.name if self.session else self._peer,
@@ -283,7 +287,7 @@ class ChatProtocol(LineReceiver):
         if self._closing:
             return
         budget = self.factory.log_budget
-        budget.line("lines too long", self._peer, "line too long from {peer}", peer=self._peer)
+        budget.line("lines too long", _source(self._peer), "line too long from {peer}", peer=self._peer)
         self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
         self._close()
 
@@ -299,7 +303,7 @@ class ChatProtocol(LineReceiver):
             self.plain = not stripped.startswith(b"{")
         if self._bucket is not None and not self._bucket.allow():
             self.factory.stats.rate_limited += 1
-            self.factory.log_budget.tally("rate-limited lines", self._peer)
+            self.factory.log_budget.tally("rate-limited lines", _source(self._peer))
             self.error("rate_limited", "demasiados mensajes; espera un momento")
             return
         if self.plain:
@@ -411,7 +415,11 @@ class ChatProtocol(LineReceiver):
         # change, which always includes this login (see wire.presence_frames).
         self.send(wire.room_history_frame(general))
         self.factory.log_budget.line(
-            "logins", self._peer, "{name} logged in from {peer}", name=self.session.name, peer=self._peer
+            "logins",
+            _source(self._peer),
+            "{name} logged in from {peer}",
+            name=self.session.name,
+            peer=self._peer,
         )
 
     def _cmd_register(self, frame: dict[str, Any]) -> None:
@@ -577,7 +585,7 @@ class ChatProtocol(LineReceiver):
         self.history_since = identity.since
         self.factory.log_budget.line(
             "logins",
-            self._peer,
+            _source(self._peer),
             "{name} logged in (plain text) from {peer}",
             name=self.session.name,
             peer=self._peer,
@@ -705,6 +713,11 @@ def _describe(address: IAddress) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     return f"{host}:{port}" if host is not None else str(address)
+
+
+def _source(peer: str) -> str:
+    """The address part of ``_describe``'s ``host:port``: what log summaries count."""
+    return peer.rsplit(":", 1)[0]
 
 
 def _host(address: IAddress) -> str:

@@ -58,7 +58,7 @@ def test_throttle_writes_a_budget_then_one_summary():
         throttle.line("logins", f"10.0.0.{i % 4}", "login {i}", i=i)
     assert [formatEvent(e) for e in seen] == ["login 0", "login 1", "login 2"]
     clock.advance(60)
-    assert formatEvent(seen[-1]) == "logins: 7 more in the last 60 s, from 4 sources"
+    assert formatEvent(seen[-1]) == "logins: 7 more in the last 60 s, from 4 addresses"
     assert len(seen) == 4
     clock.advance(600)  # nothing left out: no summary, no timer
     assert len(seen) == 4 and not clock.getDelayedCalls()
@@ -74,7 +74,7 @@ def test_tally_is_only_a_summary():
         throttle.tally("rate-limited lines", f"peer{i % 2}")
     assert seen == []
     clock.advance(10)
-    assert [formatEvent(e) for e in seen] == ["rate-limited lines: 500 in the last 10 s, from 2 sources"]
+    assert [formatEvent(e) for e in seen] == ["rate-limited lines: 500 in the last 10 s, from 2 addresses"]
     assert seen[0]["log_level"] == LogLevel.warn
 
 
@@ -103,9 +103,9 @@ def test_connection_churn_writes_a_bounded_log(events):
     summaries = texts(events)[2 * budget :]
     assert sorted(summaries) == sorted(
         [
-            f"logins: {2 * budget + 1} more in the last 60 s, from 1 source",
-            f"logouts: {2 * budget} more in the last 60 s, from 1 source",
-            "rate-limited lines: 999 in the last 60 s, from 1 source",
+            f"logins: {2 * budget + 1} more in the last 60 s, from 1 address",
+            f"logouts: {2 * budget} more in the last 60 s, from 1 address",
+            "rate-limited lines: 999 in the last 60 s, from 1 address",
         ]
     )
     assert world.factory.stats.rate_limited == 999
