@@ -12,6 +12,7 @@ with a fake clock.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,9 +22,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .names import BadName, check_name, name_key
+from .ratelimit import TokenBucket
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
+#: Rooms one session may bring into being: a burst of 10, then one per 10 s.
+#: Joining a room that exists costs nothing.
+ROOM_CREATE_RATE = 0.1
+ROOM_CREATE_BURST = 10
+#: Rooms one ``rooms`` answer lists, at most (and by default).
+ROOMS_PAGE = 100
 
 log = Logger()
 
@@ -48,6 +56,10 @@ class NotInRoom(ChatError):
 
 class InvalidName(ChatError):
     code = "bad_name"
+
+
+class TooFast(ChatError):
+    code = "rate_limited"
 
 
 @dataclass(slots=True, eq=False)
@@ -124,13 +136,15 @@ class MessageLog(Protocol):
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "__weakref__")
+    __slots__ = ("name", "key", "participant", "rooms", "creations", "__weakref__")
 
     def __init__(self, name: str, key: str, participant: Participant) -> None:
         self.name = name
         self.key = key
         self.participant = participant
         self.rooms: set[str] = set()
+        #: Rooms this session may still bring into being (made at its first one).
+        self.creations: TokenBucket | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r}>"
@@ -177,12 +191,19 @@ class Hub:
         history_size: int = 50,
         store: MessageLog | None = None,
         first_id: int = 1,
+        room_rate: float = ROOM_CREATE_RATE,
+        room_burst: int = ROOM_CREATE_BURST,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
         self.store = store
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
+        #: The keys of ``rooms``, sorted: ``rooms`` answers are pages of it.
+        self._room_keys: list[str] = [GENERAL]
+        #: Room creations per session (``room_rate <= 0``: unlimited).
+        self.room_rate = room_rate
+        self.room_burst = room_burst
         self._next_id = first_id
 
     # -- sessions ---------------------------------------------------------
@@ -225,20 +246,46 @@ class Hub:
 
     # -- rooms ------------------------------------------------------------
 
-    def join(self, session: Session, room_name: object) -> Room:
-        """Put *session* in the room, creating it; return the room."""
+    def join(self, session: Session, room_name: object, *, admitted: bool = False) -> Room:
+        """Put *session* in the room, creating it; return the room.
+
+        Every check comes before the room is created, so a refused join
+        leaves nothing behind. *admitted*: :meth:`admit` already said yes
+        (and took the creation token) for this join.
+        """
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is not None and room.name in session.rooms:
+            return room
+        if not admitted:
+            self._check_join(session, room is None)
+        if room is None:
+            room = self._create_room(room_name)
+        self._enter(session, room)
+        return room
+
+    def admit(self, session: Session, room_name: object) -> None:
+        """Raise if *session* may not join *room_name* now; otherwise take
+        what joining costs, for a join that must first read storage."""
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is None or room.name not in session.rooms:
+            self._check_join(session, room is None)
+
+    def _valid_room(self, room_name: object) -> str:
         try:
-            room_name = check_name(room_name)
+            return check_name(room_name)
         except BadName as e:
             raise InvalidName(str(e)) from None
-        room = self.rooms.get(name_key(room_name))
-        if room is None:
-            room = self.rooms[name_key(room_name)] = Room(room_name, self.history_size)
-        if room.name not in session.rooms:
-            if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
-                raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
-            self._enter(session, room)
-        return room
+
+    def _check_join(self, session: Session, creates: bool) -> None:
+        if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
+            raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+        if creates and self.room_rate > 0:
+            if session.creations is None:
+                session.creations = TokenBucket(self.room_rate, self.room_burst, self.clock.seconds)
+            if not session.creations.allow():
+                raise TooFast("demasiadas salas nuevas; espera un momento")
 
     def leave(self, session: Session, room_name: str) -> str:
         """Take *session* out of the room; return the room's name as it is shown."""
@@ -257,6 +304,20 @@ class Hub:
 
     def room_list(self) -> list[tuple[str, int]]:
         return [(room.name, len(room.members)) for room in self.rooms.values()]
+
+    def room_page(self, after: str | None = None, limit: int = ROOMS_PAGE) -> tuple[list[Room], bool]:
+        """Up to *limit* rooms in the order of their keys, from the first
+        key after *after*'s (from the start when None), and whether more follow."""
+        keys = self._room_keys
+        start = 0 if after is None else bisect.bisect_right(keys, name_key(after))
+        page = keys[start : start + limit]
+        return [self.rooms[key] for key in page], start + limit < len(keys)
+
+    def _create_room(self, room_name: str) -> Room:
+        key = name_key(room_name)
+        room = self.rooms[key] = Room(room_name, self.history_size)
+        bisect.insort(self._room_keys, key)
+        return room
 
     def _member_room(self, session: Session, room_name: str) -> Room:
         room = self.rooms.get(name_key(room_name))
@@ -281,7 +342,11 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
-        del self.rooms[name_key(room.name)]
+        key = name_key(room.name)
+        del self.rooms[key]
+        i = bisect.bisect_left(self._room_keys, key)
+        if i < len(self._room_keys) and self._room_keys[i] == key:
+            del self._room_keys[i]
 
     # -- presence ---------------------------------------------------------
 
@@ -384,7 +449,7 @@ class Hub:
                 continue
             room = self.rooms.get(name_key(message.room))
             if room is None:
-                room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
+                room = self._create_room(message.room)
             if room.history and message.id <= room.history[-1].id:
                 # A window read from storage while the room was live (a join
                 # of a room not in memory): merge by id, keeping the newest.

@@ -25,8 +25,19 @@ from twisted.protocols.basic import LineReceiver
 
 from . import wire
 from .accounts import AuthFailed, Identity
-from .hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
-from .names import name_key
+from .hub import (
+    GENERAL,
+    ROOMS_PAGE,
+    ChatError,
+    ChatMessage,
+    Hub,
+    InvalidName,
+    NameTaken,
+    PresenceChange,
+    Session,
+    Typing,
+)
+from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
 from .storage import paging
 
@@ -443,22 +454,26 @@ class ChatProtocol(LineReceiver):
         room_name = frame.get("room")
         if isinstance(room_name, str) and paging.needs_loading(hub, store, room_name):
             # Not in memory, but storage may hold its history: read the
-            # window before entering, so the answer carries it.
+            # window before entering, so the answer carries it. A join that
+            # would be refused is refused first, without reading anything.
+            assert self.session is not None
+            hub.admit(self.session, room_name)
+
             def enter(messages: list[ChatMessage]) -> None:
                 hub.remember(messages)
-                self._join_room(frame)
+                self._join_room(frame, admitted=True)
 
             self._hold(paging.load_room(hub, store, room_name), enter, "join")
             return
         self._join_room(frame)
 
-    def _join_room(self, frame: dict[str, Any]) -> None:
+    def _join_room(self, frame: dict[str, Any], admitted: bool = False) -> None:
         assert self.session is not None
         hub = self.factory.hub
         room_name = _text(frame, "room")  # ill-typed is bad_request, not bad_name
         existing = hub.room(room_name)
         already_in = existing is not None and existing.name in self.session.rooms
-        room = hub.join(self.session, room_name)
+        room = hub.join(self.session, room_name, admitted=admitted)
         self.send(wire.room_history_frame(room))
         if already_in:
             # No presence change will follow; answer with the list now.
@@ -470,8 +485,21 @@ class ChatProtocol(LineReceiver):
         self.send(wire.frame({"cmd": "left", "room": name}))
 
     def _cmd_rooms(self, frame: dict[str, Any]) -> None:
-        rooms = [{"name": n, "members": m} for n, m in self.factory.hub.room_list()]
-        self.send(wire.frame({"cmd": "rooms", "list": rooms}))
+        # Pages in the order of the rooms' keys: a client pages on with
+        # `after` set to the last name it got (see docs/PROTOCOL.md, Rooms).
+        after = _optional_text(frame, "after")
+        if after is not None:
+            try:
+                after = check_name(after)
+            except BadName as e:
+                raise InvalidName(str(e)) from None
+        limit = frame.get("limit", ROOMS_PAGE)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        hub = self.factory.hub
+        page, more = hub.room_page(after, min(limit, ROOMS_PAGE))
+        rooms = [{"name": room.name, "members": len(room.members)} for room in page]
+        self.send(wire.frame({"cmd": "rooms", "list": rooms, "more": more, "total": len(hub.rooms)}))
 
     def _cmd_ping(self, frame: dict[str, Any]) -> None:
         pong: dict[str, Any] = {"cmd": "pong"}

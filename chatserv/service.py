@@ -12,9 +12,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from .accounts import Accounts
-from .hub import GENERAL, Hub, MessageLog
+from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub, MessageLog
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
+from .storage.retention import RetentionService
 
 log = Logger()
 
@@ -46,6 +47,11 @@ class ServerConfig:
     db: str | None = None
     #: Refuse guest logins: every user needs an account (needs a database).
     require_accounts: bool = False
+    #: Delete messages older than this many days (None: keep them all).
+    retain_days: float | None = None
+    #: Rooms a session may create: per second on average, and in a burst.
+    room_rate: float = ROOM_CREATE_RATE
+    room_burst: int = ROOM_CREATE_BURST
 
 
 class ChatServer(Service):
@@ -64,7 +70,14 @@ class ChatServer(Service):
         if config.require_accounts and durable is None:
             raise ValueError("require_accounts needs a database for the accounts")
         first_id = durable.next_id() if durable is not None else 1  # ids never repeat across restarts
-        self.hub = Hub(reactor, history_size=config.history, store=store, first_id=first_id)
+        self.hub = Hub(
+            reactor,
+            history_size=config.history,
+            store=store,
+            first_id=first_id,
+            room_rate=config.room_rate,
+            room_burst=config.room_burst,
+        )
         self.factory = ChatFactory(self.hub, reactor, config.limits)
         if durable is not None:
             # Login history comes from the database, and the accounts live there.
@@ -119,6 +132,8 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         # Blocking connect and migration: this runs before the server serves.
         store = open_store(config.db, reactor)
         StorageService(store).setServiceParent(application)
+        # After the store's service, so it stops (and finishes its batch) first.
+        RetentionService(store, reactor, config.retain_days).setServiceParent(application)
     server = ChatServer(config, reactor, store)
     server.setServiceParent(application)
     if config.telegram is not None:

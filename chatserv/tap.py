@@ -30,6 +30,7 @@ class Options(TelegramOptions, usage.Options):
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
+        ["retain-days", None, None, "Delete messages older than this many days (default: keep all).", float],
     ]
     optFlags = [
         ["require-accounts", None, "Refuse guest logins: every user needs an account."],
@@ -49,6 +50,8 @@ class Options(TelegramOptions, usage.Options):
         for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
+        if self["retain-days"] is not None and not self["retain-days"] > 0:
+            raise usage.UsageError("--retain-days must be more than 0")
         if self["rate-limit"] < 0:
             raise usage.UsageError("--rate-limit must not be negative")
         check_telegram_options(self)
@@ -67,6 +70,7 @@ class Options(TelegramOptions, usage.Options):
             telegram=telegram_config(self),
             db=self["db"],
             require_accounts=bool(self["require-accounts"]),
+            retain_days=self["retain-days"],
         )
 
 

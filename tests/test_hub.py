@@ -514,11 +514,55 @@ def test_logout_leaves_every_room_and_drops_empty_ones(hub, clock):
 def test_room_limit_per_session(hub, clock):
     ((ana, _),) = online(hub, clock, "Ana")
     for i in range(MAX_ROOMS_PER_SESSION - 1):
+        clock.advance(60)  # creating rooms is rate-limited too
+        hub.join(ana, f"r{i}")
+    rooms = len(hub.rooms)
+    for i in range(20):
+        with pytest.raises(ChatError) as info:
+            hub.join(ana, f"one-too-many-{i}")
+        assert info.value.code == "bad_request"
+    # A refused join leaves nothing behind (issue 11: 14,373 empty rooms).
+    assert hub.room("one-too-many-0") is None and len(hub.rooms) == rooms
+    page, more = hub.room_page()
+    assert [room.name for room in page if room.name.startswith("one")] == []
+
+
+def test_creating_rooms_is_rate_limited_per_session(clock):
+    hub = Hub(clock, history_size=5, room_rate=0.1, room_burst=3)
+    (ana, _), (luis, _) = online(hub, clock, "Ana", "Luis")
+    for i in range(3):
         hub.join(ana, f"r{i}")
     with pytest.raises(ChatError) as info:
-        hub.join(ana, "one-too-many")
-    assert info.value.code == "bad_request"
-    assert hub.room("one-too-many") is None or hub.users("one-too-many") == ()
+        hub.join(ana, "r3")
+    assert info.value.code == "rate_limited" and hub.room("r3") is None
+    # Joining rooms that exist is not creating them; another session has its own budget.
+    hub.join(ana, GENERAL)
+    hub.join(luis, "r0")
+    hub.join(luis, "l0")
+    hub.join(ana, "l0")
+    clock.advance(10)
+    hub.join(ana, "r3")
+    with pytest.raises(ChatError):
+        hub.join(ana, "r4")
+
+
+def test_empty_rooms_disappear_and_rooms_are_paged_in_key_order(hub, clock):
+    ((ana, _),) = online(hub, clock, "Ana")
+    for name in ["b", "C", "a", "d"]:
+        hub.join(ana, name)
+    page, more = hub.room_page(limit=2)
+    assert [r.name for r in page] == ["a", "b"] and more
+    page, more = hub.room_page("B", limit=2)
+    assert [r.name for r in page] == ["C", "d"] and more
+    page, more = hub.room_page("d", limit=2)
+    assert [r.name for r in page] == [GENERAL] and not more
+    hub.leave(ana, "c")
+    clock.advance(0)
+    assert hub.room("c") is None
+    assert [r.name for r in hub.room_page()[0]] == ["a", "b", "d", GENERAL]
+    hub.logout(ana)
+    clock.advance(0)
+    assert [r.name for r in hub.room_page()[0]] == [GENERAL] and list(hub.rooms) == [GENERAL]
 
 
 # -- robustness -----------------------------------------------------------------

@@ -282,6 +282,48 @@ def test_typing_is_not_sent_to_plain_clients(world):
     assert pepe.lines() == []
 
 
+def test_rooms_answer_is_paged(world):
+    ana, luis = world.user("Ana"), world.user("Luis")
+    for i in range(150):
+        # 100 rooms a session at most, and room creation is rate-limited.
+        (ana if i < 99 else luis).send(cmd="join", room=f"sala{i:03}")
+        world.clock.advance(10)
+    world.settle(ana, luis)
+    # A seed client's plain request gets the first page.
+    ana.send(cmd="rooms")
+    first = ana.frame()
+    assert len(first["list"]) == 100 and first["more"] is True and first["total"] == 151
+    assert first["list"][0] == {"name": "general", "members": 2}
+    assert first["list"][1] == {"name": "sala000", "members": 1}
+    ana.send(cmd="rooms", after=first["list"][-1]["name"])
+    second = ana.frame()
+    assert [r["name"] for r in second["list"]] == [f"sala{i:03}" for i in range(99, 150)]
+    assert second["more"] is False
+    ana.send(cmd="rooms", after="SALA010", limit=2)
+    assert [r["name"] for r in ana.frame()["list"]] == ["sala011", "sala012"]
+    ana.send(cmd="rooms", limit=1000)
+    assert len(ana.frame()["list"]) == 100
+    for bad in ({"limit": 0}, {"limit": "5"}, {"limit": True}, {"after": 5}):
+        ana.send(cmd="rooms", **bad)
+        assert ana.error()["code"] == "bad_request", bad
+    ana.send(cmd="rooms", after="dos palabras")
+    assert ana.error()["code"] == "bad_name"
+
+
+def test_refused_joins_create_no_rooms(world):
+    ana = world.user("Ana")
+    for i in range(99):
+        ana.send(cmd="join", room=f"r{i}")
+        world.clock.advance(10)
+    world.settle(ana)
+    for i in range(30):
+        ana.send(cmd="join", room=f"x{i}")
+        assert ana.error()["code"] == "bad_request"
+    ana.send(cmd="rooms", after="x")
+    assert ana.frame()["list"] == []
+    assert world.hub.room("x0") is None
+
+
 def test_join_leave_rooms(world):
     ana, luis = world.user("Ana"), world.user("Luis")
     world.settle(ana, luis)

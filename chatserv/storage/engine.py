@@ -268,6 +268,71 @@ class Engine:
         )
         return [RoomInfo(name, int(count), float(ts)) for name, count, ts in rows]
 
+    # -- retention ----------------------------------------------------------
+
+    def delete_older(self, cutoff: float, batch: int) -> int:
+        """Delete up to *batch* of the oldest messages with ``ts`` before
+        *cutoff*, in one transaction; return how many went."""
+
+        def delete() -> int:
+            with self._transaction():
+                cursor = self._execute(
+                    "DELETE FROM messages WHERE id IN"
+                    " (SELECT id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+                    (cutoff, batch),
+                )
+                return max(0, cursor.rowcount)
+
+        return self._call(delete)
+
+    def delete_over_cap(self, room_key: str, keep: int, batch: int) -> int:
+        """Delete up to *batch* of the oldest messages of the room with key
+        *room_key* beyond its newest *keep*; return how many went."""
+
+        def delete() -> int:
+            with self._transaction():
+                row = self._execute(
+                    "SELECT id FROM messages WHERE room_key = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    (room_key, keep),
+                ).fetchone()
+                if row is None:
+                    return 0
+                cursor = self._execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (room_key, row[0], batch),
+                )
+                return max(0, cursor.rowcount)
+
+        return self._call(delete)
+
+    def room_caps(self) -> list[tuple[str, str, int]]:
+        """``(room_key, room, max_messages)`` for every room with a cap."""
+        rows = self._call(
+            lambda: self._execute(
+                "SELECT room_key, room, max_messages FROM room_caps ORDER BY room_key"
+            ).fetchall()
+        )
+        return [(key, room, int(cap)) for key, room, cap in rows]
+
+    def set_room_cap(self, room: str, max_messages: int) -> None:
+        """Keep at most *max_messages* of *room*; 0 removes the cap."""
+
+        def update() -> None:
+            with self._transaction():
+                key = name_key(room)
+                if max_messages <= 0:
+                    self._execute("DELETE FROM room_caps WHERE room_key = ?", (key,))
+                    return
+                self._execute(
+                    "INSERT INTO room_caps (room_key, room, max_messages) VALUES (?, ?, ?)"
+                    " ON CONFLICT (room_key) DO UPDATE SET room = excluded.room,"
+                    " max_messages = excluded.max_messages",
+                    (key, room, max_messages),
+                )
+
+        self._call(update)
+
     # -- accounts -----------------------------------------------------------
 
     def account(self, name: str) -> Account | None:

@@ -90,6 +90,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "retention",
+        # room_caps: the operator's per-room history caps (chatserv-admin
+        # set-room-cap). messages_by_ts: --retain-days deletes by age.
+        sqlite=(
+            """CREATE TABLE room_caps (
+                room_key TEXT PRIMARY KEY,
+                room TEXT NOT NULL,
+                max_messages INTEGER NOT NULL
+            )""",
+            "CREATE INDEX messages_by_ts ON messages (ts)",
+        ),
+        postgresql=(
+            """CREATE TABLE room_caps (
+                room_key TEXT PRIMARY KEY,
+                room TEXT NOT NULL,
+                max_messages BIGINT NOT NULL
+            )""",
+            "CREATE INDEX messages_by_ts ON messages (ts)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,253 @@
+"""Re-run issue 11 item 7 against a real ``twistd -n chatserv`` on loopback.
+
+Bounded in count and time; starts its own server on a temporary SQLite
+database and stops it (by its pid) at the end. Prints one JSON object.
+
+    .venv/bin/python scripts/attack_rooms.py --seconds 30            # rooms phase
+    .venv/bin/python scripts/attack_rooms.py --phase growth --seconds 20 [--server-arg=--retain-days=1]
+
+Phase ``rooms``: 100 guests join new rooms as fast as the rate limit lets
+them; a watcher times the echo of its own broadcast in a room of its own;
+afterwards 10 clients ask for ``rooms`` for a few seconds. Reports rooms on
+the server, the size of a ``rooms`` answer, RSS, and the watcher's latency.
+Phase ``growth``: 50 guests post ~60 KB lines at the default rate limit;
+reports the database's growth rate (file + WAL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def login(cls, port: int, name: str) -> Client:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        c = cls(reader, writer)
+        c.send(cmd="login", user=name)
+        await c.expect("users")
+        return c
+
+    def send(self, **frame: object) -> None:
+        self.writer.write(json.dumps(frame).encode() + b"\n")
+
+    async def frame(self) -> dict:
+        line = await self.reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        f = json.loads(line)
+        f["_bytes"] = len(line)
+        return f
+
+    async def expect(self, cmd: str) -> dict:
+        while True:
+            f = await self.frame()
+            if f.get("cmd") == cmd:
+                return f
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def watcher(port: int, stop: asyncio.Event, lat: list[float]) -> None:
+    w = await Client.login(port, "watcher")
+    w.send(cmd="join", room="watchroom")
+    await w.expect("users")
+    while not stop.is_set():
+        t0 = time.monotonic()
+        w.send(cmd="broadcast", room="watchroom", msg="t")
+        while True:
+            f = await w.frame()
+            if f.get("cmd") == "broadcast" and f.get("room") == "watchroom":
+                break
+        lat.append((time.monotonic() - t0) * 1000)
+        await asyncio.sleep(0.25)
+    w.close()
+
+
+async def joiner(port: int, i: int, stop: asyncio.Event, counts: dict) -> None:
+    c = await Client.login(port, f"g{i}")
+    n = 0
+
+    async def drain() -> None:
+        while True:
+            f = await c.frame()
+            if f.get("cmd") == "error":
+                counts[f.get("code")] = counts.get(f.get("code"), 0) + 1
+
+    reader = asyncio.ensure_future(drain())
+    while not stop.is_set():
+        c.send(cmd="join", room=f"r{i}x{n}")
+        n += 1
+        counts["sent"] = counts.get("sent", 0) + 1
+        await asyncio.sleep(0.2)  # the default rate limit: 5 lines/s
+    reader.cancel()
+    c.close()
+
+
+async def rooms_answer(port: int) -> tuple[int, int, int]:
+    """(bytes of the first answer, rooms counted over every page, pages)."""
+    c = await Client.login(port, "counter")
+    c.send(cmd="rooms")
+    first = await c.expect("rooms")
+    total, pages, f = len(first["list"]), 1, first
+    while f.get("more") and pages < 10_000:
+        await asyncio.sleep(0.2)
+        c.send(cmd="rooms", after=f["list"][-1]["name"])
+        f = await c.expect("rooms")
+        total += len(f["list"])
+        pages += 1
+    c.close()
+    return first["_bytes"], total, pages
+
+
+async def asker(port: int, i: int, stop: asyncio.Event) -> None:
+    c = await Client.login(port, f"ask{i}")
+    while not stop.is_set():
+        c.send(cmd="rooms")
+        await c.expect("rooms")
+        await asyncio.sleep(0.2)
+    c.close()
+
+
+async def phase_rooms(port: int, pid: int, seconds: float) -> dict:
+    lat: list[float] = []
+    stop = asyncio.Event()
+    counts: dict = {}
+    rss0 = rss_mb(pid)
+    watch = asyncio.ensure_future(watcher(port, stop, lat))
+    tasks = [asyncio.ensure_future(joiner(port, i, stop, counts)) for i in range(100)]
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await watch
+    join_lat = list(lat)
+    size, rooms, pages = await rooms_answer(port)
+    rss1 = rss_mb(pid)
+    # 10 clients asking for `rooms` at their rate limit for 10 s.
+    lat.clear()
+    stop = asyncio.Event()
+    watch = asyncio.ensure_future(watcher(port, stop, lat))
+    askers = [asyncio.ensure_future(asker(port, i, stop)) for i in range(10)]
+    await asyncio.sleep(10)
+    stop.set()
+    await asyncio.gather(*askers, return_exceptions=True)
+    await watch
+    return {
+        "join_attempts": counts.get("sent", 0),
+        "errors": {k: v for k, v in counts.items() if k != "sent"},
+        "rooms_counted": rooms,
+        "rooms_pages": pages,
+        "first_rooms_answer_bytes": size,
+        "rss_mb_before": round(rss0, 1),
+        "rss_mb_after": round(rss1, 1),
+        "watch_ms_during_joins": _lat(join_lat),
+        "watch_ms_during_rooms_asks": _lat(lat),
+    }
+
+
+def _lat(lat: list[float]) -> dict:
+    if not lat:
+        return {}
+    return {"n": len(lat), "p50": round(statistics.median(lat), 1), "max": round(max(lat), 1)}
+
+
+async def poster(port: int, i: int, stop: asyncio.Event, text: str) -> None:
+    c = await Client.login(port, f"p{i}")
+
+    async def drain() -> None:
+        while True:
+            await c.reader.read(1 << 20)
+
+    reader = asyncio.ensure_future(drain())
+    while not stop.is_set():
+        c.send(cmd="broadcast", msg=text)
+        await asyncio.sleep(0.2)
+    reader.cancel()
+    c.close()
+
+
+def db_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+
+
+async def phase_growth(port: int, db: Path, seconds: float) -> dict:
+    stop = asyncio.Event()
+    text = "x" * 60_000
+    start = db_bytes(db)
+    tasks = [asyncio.ensure_future(poster(port, i, stop, text)) for i in range(50)]
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    elapsed = time.monotonic() - t0
+    await asyncio.sleep(1)
+    grown = db_bytes(db) - start
+    return {"db_mb": round(grown / 1e6, 1), "seconds": round(elapsed, 1), "mb_per_s": round(grown / 1e6 / elapsed, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--phase", choices=("rooms", "growth"), default="rooms")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--server-arg", action="append", default=[])
+    args = p.parse_args()
+    if not 1 <= args.seconds <= 120:
+        raise SystemExit("--seconds: 1 to 120")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "chat.sqlite3"
+        twistd = str(Path(sys.executable).with_name("twistd"))
+        cmd = [twistd, "-n", "--pidfile=", "-l", str(Path(tmp) / "log"), "chatserv",
+               "--listen", f"tcp:{port}:interface=127.0.0.1", "--db", str(db), *args.server_arg]
+        server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            if args.phase == "rooms":
+                result = asyncio.run(phase_rooms(port, server.pid, args.seconds))
+            else:
+                result = asyncio.run(phase_growth(port, db, args.seconds))
+        finally:
+            server.terminate()
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    result["command"] = " ".join(["scripts/attack_rooms.py", *sys.argv[1:]])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
