@@ -169,6 +169,10 @@ class Room:
         return tuple(session.name for session in self.members.values())
 
 
+def _order(room_name: str) -> tuple[str, str]:
+    return (room_name.casefold(), name_key(room_name))
+
+
 def presence_window(members: int) -> float:
     """How long membership changes in a room of *members* are gathered before
     being announced.
@@ -199,11 +203,14 @@ class Hub:
         self.store = store
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
-        #: The keys of ``rooms``, sorted: ``rooms`` answers are pages of it.
-        self._room_keys: list[str] = [GENERAL]
+        #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
+        #: are pages of it, in an order people recognise.
+        self._room_order: list[tuple[str, str]] = [_order(GENERAL)]
         #: Room creations per session (``room_rate <= 0``: unlimited).
         self.room_rate = room_rate
         self.room_burst = room_burst
+        #: Keys that client names may not end with (see reserve_suffix).
+        self._reserved: list[str] = []
         self._next_id = first_id
 
     # -- sessions ---------------------------------------------------------
@@ -223,6 +230,8 @@ class Hub:
                 name = check_name(name)
             except BadName as e:
                 raise InvalidName(str(e)) from None
+            if any(name_key(name).endswith(suffix) for suffix in self._reserved):
+                raise InvalidName(f"el nombre {name} se parece a uno reservado para Telegram")
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
@@ -231,6 +240,14 @@ class Hub:
         log.debug("login {name}", name=name)
         self._enter(session, self.rooms[GENERAL])
         return session
+
+    def reserve_suffix(self, suffix: str) -> None:
+        """Refuse client names that end like *suffix* (the Telegram bridge's
+        " (TG)"): compared by look-alike key, white space aside, so that
+        "Luis(TG)" or "Luis(ТG)" cannot pass for "Luis (TG)"."""
+        key = name_key("".join(suffix.split()))
+        if key and key not in self._reserved:
+            self._reserved.append(key)
 
     def logout(self, session: Session) -> None:
         """Take *session* offline; harmless if it already is."""
@@ -306,17 +323,17 @@ class Hub:
         return [(room.name, len(room.members)) for room in self.rooms.values()]
 
     def room_page(self, after: str | None = None, limit: int = ROOMS_PAGE) -> tuple[list[Room], bool]:
-        """Up to *limit* rooms in the order of their keys, from the first
-        key after *after*'s (from the start when None), and whether more follow."""
-        keys = self._room_keys
-        start = 0 if after is None else bisect.bisect_right(keys, name_key(after))
-        page = keys[start : start + limit]
-        return [self.rooms[key] for key in page], start + limit < len(keys)
+        """Up to *limit* rooms in case-folded name order, from the first one
+        after the name *after* (from the start when None), and whether more follow."""
+        order = self._room_order
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        page = order[start : start + limit]
+        return [self.rooms[key] for _, key in page], start + limit < len(order)
 
     def _create_room(self, room_name: str) -> Room:
         key = name_key(room_name)
         room = self.rooms[key] = Room(room_name, self.history_size)
-        bisect.insort(self._room_keys, key)
+        bisect.insort(self._room_order, _order(room_name))
         return room
 
     def _member_room(self, session: Session, room_name: str) -> Room:
@@ -342,11 +359,11 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
-        key = name_key(room.name)
-        del self.rooms[key]
-        i = bisect.bisect_left(self._room_keys, key)
-        if i < len(self._room_keys) and self._room_keys[i] == key:
-            del self._room_keys[i]
+        del self.rooms[name_key(room.name)]
+        entry = _order(room.name)
+        i = bisect.bisect_left(self._room_order, entry)
+        if i < len(self._room_order) and self._room_order[i] == entry:
+            del self._room_order[i]
 
     # -- presence ---------------------------------------------------------
 

@@ -132,10 +132,13 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         # Blocking connect and migration: this runs before the server serves.
         store = open_store(config.db, reactor)
         StorageService(store).setServiceParent(application)
-        # After the store's service, so it stops (and finishes its batch) first.
-        RetentionService(store, reactor, config.retain_days).setServiceParent(application)
     server = ChatServer(config, reactor, store)
     server.setServiceParent(application)
+    if isinstance(store, Storage) and config.db is not None:
+        # After the server: it starts only once the server listens (a server
+        # that cannot listen exits at once, with no storage threads to wait
+        # for), and it stops, finishing its batch, before the store closes.
+        RetentionService(store, reactor, config.retain_days).setServiceParent(application)
     if config.telegram is not None:
         from .bridge import TelegramBridge
 

@@ -138,9 +138,70 @@ def test_bad_names(hub, name):
     assert hub.users() == ()
 
 
-@pytest.mark.parametrize("name", ["x" * 32, "Ñandú", "李小龍", "😀", "a-b_c.d", "𝔄𝔫𝔞"])
+@pytest.mark.parametrize(
+    "name", ["x" * 32, "Ñandú", "李小龍", "a-b_c.d", "José", "Zoë", "李小龙", "Анна", "O'Brien", "Ana2"]
+)
 def test_good_names(hub, name):
     assert hub.login(Recorder(), name).name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Ana\u034f",  # combining grapheme joiner
+        "Ana\ufe0f",  # variation selector 16
+        "Ana\u17b4",  # Khmer inherent vowel, invisible
+        "\u2800",  # Braille blank
+        "\u3164",  # Hangul filler
+        "\uffa0",  # half-width Hangul filler
+        "\u115f",  # Hangul choseong filler
+        "😀",  # symbols are not name characters in PRECIS
+        "𝔄𝔫𝔞",  # compatibility forms neither (mathematical Fraktur)
+        "...",  # no letter or digit
+        "Luis\u2800(TG)",
+        "Luis\u3164(TG)",
+    ],
+)
+def test_invisible_and_blank_characters_are_not_names(hub, name):
+    with pytest.raises(InvalidName):
+        hub.login(Recorder(), name)
+    assert hub.sessions == {}
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Ana", "\u0410na"),  # Cyrillic capital A
+        ("Ana", "\u0391\u039d\u0391"),  # Greek capitals
+        ("Alice", "AIice"),  # capital I for small l
+        ("marta", "rnarta"),
+        ("Bob", "B0B"),
+        ("Анна", "анна"),
+    ],
+)
+def test_look_alike_names_cannot_be_online_together(hub, first, second):
+    hub.login(Recorder(), first)
+    with pytest.raises(NameTaken):
+        hub.login(Recorder(), second)
+    assert hub.find(second) is hub.find(first)
+
+
+def test_names_that_only_look_different_stay_different(hub):
+    for name in ["Ana", "Ána", "Zoe", "Zoë", "李小龙", "李小龍", "Анна", "Anna"]:
+        hub.login(Recorder(), name)
+    assert len(hub.sessions) == 8
+
+
+def test_no_client_name_imitates_the_telegram_marker(hub):
+    hub.reserve_suffix(" (TG)")
+    hub.login(Recorder(), "Luis (TG)", trusted=True)
+    for name in ["Luis(TG)", "Luis(\u0422G)", "Pepe(tg)", "Ana_(TG)", "Luis\u2800(TG)", "Luis\u3164(TG)"]:
+        with pytest.raises(InvalidName):
+            hub.login(Recorder(), name)
+    hub.login(Recorder(), "Luis")
+    hub.login(Recorder(), "TG")
+    assert sorted(hub.sessions) == sorted(s.key for s in hub.sessions.values())
+    assert len(hub.sessions) == 3
 
 
 def test_logout_frees_the_name(hub, clock):

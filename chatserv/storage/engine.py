@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.logger import Logger
 
 from ..hub import ChatMessage
-from ..names import name_key
+from ..names import name_key, rekey
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
 
 log = Logger()
@@ -189,6 +189,8 @@ class Engine:
                 if current < migration.version <= target:
                     for statement in getattr(migration, self.dialect):
                         self._execute(statement)
+                    if migration.python is not None:
+                        getattr(self, migration.python)()
                     self._execute(
                         "INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)",
                         (
@@ -207,6 +209,58 @@ class Engine:
 
     def _lock_schema(self) -> None:
         """Keep two servers starting at once from migrating the same database."""
+
+    def _rekey_names(self) -> None:
+        """Migration 4: turn every stored name key into its look-alike key.
+
+        Runs inside the migration's transaction. Two accounts whose names now
+        have one key cannot both keep it: the older account keeps the name,
+        and the newer one is set aside under a key no name has (it can no
+        longer log in; ``chatserv-admin list-accounts`` still shows it), with
+        a warning in the log.
+        """
+        rows = self._execute("SELECT name_key, name, password_hash, created FROM accounts").fetchall()
+        if rows:
+            self._execute("DELETE FROM accounts")
+            taken: set[str] = set()
+            for old, name, password_hash, created in sorted(rows, key=lambda r: (float(r[3]), r[0])):
+                key = rekey(old)
+                if key in taken:
+                    log.warn(
+                        "account {name!r} looks like an older account's name: set aside, it can no"
+                        " longer log in",
+                        name=name,
+                    )
+                    key = f"{key}\n{old}"  # no name key holds a newline
+                taken.add(key)
+                self._execute(
+                    "INSERT INTO accounts (name_key, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                    (key, name, password_hash, created),
+                )
+        for (old,) in self._execute(
+            "SELECT DISTINCT room_key FROM messages WHERE room_key IS NOT NULL"
+        ).fetchall():
+            if rekey(old) != old:
+                self._execute("UPDATE messages SET room_key = ? WHERE room_key = ?", (rekey(old), old))
+        for (old,) in self._execute(
+            "SELECT DISTINCT conversation FROM messages WHERE conversation IS NOT NULL"
+        ).fetchall():
+            a, _, b = old.partition("\n")
+            ka, kb = sorted((rekey(a), rekey(b)))
+            if f"{ka}\n{kb}" != old:
+                self._execute(
+                    "UPDATE messages SET conversation = ? WHERE conversation = ?", (f"{ka}\n{kb}", old)
+                )
+        caps = self._execute("SELECT room_key, room, max_messages FROM room_caps").fetchall()
+        if caps:
+            self._execute("DELETE FROM room_caps")
+            kept: dict[str, tuple[str, int]] = {}
+            for old, room, cap in caps:
+                kept.setdefault(rekey(old), (room, int(cap)))
+            for key, (room, cap) in kept.items():
+                self._execute(
+                    "INSERT INTO room_caps (room_key, room, max_messages) VALUES (?, ?, ?)", (key, room, cap)
+                )
 
     def _version(self) -> int:
         (version,) = self._execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()

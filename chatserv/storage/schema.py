@@ -26,6 +26,9 @@ class Migration:
     description: str
     sqlite: tuple[str, ...]
     postgresql: tuple[str, ...]
+    #: A data step SQL cannot do: the name of an Engine method, run after the
+    #: statements, in the same transaction.
+    python: str | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -111,6 +114,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX messages_by_ts ON messages (ts)",
         ),
+    ),
+    Migration(
+        4,
+        "look-alike name keys",
+        # Name keys became UTS #39 skeletons (chatserv.names): every stored
+        # key is recomputed from the old one by Engine._rekey_names.
+        sqlite=(),
+        postgresql=(),
+        python="_rekey_names",
     ),
 )
 

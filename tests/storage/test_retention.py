@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 
 from chatserv import admin
 from chatserv.hub import MAX_ROOMS_PER_SESSION, ChatMessage
+from chatserv.names import name_key
 from chatserv.storage import open_engine, open_store
 from chatserv.storage.retention import DAY, RetentionService, prune
 from tests.storage.support import DurableServer
@@ -53,7 +54,7 @@ async def test_prune_deletes_messages_older_than_the_cutoff_in_batches(store):
 async def test_room_caps_keep_the_newest_messages_of_that_room_only(store):
     await fill(store, *[at(i, 1, room="Cine") for i in range(1, 11)], *[at(i, 1) for i in range(11, 16)])
     await store.write(store.writer.set_room_cap, "CINE", 3)
-    assert await store.write(store.writer.room_caps) == [("cine", "CINE", 3)]
+    assert await store.write(store.writer.room_caps) == [(name_key("cine"), "CINE", 3)]
     assert await prune(store, None, batch=2) == 7
     assert [m.id for m in await store.room_page("cine", None, 50)] == [8, 9, 10]
     assert len(await store.room_page("general", None, 50)) == 5
@@ -131,7 +132,7 @@ def test_admin_sets_and_lists_room_caps(db_url, capsys):
     assert code == 0 and out.strip() == "Cine\t0 mensajes\tmáximo 1000"
     engine = open_engine(db_url)
     try:
-        assert engine.room_caps() == [("cine", "Cine", 1000)]
+        assert engine.room_caps() == [(name_key("cine"), "Cine", 1000)]
     finally:
         engine.close()
     assert run("set-room-cap", "Cine", "-1")[0] == 1
