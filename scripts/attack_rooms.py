@@ -144,12 +144,15 @@ async def phase_rooms(port: int, pid: int, seconds: float) -> dict:
     watch = asyncio.ensure_future(watcher(port, stop, lat))
     tasks = [asyncio.ensure_future(joiner(port, i, stop, counts)) for i in range(100)]
     await asyncio.sleep(seconds)
+    # Counted while the guests are still online, then once they have left.
+    size, rooms, pages = await rooms_answer(port)
+    rss1 = rss_mb(pid)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     await watch
     join_lat = list(lat)
-    size, rooms, pages = await rooms_answer(port)
-    rss1 = rss_mb(pid)
+    await asyncio.sleep(1)
+    _, rooms_left, _ = await rooms_answer(port)
     # 10 clients asking for `rooms` at their rate limit for 10 s.
     lat.clear()
     stop = asyncio.Event()
@@ -164,6 +167,7 @@ async def phase_rooms(port: int, pid: int, seconds: float) -> dict:
         "errors": {k: v for k, v in counts.items() if k != "sent"},
         "rooms_counted": rooms,
         "rooms_pages": pages,
+        "rooms_after_guests_left": rooms_left,
         "first_rooms_answer_bytes": size,
         "rss_mb_before": round(rss0, 1),
         "rss_mb_after": round(rss1, 1),
