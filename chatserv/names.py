@@ -103,7 +103,9 @@ def rekey(old_key: str) -> str:
     return _skeleton(old_key)
 
 
-@functools.lru_cache(maxsize=1 << 16)
+# Keys are taken on every message's path (rooms, conversations): cached,
+# 16,384 strings of at most 128 characters, a few MB at worst.
+@functools.lru_cache(maxsize=1 << 14)
 def _cached_key(name: str) -> str:
     return _skeleton(unicodedata.normalize("NFKC", name).casefold())
 

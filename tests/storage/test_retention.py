@@ -140,3 +140,44 @@ def test_admin_sets_and_lists_room_caps(db_url, capsys):
     code, out, _ = run("set-room-cap", "cine", "0")
     assert code == 0
     assert run("list-rooms")[1].strip() == "(sin salas con mensajes)"
+
+
+def test_retain_days_option():
+    import pytest
+    from twisted.python import usage
+
+    from chatserv.tap import Options
+
+    def parse(*args: str) -> Options:
+        options = Options()
+        options.parseOptions(list(args))
+        return options
+
+    assert parse().config().retain_days is None
+    assert parse("--retain-days", "30").config().retain_days == 30.0
+    assert parse("--retain-days=0.5").config().retain_days == 0.5
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(usage.UsageError):
+            parse("--retain-days", bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_runs_retention_on_its_database(db_url):
+    from twisted.internet import reactor
+
+    engine = open_engine(db_url)
+    try:
+        engine.migrate()
+        engine.insert_messages([ChatMessage(2, reactor.seconds() - 3 * DAY, "Ana", "vieja", room="general")])
+        engine.insert_messages([ChatMessage(3, reactor.seconds(), "Ana", "nueva", room="general")])
+    finally:
+        engine.close()
+    srv = DurableServer(db_url)
+    srv.config.retain_days = 2
+    await srv.start()
+    try:
+        retention = srv.app.getServiceNamed("retention")
+        await retention.running_prune
+        assert [m.text for m in await srv.store.room_page("general", None, 50)] == ["nueva"]
+    finally:
+        await srv.stop()
