@@ -10,8 +10,8 @@ Phase ``rooms``: 100 guests join new rooms as fast as the rate limit lets
 them; a watcher times the echo of its own broadcast in a room of its own;
 afterwards 10 clients ask for ``rooms`` for a few seconds. Reports rooms on
 the server, the size of a ``rooms`` answer, RSS, and the watcher's latency.
-Phase ``growth``: 50 guests post ~60 KB lines at the default rate limit;
-reports the database's growth rate (file + WAL).
+Phase ``growth``: 50 guests post ~60 KB lines at the default rate limit,
+each in a room of its own; reports the database's growth rate.
 """
 
 from __future__ import annotations
@@ -183,7 +183,12 @@ def _lat(lat: list[float]) -> dict:
 
 
 async def poster(port: int, i: int, stop: asyncio.Event, text: str) -> None:
+    # Each in a room of its own: every line is stored, and the only copy
+    # sent back is the poster's own (50 readers of everyone's 60 KB lines
+    # would measure this script's reading, not the database).
     c = await Client.login(port, f"p{i}")
+    c.send(cmd="join", room=f"p{i}")
+    await c.expect("users")
 
     async def drain() -> None:
         while True:
@@ -191,7 +196,7 @@ async def poster(port: int, i: int, stop: asyncio.Event, text: str) -> None:
 
     reader = asyncio.ensure_future(drain())
     while not stop.is_set():
-        c.send(cmd="broadcast", msg=text)
+        c.send(cmd="broadcast", room=f"p{i}", msg=text)
         await asyncio.sleep(0.2)
     reader.cancel()
     c.close()
