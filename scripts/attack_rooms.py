@@ -10,6 +10,9 @@ Phase ``rooms``: 100 guests join new rooms as fast as the rate limit lets
 them; a watcher times the echo of its own broadcast in a room of its own;
 afterwards 10 clients ask for ``rooms`` for a few seconds. Reports rooms on
 the server, the size of a ``rooms`` answer, RSS, and the watcher's latency.
+Phase ``prune``: the server starts with ``--retain-days 1`` on a database
+of old messages; reports how long deleting them took and the watcher's echo
+meanwhile (pass ``--server-arg=--retain-days=1``).
 Phase ``growth``: 50 guests post ~60 KB lines at the default rate limit,
 each in a room of its own; reports the database's growth rate.
 """
@@ -243,9 +246,63 @@ def stored(db: Path, seconds: float) -> dict:
     }
 
 
+def seed_old_messages(db: Path, count: int) -> None:
+    """*count* messages of 1 KB, 10 days old, written before the server starts."""
+    from chatserv.hub import ChatMessage
+    from chatserv.storage import open_engine
+
+    engine = open_engine(str(db))
+    try:
+        engine.migrate()
+        old = time.time() - 10 * 86_400
+        for start in range(0, count, 5000):
+            engine.insert_messages(
+                [ChatMessage(i + 1, old + i * 0.001, "viejo", "y" * 1000, room="general")
+                 for i in range(start, min(count, start + 5000))]
+            )
+    finally:
+        engine.close()
+
+
+def count_messages(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def phase_prune(port: int, db: Path, seconds: float) -> dict:
+    """The server was started with --retain-days on a database full of old
+    messages: time the clean-up and the watcher's echo meanwhile."""
+    lat: list[float] = []
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+    watch = asyncio.ensure_future(watcher(port, stop, lat))
+    left = count_messages(db)
+    while left > 1000 and time.monotonic() - t0 < seconds:
+        await asyncio.sleep(0.5)
+        left = await asyncio.get_running_loop().run_in_executor(None, count_messages, db)
+    took = time.monotonic() - t0
+    during = list(lat)
+    lat.clear()
+    await asyncio.sleep(5)
+    stop.set()
+    await watch
+    return {
+        "old_messages_left": left,
+        "prune_seconds": round(took, 1),
+        "watch_ms_during_prune": _lat(during),
+        "watch_ms_after_prune": _lat(lat),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--phase", choices=("rooms", "growth"), default="rooms")
+    p.add_argument("--phase", choices=("rooms", "growth", "prune"), default="rooms")
+    p.add_argument("--old-messages", type=int, default=200_000, help="prune phase: rows to seed")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--server-arg", action="append", default=[])
     args = p.parse_args()
@@ -254,6 +311,10 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "chat.sqlite3"
+        if args.phase == "prune":
+            if not 1 <= args.old_messages <= 1_000_000:
+                raise SystemExit("--old-messages: 1 to 1,000,000")
+            seed_old_messages(db, args.old_messages)
         twistd = str(Path(sys.executable).with_name("twistd"))
         cmd = [twistd, "-n", "--pidfile=", "-l", str(Path(tmp) / "log"), "chatserv",
                "--listen", f"tcp:{port}:interface=127.0.0.1", "--db", str(db), *args.server_arg]
@@ -267,6 +328,8 @@ def main() -> None:
                     time.sleep(0.1)
             if args.phase == "rooms":
                 result = asyncio.run(phase_rooms(port, server.pid, args.seconds))
+            elif args.phase == "prune":
+                result = asyncio.run(phase_prune(port, db, args.seconds))
             else:
                 result = asyncio.run(phase_growth(port, db, args.seconds))
         finally:
