@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.logger import Logger
 
 from ..hub import ChatMessage
-from ..names import name_key, rekey
+from ..names import BadName, check_name, name_key, rekey
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
 
 log = Logger()
@@ -213,7 +213,9 @@ class Engine:
     def _rekey_names(self) -> None:
         """Migration 4: turn every stored name key into its look-alike key.
 
-        Runs inside the migration's transaction. Two accounts whose names now
+        Runs inside the migration's transaction. Accounts whose names the new
+        rules refuse (emoji, compatibility characters) are kept but can no
+        longer log in; each is named in a warning. Two accounts whose names now
         have one key cannot both keep it: the older account keeps the name,
         and the newer one is set aside under a key no name has (it can no
         longer log in; ``chatserv-admin list-accounts`` still shows it), with
@@ -225,6 +227,10 @@ class Engine:
             taken: set[str] = set()
             for old, name, password_hash, created in sorted(rows, key=lambda r: (float(r[3]), r[0])):
                 key = rekey(old)
+                try:
+                    check_name(name)
+                except BadName as e:
+                    log.warn("account {name!r} can no longer log in: {why}", name=name, why=str(e))
                 if key in taken:
                     log.warn(
                         "account {name!r} looks like an older account's name: set aside, it can no"

@@ -25,6 +25,7 @@ def test_migration_4_rekeys_accounts_rooms_and_conversations(db_url):
             ("\u0410na", 2.0),  # Cyrillic А
             ("AIice", 3.0),
             ("Luis", 4.0),
+            ("\U0001f600", 5.0),  # valid before; kept, but PRECIS refuses it now
         ]
 
         def seed() -> None:
@@ -55,7 +56,7 @@ def test_migration_4_rekeys_accounts_rooms_and_conversations(db_url):
         # The look-alike account no longer answers to any spelling of the name.
         assert engine.account("\u0410na").password_hash == "hash-Ana"
         assert engine.account("Alice").password_hash == "hash-AIice"
-        assert {a.name for a in engine.accounts()} == {"Ana", "\u0410na", "AIice", "Luis"}
+        assert {a.name for a in engine.accounts()} == {"Ana", "\u0410na", "AIice", "Luis", "\U0001f600"}
         assert [m.id for m in engine.room_page("CINE", None, 10)] == [1]
         assert [m.id for m in engine.private_page("Alice", "luis", None, 10)] == [2]
         assert [m.id for m in engine.private_page("Luis", "AIice", None, 10)] == [2]
