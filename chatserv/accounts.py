@@ -214,6 +214,7 @@ class Accounts:
         clock: IReactorTime | None = None,
         require_accounts: bool = False,
         hasher: Any = None,
+        hashes: HashQueue | None = None,
     ) -> None:
         self.store = store
         self.reactor = reactor
@@ -239,7 +240,7 @@ class Accounts:
         self.known = Recent(now, KNOWN_FOR)
         self.registrations = Allowance(1.0 / REGISTER_EVERY, REGISTER_BURST_PER_ADDRESS, now)
         self.all_registrations = Allowance(REGISTER_RATE, REGISTER_BURST, now, max_keys=1)
-        self.hashes = HashQueue(self._in_pool)
+        self.hashes = hashes if hashes is not None else HashQueue(self._in_pool)
         self._dummy: str | None = None
         self._dummy_lock = threading.Lock()
 

@@ -16,6 +16,7 @@ from chatserv.service import FD_RESERVE, fit_file_limit
 from tests.test_hub import Recorder
 from tests.test_protocol_unit import World
 
+
 def tick(world: World, seconds: float) -> None:
     """Let *seconds* pass as the reactor would: one sweep a second."""
     for _ in range(round(seconds / SWEEP_INTERVAL)):
