@@ -126,14 +126,20 @@ async def timed_login(port: int, src: str, user: str, password: str) -> tuple[fl
 # -- flood: many connections from one address holding unfinished lines -------------------
 
 
-async def flood_worker(port: int, src: str, n: int, line_bytes: int, hold: float) -> dict[str, int]:
-    """Open *n* connections from *src*, each sending an unfinished line; hold them."""
+async def flood_worker(
+    port: int, src: str, n: int, line_bytes: int, hold: float, spread: int = 0
+) -> dict[str, int]:
+    """Open *n* connections from *src* (or from *spread* addresses 127.1.x.y),
+    each sending an unfinished line; hold them."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
     stats = {"opened": 0, "connect_failed": 0, "answered": 0, "closed_by_server": 0, "silent": 0}
     codes: dict[str, int] = {}
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     payload = b"{" + b"x" * (line_bytes - 1)
-    for _ in range(n):
+    for i in range(n):
+        if spread:
+            j = i % spread
+            src = f"127.1.{j // 250}.{1 + j % 250}"
         try:
             r, w = await open_conn(port, src)
         except Exception:  # noqa: BLE001
@@ -177,6 +183,7 @@ async def flood(args: argparse.Namespace, server: Server) -> None:
                 sys.executable, "-m", "benchmarks.attack_exhaustion", "flood-worker",
                 "--port", str(server.port), "--src", args.src, "--conns", str(k),
                 "--line-bytes", str(args.line_bytes), "--hold", str(args.hold),
+                "--spread", str(args.spread),
                 stdout=subprocess.PIPE,
             )
         )
@@ -197,7 +204,7 @@ async def flood(args: argparse.Namespace, server: Server) -> None:
     print(json.dumps({"attacker": total, "bystander_from_127.0.0.99": bystander,
                       "server_rss_peak_mb": round(peak, 1),
                       "server_alive": server.proc.poll() is None,
-                      "log_warnings": [l[-160:] for l in server.log_lines("file")][:3]}, indent=1))
+                      "log_warnings": [line[-160:] for line in server.log_lines("file")][:3]}, indent=1))
 
 
 async def bystander_login(port: int) -> str:
@@ -306,7 +313,7 @@ async def lockout(args: argparse.Namespace, server: Server) -> None:
     neighbour = await timed_login(port, "127.0.0.4", "Neighbour", "the-right-one")
     print(json.dumps({
         "wrong_guesses_made": guesses, "guessing_took_s": round(guessing, 1),
-        f"owner_correct_logins_after_{args.guesses}_wrong_guesses_from_127.0.0.2_(each_after_one_more_guess)": owner,
+        f"owner_logins_after_{args.guesses}_wrong_guesses_from_127.0.0.2_each_after_one_more": owner,
         "owner_correct_logins_accepted": sum(o == "ok" for o in owner),
         "neighbour_after_22_failures_on_made_up_names_from_its_address": neighbour[1],
     }, indent=1))
@@ -326,11 +333,13 @@ def main() -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--addresses", type=int, default=1)
+    p.add_argument("--spread", type=int, default=0, help="flood from this many addresses")
     p.add_argument("--guesses", type=int, default=11)
     p.add_argument("--spacing", type=float, default=1.0)
     args = p.parse_args()
     if args.scenario == "flood-worker":
-        print(json.dumps(asyncio.run(flood_worker(args.port, args.src, args.conns, args.line_bytes, args.hold))))
+        stats = flood_worker(args.port, args.src, args.conns, args.line_bytes, args.hold, args.spread)
+        print(json.dumps(asyncio.run(stats)))
         return
     server = Server(args.code, args.server_arg, args.nofile)
     try:

@@ -397,13 +397,14 @@ class ChatProtocol(LineReceiver):
         self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
         self._close()
 
-    def dataReceived(self, data: bytes) -> None:
-        LineReceiver.dataReceived(self, data)
+    def dataReceived(self, data: bytes) -> Any:
+        why = LineReceiver.dataReceived(self, data)
         if self.paused and self._reading and len(self._buffer) > self.MAX_LENGTH:
             # A request is held (see _hold) and the client keeps sending:
             # leave the rest in the kernel until it is answered.
             self._reading = False
             self.transport.pauseProducing()
+        return why
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
