@@ -97,12 +97,14 @@ async def open_conn(port: int, src: str) -> tuple[asyncio.StreamReader, asyncio.
     )
 
 
-async def request(port: int, src: str, frames: list[dict[str, Any]], want: int, timeout: float = 120):
+async def request(
+    port: int, src: str, frames: list[dict[str, Any]], want: int, timeout: float = 120
+) -> list[dict[str, Any]]:
     """Send *frames* on a new connection; return the first *want* frames answered."""
     r, w = await open_conn(port, src)
     try:
         w.write(b"".join(json.dumps(f).encode() + b"\n" for f in frames))
-        got = []
+        got: list[dict[str, Any]] = []
         while len(got) < want:
             line = await asyncio.wait_for(r.readline(), timeout)
             if not line:
