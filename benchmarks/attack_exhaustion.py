@@ -255,6 +255,8 @@ async def register_flood(args: argparse.Namespace, server: Server) -> None:
                 codes[key] = codes.get(key, 0) + 1
         except TimeoutError:
             pass
+        except (ConnectionError, ValueError):  # refused and closed by the server
+            codes["closed"] = codes.get("closed", 0) + 1
         finally:
             w.transport.abort()
 
