@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import resource
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -32,6 +33,43 @@ def with_backlog(description: str) -> str:
     if kind in ("tcp", "ssl", "tcp6") and "backlog=" not in description:
         return f"{description}:backlog={DEFAULT_BACKLOG}"
     return description
+
+
+#: File descriptors the server needs besides its connections: listeners, the
+#: database, log files, the Telegram bridge's sockets, thread wake-up pipes.
+FD_RESERVE = 64
+
+
+def fit_file_limit(max_connections: int) -> int:
+    """How many connections the process's file limit allows, up to *max_connections*.
+
+    Raises the soft RLIMIT_NOFILE toward what *max_connections* needs (at
+    most to the hard limit). If even that is too low, warns and returns the
+    lower number, so that clients past it get ``server_full`` instead of
+    being cut off without a word when ``accept`` fails.
+    """
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + FD_RESERVE
+    if soft != infinity and soft < need:
+        target = need if hard == infinity else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warn("could not raise the file limit to {target}: {e}", target=target, e=e)
+    if soft == infinity or soft >= need:
+        return max_connections
+    fitted = max(1, soft - FD_RESERVE)
+    log.warn(
+        "the file limit (RLIMIT_NOFILE {soft}, hard {hard}) leaves room for {fitted} connections:"
+        " serving at most {fitted}, not --max-connections {wanted}",
+        soft=soft,
+        hard=hard,
+        fitted=fitted,
+        wanted=max_connections,
+    )
+    return fitted
 
 
 @dataclass
@@ -78,7 +116,8 @@ class ChatServer(Service):
             room_rate=config.room_rate,
             room_burst=config.room_burst,
         )
-        self.factory = ChatFactory(self.hub, reactor, config.limits)
+        limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
+        self.factory = ChatFactory(self.hub, reactor, limits)
         if durable is not None:
             # Login history comes from the database, and the accounts live there.
             self.hub.remember(durable.recent_now(GENERAL, config.history))

@@ -29,6 +29,9 @@ class Options(TelegramOptions, usage.Options):
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
+        ["max-per-address", None, 64, "Simultaneous connections from one address (0: no limit).", int],
+        ["login-timeout", None, 60.0, "Seconds to log in after connecting (0: no limit).", float],
+        ["idle-timeout", None, 300.0, "Seconds without a line before a ping (0: never).", float],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
         ["retain-days", None, None, "Delete messages older than this many days (default: keep all).", float],
     ]
@@ -52,8 +55,9 @@ class Options(TelegramOptions, usage.Options):
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["retain-days"] is not None and not self["retain-days"] > 0:
             raise usage.UsageError("--retain-days must be more than 0")
-        if self["rate-limit"] < 0:
-            raise usage.UsageError("--rate-limit must not be negative")
+        for name in ("rate-limit", "max-per-address", "login-timeout", "idle-timeout"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
         check_telegram_options(self)
 
     def config(self) -> ServerConfig:
@@ -66,6 +70,9 @@ class Options(TelegramOptions, usage.Options):
                 rate_burst=self["rate-burst"],
                 max_output=self["max-output"],
                 max_connections=self["max-connections"],
+                max_per_address=self["max-per-address"],
+                login_timeout=self["login-timeout"],
+                idle_timeout=self["idle-timeout"],
             ),
             telegram=telegram_config(self),
             db=self["db"],
