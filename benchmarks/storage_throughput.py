@@ -152,6 +152,7 @@ async def run_server(args: argparse.Namespace) -> dict[str, object]:
     cmd = [
         *_pin(0), twistd, "-n", "--pidfile=", f"--logfile={log}", "chatserv",
         "--listen", f"tcp:{port}:interface=127.0.0.1", "--rate-limit", "0", "--db", db,
+        "--max-per-address", "0", "--login-timeout", "0", "--idle-timeout", "0",
     ]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:

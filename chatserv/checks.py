@@ -31,6 +31,13 @@ def at_least(minimum: float) -> Check:
     return check
 
 
+def above(minimum: float) -> Check:
+    def check(value: Any) -> str | None:
+        return f"must be more than {minimum}, not {value}" if not value > minimum else None
+
+    return check
+
+
 def between(low: float, high: float) -> Check:
     def check(value: Any) -> str | None:
         return f"must be between {low} and {high}, not {value}" if not low <= value <= high else None

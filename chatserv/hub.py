@@ -12,6 +12,7 @@ with a fake clock.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,10 +22,17 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .logs import Logger
 from .names import BadName, check_name, name_key
+from .ratelimit import TokenBucket
 from .stats import HubStats
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
+#: Rooms one session may bring into being: a burst of 10, then one per 10 s.
+#: Joining a room that exists costs nothing.
+ROOM_CREATE_RATE = 0.1
+ROOM_CREATE_BURST = 10
+#: Rooms one ``rooms`` answer lists, at most (and by default).
+ROOMS_PAGE = 100
 
 log = Logger()
 
@@ -49,6 +57,10 @@ class NotInRoom(ChatError):
 
 class InvalidName(ChatError):
     code = "bad_name"
+
+
+class TooFast(ChatError):
+    code = "rate_limited"
 
 
 @dataclass(slots=True, eq=False)
@@ -125,13 +137,15 @@ class MessageLog(Protocol):
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "__weakref__")
+    __slots__ = ("name", "key", "participant", "rooms", "creations", "__weakref__")
 
     def __init__(self, name: str, key: str, participant: Participant) -> None:
         self.name = name
         self.key = key
         self.participant = participant
         self.rooms: set[str] = set()
+        #: Rooms this session may still bring into being (made at its first one).
+        self.creations: TokenBucket | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r}>"
@@ -156,6 +170,10 @@ class Room:
         return tuple(session.name for session in self.members.values())
 
 
+def _order(room_name: str) -> tuple[str, str]:
+    return (room_name.casefold(), name_key(room_name))
+
+
 def presence_window(members: int) -> float:
     """How long membership changes in a room of *members* are gathered before
     being announced.
@@ -178,12 +196,22 @@ class Hub:
         history_size: int = 50,
         store: MessageLog | None = None,
         first_id: int = 1,
+        room_rate: float = ROOM_CREATE_RATE,
+        room_burst: int = ROOM_CREATE_BURST,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
         self.store = store
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
+        #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
+        #: are pages of it, in an order people recognise.
+        self._room_order: list[tuple[str, str]] = [_order(GENERAL)]
+        #: Room creations per session (``room_rate <= 0``: unlimited).
+        self.room_rate = room_rate
+        self.room_burst = room_burst
+        #: Keys that client names may not end with (see reserve_suffix).
+        self._reserved: list[str] = []
         self._next_id = first_id
         #: Counts for the metrics (chatserv.metrics); plain integers.
         self.stats = HubStats()
@@ -205,6 +233,8 @@ class Hub:
                 name = check_name(name)
             except BadName as e:
                 raise InvalidName(str(e)) from None
+            if any(name_key(name).endswith(suffix) for suffix in self._reserved):
+                raise InvalidName(f"el nombre {name} se parece a uno reservado para Telegram")
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
@@ -214,6 +244,14 @@ class Hub:
         log.debug("login {name}", name=name)
         self._enter(session, self.rooms[GENERAL])
         return session
+
+    def reserve_suffix(self, suffix: str) -> None:
+        """Refuse client names that end like *suffix* (the Telegram bridge's
+        " (TG)"): compared by look-alike key, white space aside, so that
+        "Luis(TG)" or "Luis(ТG)" cannot pass for "Luis (TG)"."""
+        key = name_key("".join(suffix.split()))
+        if key and key not in self._reserved:
+            self._reserved.append(key)
 
     def logout(self, session: Session) -> None:
         """Take *session* offline; harmless if it already is."""
@@ -230,20 +268,46 @@ class Hub:
 
     # -- rooms ------------------------------------------------------------
 
-    def join(self, session: Session, room_name: object) -> Room:
-        """Put *session* in the room, creating it; return the room."""
+    def join(self, session: Session, room_name: object, *, admitted: bool = False) -> Room:
+        """Put *session* in the room, creating it; return the room.
+
+        Every check comes before the room is created, so a refused join
+        leaves nothing behind. *admitted*: :meth:`admit` already said yes
+        (and took the creation token) for this join.
+        """
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is not None and room.name in session.rooms:
+            return room
+        if not admitted:
+            self._check_join(session, room is None)
+        if room is None:
+            room = self._create_room(room_name)
+        self._enter(session, room)
+        return room
+
+    def admit(self, session: Session, room_name: object) -> None:
+        """Raise if *session* may not join *room_name* now; otherwise take
+        what joining costs, for a join that must first read storage."""
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is None or room.name not in session.rooms:
+            self._check_join(session, room is None)
+
+    def _valid_room(self, room_name: object) -> str:
         try:
-            room_name = check_name(room_name)
+            return check_name(room_name)
         except BadName as e:
             raise InvalidName(str(e)) from None
-        room = self.rooms.get(name_key(room_name))
-        if room is None:
-            room = self.rooms[name_key(room_name)] = Room(room_name, self.history_size)
-        if room.name not in session.rooms:
-            if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
-                raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
-            self._enter(session, room)
-        return room
+
+    def _check_join(self, session: Session, creates: bool) -> None:
+        if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
+            raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+        if creates and self.room_rate > 0:
+            if session.creations is None:
+                session.creations = TokenBucket(self.room_rate, self.room_burst, self.clock.seconds)
+            if not session.creations.allow():
+                raise TooFast("demasiadas salas nuevas; espera un momento")
 
     def leave(self, session: Session, room_name: str) -> str:
         """Take *session* out of the room; return the room's name as it is shown."""
@@ -262,6 +326,20 @@ class Hub:
 
     def room_list(self) -> list[tuple[str, int]]:
         return [(room.name, len(room.members)) for room in self.rooms.values()]
+
+    def room_page(self, after: str | None = None, limit: int = ROOMS_PAGE) -> tuple[list[Room], bool]:
+        """Up to *limit* rooms in case-folded name order, from the first one
+        after the name *after* (from the start when None), and whether more follow."""
+        order = self._room_order
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        page = order[start : start + limit]
+        return [self.rooms[key] for _, key in page], start + limit < len(order)
+
+    def _create_room(self, room_name: str) -> Room:
+        key = name_key(room_name)
+        room = self.rooms[key] = Room(room_name, self.history_size)
+        bisect.insort(self._room_order, _order(room_name))
+        return room
 
     def _member_room(self, session: Session, room_name: str) -> Room:
         room = self.rooms.get(name_key(room_name))
@@ -287,6 +365,10 @@ class Hub:
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
         del self.rooms[name_key(room.name)]
+        entry = _order(room.name)
+        i = bisect.bisect_left(self._room_order, entry)
+        if i < len(self._room_order) and self._room_order[i] == entry:
+            del self._room_order[i]
 
     # -- presence ---------------------------------------------------------
 
@@ -394,7 +476,7 @@ class Hub:
                 continue
             room = self.rooms.get(name_key(message.room))
             if room is None:
-                room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
+                room = self._create_room(message.room)
             if room.history and message.id <= room.history[-1].id:
                 # A window read from storage while the room was live (a join
                 # of a room not in memory): merge by id, keeping the newest.

@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from . import __version__
+from .hashing import HIGH, LOW
 from .logs import Logger
 from .stats import Histogram
 
@@ -77,7 +78,7 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily(
             "chatserv_connections_refused",
-            "Client connections refused because --max-connections was reached.",
+            "Client connections refused: --max-connections or --max-per-address reached.",
             value=conn.refused,
         )
         dialects = {"json": 0, "plain": 0}
@@ -134,10 +135,17 @@ class ServerCollector(Collector):
             )
         accounts = factory.accounts
         if accounts is not None:
+            hashes = accounts.hashes
+            queue = GaugeMetricFamily(
+                "chatserv_accounts_hash_queue",
+                "Password hashes waiting for a hashing thread: logins first, then registrations.",
+                labels=["priority"],
+            )
+            queue.add_metric(["login"], hashes.waiting_at(HIGH))
+            queue.add_metric(["register"], hashes.waiting_at(LOW))
+            yield queue
             yield GaugeMetricFamily(
-                "chatserv_accounts_hashing",
-                "Password hashes queued or running (logins and registrations).",
-                value=accounts.hashing,
+                "chatserv_accounts_hashing", "Password hashes running now.", value=hashes.running
             )
         bridge = self.bridge
         if bridge is not None:

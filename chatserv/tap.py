@@ -12,7 +12,7 @@ from . import __version__, logs
 from .bridge.config import TelegramOptions, check_runtime
 from .bridge.config import check_options as check_telegram_options
 from .bridge.config import config_from_options as telegram_config
-from .checks import KINDS, Check, at_least, each, endpoint, one_of
+from .checks import KINDS, Check, above, at_least, each, endpoint, one_of
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
@@ -45,7 +45,11 @@ class Options(TelegramOptions, usage.Options):
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
+        ["max-per-address", None, 64, "Simultaneous connections from one address (0: no limit).", int],
+        ["login-timeout", None, 60.0, "Seconds to log in after connecting (0: no limit).", float],
+        ["idle-timeout", None, 300.0, "Seconds without a line before a ping (0: never).", float],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
+        ["retain-days", None, None, "Delete messages older than this many days (default: keep all).", float],
         ["log-level", None, logs.DEFAULT_LEVEL, f"Least important events logged: {', '.join(logs.LEVELS)}."],
         [
             "metrics",
@@ -69,6 +73,10 @@ class Options(TelegramOptions, usage.Options):
         "rate-burst": at_least(1),
         "max-output": at_least(1),
         "max-connections": at_least(1),
+        "max-per-address": at_least(0),
+        "login-timeout": at_least(0),
+        "idle-timeout": at_least(0),
+        "retain-days": above(0),
         "log-level": one_of(logs.LEVELS),
         "metrics": endpoint,
     }
@@ -126,10 +134,14 @@ class Options(TelegramOptions, usage.Options):
                 rate_burst=self["rate-burst"],
                 max_output=self["max-output"],
                 max_connections=self["max-connections"],
+                max_per_address=self["max-per-address"],
+                login_timeout=self["login-timeout"],
+                idle_timeout=self["idle-timeout"],
             ),
             telegram=telegram_config(self),
             db=self["db"],
             require_accounts=bool(self["require-accounts"]),
+            retain_days=self["retain-days"],
             metrics=self["metrics"],
         )
 

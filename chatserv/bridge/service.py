@@ -167,6 +167,8 @@ class TelegramBridge(Service):
         self._catching_up = False
         self.chat_id = config.chat_id
         self.room_key = name_key(config.room)
+        # No client may take a name that looks like one of ours.
+        hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]
         self.state = BridgeState(config.state_path, reactor, config.map_size, self.run)
         self.outbox: Outbox | None = None

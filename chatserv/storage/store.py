@@ -324,6 +324,11 @@ class ThreadedStore:
         self._start()
         return deferToThreadPool(self.reactor, self._read_pool, fn, *args)
 
+    def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn(*args)`` (a writer engine method) in the writer thread,
+        between commits (retention uses it)."""
+        return self._write(fn, *args)
+
     def _write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
