@@ -223,20 +223,24 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         StorageService(store).setServiceParent(application)
     server = ChatServer(config, reactor, store)
     server.setServiceParent(application)
+    bridge = None
+    if config.telegram is not None:
+        from .bridge import TelegramBridge
+
+        bridge = TelegramBridge(config.telegram, server.hub, reactor, store)
+    if config.metrics is not None:
+        from .metrics import MetricsService
+
+        # Right after the server: like it, it may fail to listen, which ends
+        # the process, and must do so before a service below starts threads
+        # the interpreter would wait for.
+        MetricsService(config.metrics, reactor, server, bridge).setServiceParent(application)
     if isinstance(store, Storage) and config.db is not None:
         # After the server: it starts only once the server listens (a server
         # that cannot listen exits at once, with no storage threads to wait
         # for), and it stops, finishing its batch, before the store closes.
         RetentionService(store, reactor, config.retain_days).setServiceParent(application)
-    bridge = None
-    if config.telegram is not None:
-        from .bridge import TelegramBridge
-
+    if bridge is not None:
         # After the chat server, so it stops first and logs out of a live hub.
-        bridge = TelegramBridge(config.telegram, server.hub, reactor, store)
         bridge.setServiceParent(application)
-    if config.metrics is not None:
-        from .metrics import MetricsService
-
-        MetricsService(config.metrics, reactor, server, bridge).setServiceParent(application)
     return application

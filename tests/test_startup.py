@@ -100,6 +100,8 @@ def test_metrics_port_in_use(tmp_path, taken_port):
         (["--rate-limit", "-3"], "chatserv: --rate-limit: must be at least 0, not -3.0"),
         (["--telegram-chat", "abc"], "chatserv: --telegram-chat: 'abc' is not a whole number"),
         (["--telegram-chat", "-100123"], "chatserv: --telegram-chat needs a bot token"),
+        (["--max-per-address", "-1"], "chatserv: --max-per-address: must be at least 0, not -1"),
+        (["--retain-days", "0"], "chatserv: --retain-days: must be more than 0, not 0.0"),
         (["--log-level", "loud"], "chatserv: --log-level: must be one of debug, info, warn, error, critical"),
         (["--metrics", "nonsense"], "chatserv: --metrics: 'nonsense' is not a listening address"),
         (["--no-such-option"], "chatserv: option --no-such-option not recognized"),
