@@ -84,7 +84,9 @@ class LogBudget:
 
     Past the budget, lines are counted, and at the end of the interval one
     line says how many of that kind were left out and from how many sources.
-    One timer per kind runs only while something is left out.
+    An interval starts with the first line of its kind after the last one
+    ended; under budget it ends by itself, and only once something is left
+    out does a timer (one per kind) wait for its end to write the summary.
     """
 
     def __init__(
@@ -103,12 +105,17 @@ class LogBudget:
 
     def _kind(self, kind: str) -> _Kind:
         state = self._kinds.get(kind)
-        if state is None:
+        if state is None or (state.timer is None and self.clock.seconds() - state.since >= self.interval):
             state = self._kinds[kind] = _Kind(self.clock.seconds())
-        if state.timer is None:
-            # A fresh interval starts with the first line after a quiet one.
-            state.timer = self.clock.callLater(self.interval, self._summarise, kind)
         return state
+
+    def _leave_out(self, kind: str, state: _Kind, source: str) -> None:
+        state.left_out += 1
+        if len(state.sources) < MAX_SOURCES:
+            state.sources.add(source)
+        if state.timer is None:
+            end = state.since + self.interval - self.clock.seconds()
+            state.timer = self.clock.callLater(max(end, 0.0), self._summarise, kind)
 
     def line(
         self, kind: str, source: str, format: str, *, emit: Callable[..., None] | None = None, **kw: Any
@@ -122,17 +129,13 @@ class LogBudget:
             state.written += 1
             (emit or self.log.info)(format, **kw)
             return
-        state.left_out += 1
-        if len(state.sources) < MAX_SOURCES:
-            state.sources.add(source)
+        self._leave_out(kind, state, source)
 
     def tally(self, kind: str, source: str) -> None:
         """Count one event of *kind*; only the interval's summary line is written."""
         state = self._kind(kind)
         state.only_counted = True
-        state.left_out += 1
-        if len(state.sources) < MAX_SOURCES:
-            state.sources.add(source)
+        self._leave_out(kind, state, source)
 
     def _summarise(self, kind: str) -> None:
         state = self._kinds.pop(kind)

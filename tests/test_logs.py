@@ -54,6 +54,11 @@ def test_throttle_writes_a_budget_then_one_summary():
     clock = Clock()
     seen: list[dict[str, Any]] = []
     throttle = logs.LogBudget(clock, logs.Logger(observer=seen.append), interval=60, burst=3)
+    for i in range(3):
+        throttle.line("logins", "10.0.0.9", "early {i}", i=i)
+    assert not clock.getDelayedCalls()  # under budget: no timer
+    clock.advance(60)  # the interval ends by itself
+    seen.clear()
     for i in range(10):
         throttle.line("logins", f"10.0.0.{i % 4}", "login {i}", i=i)
     assert [formatEvent(e) for e in seen] == ["login 0", "login 1", "login 2"]
