@@ -67,6 +67,11 @@ class ChatMessage:
     edit_of: int | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: A private message's two ends, the sessions that held the names when it
+    #: was accepted; it is delivered to them only, never to a later session
+    #: under the same name. Cleared once delivered.
+    to_session: Session | None = field(default=None, repr=False)
+    from_session: Session | None = field(default=None, repr=False)
 
     @property
     def is_private(self) -> bool:
@@ -346,7 +351,8 @@ class Hub:
         if target is None:
             raise NoSuchUser(f"{to} no está conectado")
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name
+            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
+            to_session=target, from_session=session,
         )
         self._commit(message, self._deliver_private)
         return message
@@ -423,10 +429,13 @@ class Hub:
             member.participant.receive_message(message)
 
     def _deliver_private(self, message: ChatMessage) -> None:
-        assert message.recipient is not None
-        recipient = self.find(message.recipient)
-        sender = self.find(message.sender)
-        if recipient is not None:
+        # The sessions bound when the message was accepted, not whoever holds
+        # the names after the commit: a guest name may have changed hands
+        # meanwhile, and the next holder must never read the message (nor its
+        # `sent` confirmation).
+        recipient, sender = message.to_session, message.from_session
+        message.to_session = message.from_session = None
+        if recipient is not None and self.sessions.get(recipient.key) is recipient:
             recipient.participant.receive_message(message)
-        if sender is not None and sender is not recipient:
+        if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             sender.participant.receive_message(message)
