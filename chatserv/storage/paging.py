@@ -18,15 +18,19 @@ from ..names import MAX_NAME_LENGTH, BadName, check_name
 from . import MAX_PAGE
 
 DEFAULT_PAGE = 50
+#: The largest ``before`` or ``limit`` a request may carry: 2**63 - 1.
+MAX_ID = (1 << 63) - 1
 
 
 def _int_field(frame: dict[str, Any], field: str) -> int | None:
     value = frame.get(field)
     if value is None:
         return None
-    # bool is an int in Python, never in the protocol.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ChatError(f"el campo {field!r} debe ser un entero positivo")
+    # bool is an int in Python, never in the protocol. Ids are 64-bit signed
+    # integers in both engines; a larger number would reach SQLite as an
+    # overflow, so it is refused here alike for both.
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+        raise ChatError(f"el campo {field!r} debe ser un entero entre 1 y {MAX_ID}")
     return value
 
 
@@ -84,7 +88,8 @@ def _peer_name(peer: object) -> str:
 def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:
     more = len(found) > limit
     page = found[1:] if more else found
-    return wire.frame({**answer, "items": [item(m) for m in page], "more": more})
+    # Bounded in bytes as well (wire.MAX_PAGE_BYTES): `more` then says so.
+    return wire.history_page(answer, [item(m) for m in page], more)
 
 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:

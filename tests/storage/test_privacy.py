@@ -87,3 +87,20 @@ async def test_a_name_taken_over_mid_burst_gets_none_of_the_old_sessions_message
     assert (await new_bob.expect("history"))["items"] == []
     new_ana.send(cmd="history", **{"with": "Bob"})
     assert (await new_ana.expect("history"))["items"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_ids_out_of_range_are_refused_alike_on_both_engines(durable):
+    srv = await durable()
+    ana = await srv.client()
+    await ana.login("Ana")
+    ana.send(cmd="broadcast", msg="uno")
+    await ana.expect("broadcast")
+    too_large = ({"before": 2**63}, {"before": 10**30}, {"limit": 2**64}, {"with": "Luis", "before": 2**63})
+    for request in too_large:
+        ana.send(cmd="history", **request)
+        answer = await ana.frame()
+        assert (answer["cmd"], answer["code"], answer["ref"]) == ("error", "bad_request", "history"), request
+    # The largest id there can be is still a valid bound.
+    ana.send(cmd="history", before=2**63 - 1)
+    assert [i["msg"] for i in (await ana.expect("history"))["items"]] == ["uno"]
