@@ -12,7 +12,8 @@ with a fake clock.
 
 from __future__ import annotations
 
-from collections import deque
+import sys
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +25,11 @@ from .names import BadName, check_name, name_key
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
+#: Default bound on the bytes all rooms' history windows may hold together.
+HISTORY_MEMORY = 64 * 1024 * 1024
+#: What a message in a window costs beyond its text: the ChatMessage, its
+#: wire dict and message object, its time strings.
+MESSAGE_OVERHEAD = 1024
 
 log = Logger()
 
@@ -142,13 +148,23 @@ class Session:
 
 
 class Room:
-    __slots__ = ("name", "members", "history", "joined", "left", "flush_call", "wire")
+    __slots__ = (
+        "name", "members", "history", "costs", "cost", "partial", "joined", "left", "flush_call", "wire",
+    )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
+        #: The bytes each message of the window is counted for, and the
+        #: window's total with its cached encodings (see Hub.history_memory).
+        self.costs: deque[int] = deque(maxlen=history_size)
+        self.cost = 0
+        #: The window was evicted to stay within the budget: storage has it,
+        #: and it must be read again (merged with what came since) before
+        #: anyone is shown it.
+        self.partial = False
         # Membership changes not yet announced, and the call that will announce them.
         self.joined: list[str] = []
         self.left: list[str] = []
@@ -182,6 +198,7 @@ class Hub:
         history_size: int = 50,
         store: MessageLog | None = None,
         first_id: int = 1,
+        history_memory: int = HISTORY_MEMORY,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
@@ -189,6 +206,11 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
         self._next_id = first_id
+        #: The bound on all windows together, and what they hold now.
+        self.history_memory = history_memory
+        self.window_bytes = 0
+        #: Rooms whose windows hold anything, least recently used first.
+        self._windows: OrderedDict[str, Room] = OrderedDict()
 
     # -- sessions ---------------------------------------------------------
 
@@ -286,6 +308,7 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
+        self._evict(room)
         del self.rooms[name_key(room.name)]
 
     # -- presence ---------------------------------------------------------
@@ -383,25 +406,121 @@ class Hub:
 
     def remember(self, messages: Iterable[ChatMessage]) -> None:
         """Fill history windows from storage at start-up, oldest first."""
+        by_room: dict[str, list[ChatMessage]] = {}
         for message in messages:
             # Private messages are not history, but their ids are taken.
             self._next_id = max(self._next_id, message.id + 1)
-            if message.room is None:
-                continue
-            room = self.rooms.get(name_key(message.room))
-            if room is None:
-                room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
-            if room.history and message.id <= room.history[-1].id:
-                # A window read from storage while the room was live (a join
-                # of a room not in memory): merge by id, keeping the newest.
-                merged = {m.id: m for m in room.history}
-                merged.setdefault(message.id, message)
-                room.history.clear()
-                room.history.extend(sorted(merged.values(), key=lambda m: m.id))
-            else:
-                room.history.append(message)
-            room.wire.clear()
+            if message.room is not None:
+                by_room.setdefault(message.room, []).append(message)
+        for room_name, found in by_room.items():
+            self.restore(room_name, found)
+
+    def restore(self, room_name: str, messages: list[ChatMessage]) -> Room | None:
+        """Fill the window of *room_name* from storage, creating the room if
+        there is anything to fill it with.
+
+        A window read while the room was live (a join of a room not in
+        memory, or of one whose window was evicted) is merged by id with what
+        arrived meanwhile, keeping the newest.
+        """
+        key = name_key(room_name)
+        room = self.rooms.get(key)
+        if room is None:
+            if not messages:
+                return None
+            # Shown as it was stored, whatever spelling the joiner used.
+            room = self.rooms[key] = Room(messages[-1].room or room_name, self.history_size)
+        merged = {m.id: m for m in room.history}
+        for message in messages:
+            merged.setdefault(message.id, message)
             self._next_id = max(self._next_id, message.id + 1)
+        window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
+        self._evict(room)
+        room.partial = False
+        for message in window:
+            self._keep(room, message)
+        return room
+
+    def window_frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
+        """The encoded history window of *room* in one format, cached until
+        the window changes and counted against ``history_memory``."""
+        data = room.wire.get(key)
+        if data is None:
+            data = room.wire[key] = encode(room)
+            self._charge(room, len(data))
+        elif room.cost:
+            self._windows.move_to_end(name_key(room.name))
+        return data
+
+    # -- the memory of history windows --------------------------------------
+
+    def _keep(self, room: Room, message: ChatMessage) -> None:
+        """Add *message* to the room's window and count it."""
+        if room.wire:
+            self._forget_encodings(room)
+        if len(room.history) == room.history.maxlen and room.costs:
+            self._uncharge(room, room.costs[0])  # the append below drops it
+        cost = MESSAGE_OVERHEAD + sys.getsizeof(message.text)
+        room.history.append(message)
+        room.costs.append(cost)
+        self._charge(room, cost)
+
+    def _charge(self, room: Room, cost: int) -> None:
+        room.cost += cost
+        self.window_bytes += cost
+        key = name_key(room.name)
+        if room.cost == cost:
+            self._windows[key] = room
+        else:
+            self._windows.move_to_end(key)
+        if self.window_bytes > self.history_memory:
+            self._shrink(room)
+
+    def _uncharge(self, room: Room, cost: int) -> None:
+        room.cost -= cost
+        self.window_bytes -= cost
+
+    def _forget_encodings(self, room: Room) -> None:
+        for data in room.wire.values():
+            self._uncharge(room, len(data))
+        room.wire.clear()
+
+    def _evict(self, room: Room) -> None:
+        """Empty the room's window and stop counting it."""
+        self._windows.pop(name_key(room.name), None)
+        self.window_bytes -= room.cost
+        room.cost = 0
+        room.history.clear()
+        room.costs.clear()
+        room.wire.clear()
+        # With storage the window can be read again when someone needs it;
+        # without, it is gone.
+        room.partial = self.store is not None
+
+    def _shrink(self, hot: Room) -> None:
+        """Evict the least recently used windows until all fit the budget.
+
+        ``general``, whose window every login is sent, and *hot*, the room
+        being written or read now, go last: when they alone are over the
+        budget, their oldest messages are let go instead, which leaves a
+        shorter but whole window.
+        """
+        spared: list[Room] = []
+        while self.window_bytes > self.history_memory and self._windows:
+            _, room = self._windows.popitem(last=False)
+            if room is hot or room.name == GENERAL:
+                spared.append(room)
+                continue
+            self._windows[name_key(room.name)] = room  # _evict takes it out
+            self._evict(room)
+            log.debug("history window of {room} evicted", room=room.name)
+        for room in spared:
+            self._windows[name_key(room.name)] = room
+            if room.wire and self.window_bytes > self.history_memory:
+                self._forget_encodings(room)
+            while self.window_bytes > self.history_memory and len(room.history) > 1:
+                room.history.popleft()
+                self._uncharge(room, room.costs.popleft())
 
     def _take_id(self) -> int:
         message_id = self._next_id
@@ -422,11 +541,13 @@ class Hub:
         if room.flush_call is not None:
             # Nobody may read a message from someone they have not seen join.
             self._flush_presence(room)
-        room.history.append(message)
-        room.wire.clear()
+        self._keep(room, message)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)
+        # Its encodings were for this fan-out; the window keeps the message
+        # only, and the window's own encoding is built when asked for.
+        message.wire.clear()
 
     def _deliver_private(self, message: ChatMessage) -> None:
         # The sessions bound when the message was accepted, not whoever holds

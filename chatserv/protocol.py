@@ -426,7 +426,7 @@ class ChatProtocol(LineReceiver):
         general = self.factory.hub.rooms[GENERAL]
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
-        self.send(wire.room_history_frame(general))
+        self.send(self.factory.hub.window_frame(general, "json-history", wire.room_history_frame))
         log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
 
     def _cmd_register(self, frame: dict[str, Any]) -> None:
@@ -478,7 +478,7 @@ class ChatProtocol(LineReceiver):
             # Not in memory, but storage may hold its history: read the
             # window before entering, so the answer carries it.
             def enter(messages: list[ChatMessage]) -> None:
-                hub.remember(messages)
+                hub.restore(room_name, messages)
                 self._join_room(frame)
 
             self._hold(paging.load_room(hub, store, room_name), enter, "join")
@@ -492,7 +492,7 @@ class ChatProtocol(LineReceiver):
         existing = hub.room(room_name)
         already_in = existing is not None and existing.name in self.session.rooms
         room = hub.join(self.session, room_name)
-        self.send(wire.room_history_frame(room))
+        self.send(hub.window_frame(room, "json-history", wire.room_history_frame))
         if already_in:
             # No presence change will follow; answer with the list now.
             self.send(wire.users_frame(room.name, room.names()))

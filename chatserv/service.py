@@ -12,7 +12,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from .accounts import Accounts
-from .hub import GENERAL, Hub, MessageLog
+from .hub import GENERAL, HISTORY_MEMORY, Hub, MessageLog
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
 
@@ -39,6 +39,8 @@ class ServerConfig:
 
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
+    #: Bytes all rooms' history windows may hold together (Hub.history_memory).
+    history_memory: int = HISTORY_MEMORY
     limits: Limits = field(default_factory=Limits)
     #: The Telegram bridge (chatserv.bridge.BridgeConfig); None runs without one.
     telegram: Any = None
@@ -64,7 +66,10 @@ class ChatServer(Service):
         if config.require_accounts and durable is None:
             raise ValueError("require_accounts needs a database for the accounts")
         first_id = durable.next_id() if durable is not None else 1  # ids never repeat across restarts
-        self.hub = Hub(reactor, history_size=config.history, store=store, first_id=first_id)
+        self.hub = Hub(
+            reactor, history_size=config.history, store=store, first_id=first_id,
+            history_memory=config.history_memory,
+        )
         self.factory = ChatFactory(self.hub, reactor, config.limits)
         if durable is not None:
             # Login history comes from the database, and the accounts live there.

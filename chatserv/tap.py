@@ -10,6 +10,7 @@ from twisted.python import usage
 from .bridge.config import TelegramOptions, check_runtime
 from .bridge.config import check_options as check_telegram_options
 from .bridge.config import config_from_options as telegram_config
+from .hub import HISTORY_MEMORY
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
@@ -24,6 +25,7 @@ class Options(TelegramOptions, usage.Options):
     )
     optParameters = [
         ["history", None, 50, "Messages of history sent on login.", int],
+        ["history-memory", None, HISTORY_MEMORY, "Bytes all rooms' history windows may hold together.", int],
         ["max-line", None, 65_536, "Longest accepted line, in bytes.", int],
         ["rate-limit", None, 5.0, "Lines per second per connection (0: no limit).", float],
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
@@ -46,7 +48,7 @@ class Options(TelegramOptions, usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
+        for name in ("history", "history-memory", "max-line", "rate-burst", "max-output", "max-connections"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["rate-limit"] < 0:
@@ -57,6 +59,7 @@ class Options(TelegramOptions, usage.Options):
         return ServerConfig(
             listen=list(self["listen"]),
             history=self["history"],
+            history_memory=self["history-memory"],
             limits=Limits(
                 max_line=self["max-line"],
                 rate_limit=self["rate-limit"],

@@ -180,11 +180,10 @@ def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
 
 
 def room_history_frame(room: Room) -> bytes:
-    """The room's history window; a login storm encodes it once, not once per login."""
-    data = room.wire.get("json-history")
-    if data is None:
-        data = room.wire["json-history"] = history_frame(room.name, list(room.history))
-    return data
+    """The room's history window. Callers get it through ``Hub.window_frame``,
+    which caches it (a login storm encodes it once, not once per login) and
+    counts it against the memory bound of history windows."""
+    return history_frame(room.name, list(room.history))
 
 
 def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:

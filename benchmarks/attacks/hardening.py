@@ -235,8 +235,11 @@ async def attack_output(server: Server, args: argparse.Namespace) -> dict[str, A
     await sampler
     await watch
     # Who was dropped: a still-open connection answers a ping once read.
-    dropped_sleepers = sum(not await c.alive() for c in sleepers)
-    dropped_pagers = sum(not await c.alive(5.0) for c in pagers)
+    dropped_sleepers = dropped_pagers = 0
+    for c in sleepers:
+        dropped_sleepers += not await c.alive()
+    for c in pagers:
+        dropped_pagers += not await c.alive(5.0)
     for c in sleepers + pagers + senders:
         c.close()
     return summary(

@@ -95,8 +95,12 @@ def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:
     """Whether joining *room_name* must first read its history window from
     storage: the room is not in memory (never used since start-up, or
-    dropped when its last member left) but may have stored messages."""
-    return store is not None and isinstance(room_name, str) and hub.room(room_name) is None
+    dropped when its last member left) but may have stored messages, or its
+    window was evicted to keep history windows within their memory bound."""
+    if store is None or not isinstance(room_name, str):
+        return False
+    room = hub.room(room_name)
+    return room is None or room.partial
 
 
 def load_room(hub: Hub, store: Any, room_name: str) -> Deferred[list[ChatMessage]]:

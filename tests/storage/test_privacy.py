@@ -104,3 +104,38 @@ async def test_history_ids_out_of_range_are_refused_alike_on_both_engines(durabl
     # The largest id there can be is still a valid bound.
     ana.send(cmd="history", before=2**63 - 1)
     assert [i["msg"] for i in (await ana.expect("history"))["items"]] == ["uno"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_evicted_history_window_is_read_again_from_storage(durable):
+    srv = await durable(history_memory=400_000)
+    ana = await srv.client()
+    await ana.login("Ana")
+    text = "x" * 60_000
+    posted: dict[str, list[int]] = {}
+    for room in ("uno", "dos", "tres", "cuatro"):
+        ana.send(cmd="join", room=room)
+        await ana.expect("history", room=room)
+        posted[room] = []
+        for i in range(2):
+            ana.send(cmd="broadcast", room=room, msg=f"{room}{i}{text}")
+            posted[room].append((await ana.expect("broadcast", room=room))["id"])
+    hub = srv.server.hub
+    assert hub.window_bytes <= 400_000
+    first = hub.room("uno")
+    assert first is not None and first.partial and not first.history
+    # A newcomer still gets the room's whole window: read from the database.
+    luis = await srv.client()
+    await luis.login("Luis")
+    luis.send(cmd="join", room="UNO")
+    history = await luis.expect("history", room="uno")
+    assert [item["id"] for item in history["items"]] == posted["uno"]
+    # A message that came while the window was out is merged in, not lost.
+    ana.send(cmd="broadcast", room="dos", msg="mientras tanto")
+    await ana.expect("broadcast", room="dos", msg="mientras tanto")
+    eva = await srv.client()
+    await eva.login("Eva")
+    eva.send(cmd="join", room="dos")
+    history = await eva.expect("history", room="dos")
+    assert [item["msg"][:4] for item in history["items"]] == ["dos0", "dos1", "mien"]
+    assert hub.window_bytes <= 400_000
