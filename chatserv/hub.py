@@ -12,8 +12,7 @@ with a fake clock.
 
 from __future__ import annotations
 
-import sys
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,14 +21,10 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .names import BadName, check_name, name_key
+from .windows import HISTORY_MEMORY, Windows
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
-#: Default bound on the bytes all rooms' history windows may hold together.
-HISTORY_MEMORY = 64 * 1024 * 1024
-#: What a message in a window costs beyond its text: the ChatMessage, its
-#: wire dict and message object, its time strings.
-MESSAGE_OVERHEAD = 1024
 
 log = Logger()
 
@@ -206,11 +201,8 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
         self._next_id = first_id
-        #: The bound on all windows together, and what they hold now.
-        self.history_memory = history_memory
-        self.window_bytes = 0
-        #: Rooms whose windows hold anything, least recently used first.
-        self._windows: OrderedDict[str, Room] = OrderedDict()
+        #: The memory bound on all rooms' history windows together.
+        self.windows = Windows(history_memory, reloadable=store is not None)
 
     # -- sessions ---------------------------------------------------------
 
@@ -308,7 +300,7 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
-        self._evict(room)
+        self.windows.evict(room)
         del self.rooms[name_key(room.name)]
 
     # -- presence ---------------------------------------------------------
@@ -435,92 +427,16 @@ class Hub:
             merged.setdefault(message.id, message)
             self._next_id = max(self._next_id, message.id + 1)
         window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
-        self._evict(room)
+        self.windows.evict(room)
         room.partial = False
         for message in window:
-            self._keep(room, message)
+            self.windows.keep(room, message)
         return room
 
     def window_frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
         """The encoded history window of *room* in one format, cached until
-        the window changes and counted against ``history_memory``."""
-        data = room.wire.get(key)
-        if data is None:
-            data = room.wire[key] = encode(room)
-            self._charge(room, len(data))
-        elif room.cost:
-            self._windows.move_to_end(name_key(room.name))
-        return data
-
-    # -- the memory of history windows --------------------------------------
-
-    def _keep(self, room: Room, message: ChatMessage) -> None:
-        """Add *message* to the room's window and count it."""
-        if room.wire:
-            self._forget_encodings(room)
-        if len(room.history) == room.history.maxlen and room.costs:
-            self._uncharge(room, room.costs[0])  # the append below drops it
-        cost = MESSAGE_OVERHEAD + sys.getsizeof(message.text)
-        room.history.append(message)
-        room.costs.append(cost)
-        self._charge(room, cost)
-
-    def _charge(self, room: Room, cost: int) -> None:
-        room.cost += cost
-        self.window_bytes += cost
-        key = name_key(room.name)
-        if room.cost == cost:
-            self._windows[key] = room
-        else:
-            self._windows.move_to_end(key)
-        if self.window_bytes > self.history_memory:
-            self._shrink(room)
-
-    def _uncharge(self, room: Room, cost: int) -> None:
-        room.cost -= cost
-        self.window_bytes -= cost
-
-    def _forget_encodings(self, room: Room) -> None:
-        for data in room.wire.values():
-            self._uncharge(room, len(data))
-        room.wire.clear()
-
-    def _evict(self, room: Room) -> None:
-        """Empty the room's window and stop counting it."""
-        self._windows.pop(name_key(room.name), None)
-        self.window_bytes -= room.cost
-        room.cost = 0
-        room.history.clear()
-        room.costs.clear()
-        room.wire.clear()
-        # With storage the window can be read again when someone needs it;
-        # without, it is gone.
-        room.partial = self.store is not None
-
-    def _shrink(self, hot: Room) -> None:
-        """Evict the least recently used windows until all fit the budget.
-
-        ``general``, whose window every login is sent, and *hot*, the room
-        being written or read now, go last: when they alone are over the
-        budget, their oldest messages are let go instead, which leaves a
-        shorter but whole window.
-        """
-        spared: list[Room] = []
-        while self.window_bytes > self.history_memory and self._windows:
-            _, room = self._windows.popitem(last=False)
-            if room is hot or room.name == GENERAL:
-                spared.append(room)
-                continue
-            self._windows[name_key(room.name)] = room  # _evict takes it out
-            self._evict(room)
-            log.debug("history window of {room} evicted", room=room.name)
-        for room in spared:
-            self._windows[name_key(room.name)] = room
-            if room.wire and self.window_bytes > self.history_memory:
-                self._forget_encodings(room)
-            while self.window_bytes > self.history_memory and len(room.history) > 1:
-                room.history.popleft()
-                self._uncharge(room, room.costs.popleft())
+        the window changes and counted against the windows' memory bound."""
+        return self.windows.frame(room, key, encode)
 
     def _take_id(self) -> int:
         message_id = self._next_id
@@ -541,7 +457,7 @@ class Hub:
         if room.flush_call is not None:
             # Nobody may read a message from someone they have not seen join.
             self._flush_presence(room)
-        self._keep(room, message)
+        self.windows.keep(room, message)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)

@@ -12,9 +12,10 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from .accounts import Accounts
-from .hub import GENERAL, HISTORY_MEMORY, Hub, MessageLog
+from .hub import GENERAL, Hub, MessageLog
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
+from .windows import HISTORY_MEMORY
 
 log = Logger()
 

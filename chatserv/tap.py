@@ -10,11 +10,11 @@ from twisted.python import usage
 from .bridge.config import TelegramOptions, check_runtime
 from .bridge.config import check_options as check_telegram_options
 from .bridge.config import config_from_options as telegram_config
-from .hub import HISTORY_MEMORY
 from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
+from .windows import HISTORY_MEMORY
 
 
 class Options(TelegramOptions, usage.Options):

@@ -38,7 +38,7 @@ def test_windows_of_many_rooms_stay_within_the_budget():
         for i, session in enumerate(sessions):
             for j in range(10):
                 hub.broadcast(session, TEXT, f"sala{i}x{j}")
-                assert hub.window_bytes <= 1_000_000
+                assert hub.windows.used <= 1_000_000
                 assert held(hub) <= 1_000_000
     # 300 messages of 60 KB were posted to 100 rooms in turn: the windows of
     # the rooms written last hold the newest, the others were evicted.
@@ -56,7 +56,7 @@ def test_a_room_alone_over_the_budget_keeps_its_newest_messages():
     ana = hub.login(Quiet(), "Ana")
     for _ in range(10):
         hub.broadcast(ana, TEXT)
-    assert hub.window_bytes <= 200_000
+    assert hub.windows.used <= 200_000
     window = hub.recent(GENERAL)
     assert 1 <= len(window) < 10 and window[-1].id == max(m.id for m in window)
 
@@ -65,18 +65,18 @@ def test_the_cached_window_encoding_is_counted_and_released():
     hub = Hub(MemoryReactorClock(), history_size=50, history_memory=10_000_000)
     ana = hub.login(Quiet(), "Ana")
     hub.broadcast(ana, TEXT)
-    before = hub.window_bytes
+    before = hub.windows.used
     room = hub.rooms[GENERAL]
     frame = hub.window_frame(room, "json", lambda r: b"y" * 70_000)
-    assert hub.window_bytes == before + len(frame)
+    assert hub.windows.used == before + len(frame)
     hub.broadcast(ana, "otro")
     assert "json" not in room.wire
-    assert hub.window_bytes < before + len(frame)
+    assert hub.windows.used < before + len(frame)
     # Dropping a room (its last member left) releases its window.
     hub.join(ana, "cine")
     hub.broadcast(ana, TEXT, "cine")
-    with_cine = hub.window_bytes
+    with_cine = hub.windows.used
     hub.leave(ana, "cine")
     hub.flush_all_presence()
     assert hub.room("cine") is None
-    assert hub.window_bytes < with_cine - 60_000
+    assert hub.windows.used < with_cine - 60_000

@@ -121,7 +121,7 @@ async def test_an_evicted_history_window_is_read_again_from_storage(durable):
             ana.send(cmd="broadcast", room=room, msg=f"{room}{i}{text}")
             posted[room].append((await ana.expect("broadcast", room=room))["id"])
     hub = srv.server.hub
-    assert hub.window_bytes <= 400_000
+    assert hub.windows.used <= 400_000
     first = hub.room("uno")
     assert first is not None and first.partial and not first.history
     # A newcomer still gets the room's whole window: read from the database.
@@ -138,4 +138,4 @@ async def test_an_evicted_history_window_is_read_again_from_storage(durable):
     eva.send(cmd="join", room="dos")
     history = await eva.expect("history", room="dos")
     assert [item["msg"][:4] for item in history["items"]] == ["dos0", "dos1", "mien"]
-    assert hub.window_bytes <= 400_000
+    assert hub.windows.used <= 400_000
