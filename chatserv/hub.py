@@ -153,7 +153,7 @@ class Room:
         self.members: dict[str, Session] = {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
         #: The bytes each message of the window is counted for, and the
-        #: window's total with its cached encodings (see Hub.history_memory).
+        #: window's total with its cached encodings (see chatserv.windows).
         self.costs: deque[int] = deque(maxlen=history_size)
         self.cost = 0
         #: The window was evicted to stay within the budget: storage has it,
