@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -144,9 +145,9 @@ class Client:
             if f.get("cmd") == cmd and all(f.get(k) == v for k, v in fields.items()):
                 return f
 
-    async def login(self, user: str, **extra: Any) -> None:
+    async def login(self, user: str, timeout: float = 10.0, **extra: Any) -> None:
         self.send(cmd="login", user=user, **extra)
-        await self.expect("users", room="general")
+        await self.expect("users", timeout, room="general")
 
     async def alive(self, wait: float = 2.0) -> bool:
         """Whether the server still has this connection open: drain what it
@@ -284,26 +285,34 @@ async def attack_windows(server: Server, args: argparse.Namespace) -> dict[str, 
     watch = asyncio.ensure_future(watcher(port, stop, rtts))
     text = "x" * args.message_bytes
     sent = 0
-    t_end = time.monotonic() + args.seconds
 
-    async def guest(i: int) -> None:
-        nonlocal sent
+    async def log_in(i: int) -> Client | None:
         try:
             c = await Client.open(port)
-            await c.login(f"g{i}")
+            await c.login(f"g{i}", timeout=60)
+            return c
+        except (TimeoutError, OSError, EOFError):
+            return None
+
+    # Everyone logs in first; then the attack runs for --seconds.
+    jobs = [lambda i=i: log_in(i) for i in range(args.clients)]
+    logged_in = [c for c in await gather_bounded(jobs, 20) if c is not None]
+    t_end = time.monotonic() + args.seconds
+
+    async def guest(i: int, c: Client) -> None:
+        nonlocal sent
+
+        async def drain() -> None:
+            # Read everything, so that this client is never a slow reader.
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while await c.reader.read(1 << 20):
+                    pass
+
+        reading = asyncio.ensure_future(drain())
+        try:
             rooms = [f"r{i}x{j}" for j in range(args.rooms)]
             for room in rooms:
                 c.send(cmd="join", room=room)
-            # Drain answers in the background so that this client reads.
-            async def drain() -> None:
-                try:
-                    while True:
-                        if not await c.reader.read(1 << 20):
-                            return
-                except (OSError, asyncio.CancelledError):
-                    return
-
-            reading = asyncio.ensure_future(drain())
             lines = [
                 json.dumps({"cmd": "broadcast", "room": room, "msg": text}).encode() + b"\n"
                 for room in rooms
@@ -315,17 +324,17 @@ async def attack_windows(server: Server, args: argparse.Namespace) -> dict[str, 
                 sent += 1
                 await c.writer.drain()
                 await asyncio.sleep(1.0 / args.rate)
-            reading.cancel()
-            c.close()
-        except (TimeoutError, OSError, EOFError):
-            return
+        except OSError:
+            pass
+        reading.cancel()
+        c.close()
 
-    await asyncio.gather(*(guest(i) for i in range(args.clients)))
+    await asyncio.gather(*(guest(i, c) for i, c in enumerate(logged_in)))
     await asyncio.sleep(2.0)
     stop.set()
     await sampler
     await watch
-    return summary(server, base, rtts, messages_sent=sent)
+    return summary(server, base, rtts, guests=len(logged_in), messages_sent=sent)
 
 
 # -- item 1: private messages and a name taken over ------------------------------
@@ -338,6 +347,10 @@ async def attack_privrace(server: Server, args: argparse.Namespace) -> dict[str,
     leaked_sent = 0
     watch = await Client.open(port)
     await watch.login("watch")
+    # A busy server: other users keep the database writer busy, so a message
+    # waits longer between acceptance and delivery.
+    stop = asyncio.Event()
+    noise = [asyncio.ensure_future(busy(port, f"ruido{i}", stop)) for i in range(args.noise)]
     for t in range(args.trials):
         ana, bob = f"Ana{t}", f"Bob{t}"
         a = await Client.open(port)
@@ -386,13 +399,37 @@ async def attack_privrace(server: Server, args: argparse.Namespace) -> dict[str,
         leaked_sent += got_s
         leaked_trials += bool(got_p or got_s)
     watch.close()
+    stop.set()
+    await asyncio.gather(*noise)
     return {
+        "noise_clients": args.noise,
         "trials": args.trials,
         "trials_with_a_leak": leaked_trials,
         "private_frames_leaked": leaked_private,
         "sent_frames_leaked": leaked_sent,
         "messages_per_trial": args.burst,
     }
+
+
+async def busy(port: int, name: str, stop: asyncio.Event) -> None:
+    """Posts 20 KB messages to a room of its own until *stop*, reading its echoes."""
+    c = await Client.open(port)
+    await c.login(name)
+    c.send(cmd="join", room=name)
+    line = json.dumps({"cmd": "broadcast", "room": name, "msg": "r" * 20_000}).encode() + b"\n"
+
+    async def drain() -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while await c.reader.read(1 << 20):
+                pass
+
+    reading = asyncio.ensure_future(drain())
+    while not stop.is_set():
+        c.raw(line * 10)
+        await c.writer.drain()
+        await asyncio.sleep(0.01)
+    reading.cancel()
+    c.close()
 
 
 SCENARIOS = {
@@ -417,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--burst", type=int, default=15)
     p.add_argument("--private-bytes", type=int, default=20_000, help="padding of each private message")
+    p.add_argument("--noise", type=int, default=0, help="clients keeping the server busy (privrace)")
     p.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     args, server_args = p.parse_known_args(argv)
     args.server_args = server_args  # the rest goes to twistd chatserv
