@@ -360,12 +360,22 @@ async def attack_privrace(server: Server, args: argparse.Namespace) -> dict[str,
         eve_b = await Client.open(port)
         eve_a = await Client.open(port)
         pad = "x" * args.private_bytes
+        if args.hammer:
+            # Eve does not wait for the leave notice: she keeps asking for
+            # both names (name_taken until they are free), pipelined, so she
+            # gets each within one check of its holder leaving.
+            eve_b.raw((json.dumps({"cmd": "login", "user": bob}).encode() + b"\n") * args.hammer)
+            eve_a.raw((json.dumps({"cmd": "login", "user": ana, "features": ["sent"]}).encode() + b"\n")
+                      * args.hammer)
         # Ana's burst, then both leave at once.
         for k in range(args.burst):
             a.send(cmd="message", to=bob, msg=f"secreto {k} " + pad)
-        # Bob's connection drops while the burst is on its way.
+        # Once the server has read (accepted) the whole burst, both
+        # connections drop: every message of it was sent while the old Bob
+        # held the name, so any that a new holder receives is a leak.
+        a.send(cmd="ping", data="burst")
+        await a.expect("pong", data="burst")
         b.close()
-        await a.writer.drain()
         a.close()
         # Eve watches for the leave notices and takes both names at once.
         gone: set[str] = set()
@@ -374,7 +384,9 @@ async def attack_privrace(server: Server, args: argparse.Namespace) -> dict[str,
                 f = await watch.frame(5)
                 if f.get("cmd") == "system" and f.get("event") == "leave":
                     for name in f["users"]:
-                        if name == bob and bob not in gone:
+                        if args.hammer:
+                            pass
+                        elif name == bob and bob not in gone:
                             eve_b.send(cmd="login", user=bob)
                         if name == ana and ana not in gone:
                             eve_a.send(cmd="login", user=ana, features=["sent"])
@@ -455,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=15)
     p.add_argument("--private-bytes", type=int, default=20_000, help="padding of each private message")
     p.add_argument("--noise", type=int, default=0, help="clients keeping the server busy (privrace)")
+    p.add_argument("--hammer", type=int, default=0, help="pipelined login attempts per name (privrace)")
     p.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     args, server_args = p.parse_known_args(argv)
     args.server_args = server_args  # the rest goes to twistd chatserv
