@@ -5,9 +5,12 @@ database and a loopback port, attacks it with bounded clients (a fixed count
 of connections and lines, and a time limit), samples the server's RSS from
 /proc/PID/status, prints one JSON line of figures, and stops the server.
 
-    python -m benchmarks.attacks.hardening output    # item 2: huge frames, non-readers
-    python -m benchmarks.attacks.hardening windows   # item 3: history windows of many rooms
-    python -m benchmarks.attacks.hardening privrace  # item 1: private messages and name reuse
+    python -m benchmarks.attacks.hardening output                  # item 2: huge frames, non-readers
+    python -m benchmarks.attacks.hardening windows --clients 200   # item 3: windows of many rooms
+    python -m benchmarks.attacks.hardening privrace --hammer 300   # item 1: a guest name taken over
+
+Options the scenario does not know go to ``twistd chatserv`` (for instance
+``--history-memory 1048576``); ``--db`` replaces the temporary SQLite file.
 
 ``--python`` and ``--pythonpath`` run another checkout's server (the "before"
 figures): ``--pythonpath /tmp/base`` puts that tree first on the path.
