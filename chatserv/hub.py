@@ -144,7 +144,7 @@ class Session:
 
 class Room:
     __slots__ = (
-        "name", "members", "history", "costs", "cost", "partial", "joined", "left", "flush_call", "wire",
+        "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
     )
 
     def __init__(self, name: str, history_size: int) -> None:
@@ -152,9 +152,8 @@ class Room:
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
-        #: The bytes each message of the window is counted for, and the
-        #: window's total with its cached encodings (see chatserv.windows).
-        self.costs: deque[int] = deque(maxlen=history_size)
+        #: The bytes the window and its cached encodings are counted for
+        #: (see chatserv.windows).
         self.cost = 0
         #: The window was evicted to stay within the budget: storage has it,
         #: and it must be read again (merged with what came since) before

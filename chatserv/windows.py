@@ -40,6 +40,12 @@ MESSAGE_OVERHEAD = 1024
 _GENERAL = "general"
 
 
+def cost_of(message: ChatMessage) -> int:
+    """What *message* is counted for while it is in a window: the same every
+    time it is asked, since a message's text never changes."""
+    return MESSAGE_OVERHEAD + sys.getsizeof(message.text)
+
+
 class Windows:
     """The rooms' history windows under one byte budget, least recently used
     evicted first. The hub calls it whenever a window changes or is read."""
@@ -57,12 +63,12 @@ class Windows:
         """Add *message* to the room's window and count it."""
         if room.wire:
             self._forget_encodings(room)
-        if len(room.history) == room.history.maxlen and room.costs:
-            self._uncharge(room, room.costs[0])  # the append below drops it
-        cost = MESSAGE_OVERHEAD + sys.getsizeof(message.text)
+        if len(room.history) == room.history.maxlen:
+            if not room.history:
+                return  # a window of no messages (--history 0 in tests)
+            self._uncharge(room, cost_of(room.history[0]))  # the append below drops it
         room.history.append(message)
-        room.costs.append(cost)
-        self._charge(room, cost)
+        self._charge(room, cost_of(message))
 
     def frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
         """The window of *room* encoded by *encode*, cached under *key* until
@@ -81,7 +87,6 @@ class Windows:
         self.used -= room.cost
         room.cost = 0
         room.history.clear()
-        room.costs.clear()
         room.wire.clear()
         room.partial = self.reloadable
 
@@ -125,5 +130,4 @@ class Windows:
             if room.wire and self.used > self.limit:
                 self._forget_encodings(room)
             while self.used > self.limit and len(room.history) > 1:
-                room.history.popleft()
-                self._uncharge(room, room.costs.popleft())
+                self._uncharge(room, cost_of(room.history.popleft()))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.testing import MemoryReactorClock
 
 from chatserv.hub import GENERAL, Hub
+from chatserv.windows import cost_of
 
 TEXT = "x" * 60_000
 
@@ -19,6 +20,16 @@ class Quiet:
 
     def receive_typing(self, typing):
         pass
+
+
+def consistent(hub: Hub) -> bool:
+    """The counts the hub keeps agree with what the windows hold."""
+    rooms = hub.rooms.values()
+    for room in rooms:
+        held = sum(cost_of(m) for m in room.history) + sum(len(d) for d in room.wire.values())
+        if room.cost != held:
+            return False
+    return hub.windows.used == sum(room.cost for room in rooms)
 
 
 def held(hub: Hub) -> int:
@@ -46,6 +57,7 @@ def test_windows_of_many_rooms_stay_within_the_budget():
     assert last is not None and [m.id for m in last.history] == [hub._next_id - 1]
     assert 10 <= sum(bool(room.history) for room in hub.rooms.values()) <= 17
     assert [m.text for m in hub.recent(GENERAL)] == ["hola"]
+    assert consistent(hub)
     # Without a database an evicted window is simply gone.
     first = hub.room("sala0x0")
     assert first is not None and list(first.history) == [] and not first.partial
@@ -80,3 +92,4 @@ def test_the_cached_window_encoding_is_counted_and_released():
     hub.flush_all_presence()
     assert hub.room("cine") is None
     assert hub.windows.used < with_cine - 60_000
+    assert consistent(hub)
