@@ -9,11 +9,14 @@ the bound while the client did not read.
 from __future__ import annotations
 
 import json
+import socket
 
+import pytest_twisted
 from twisted.internet.testing import StringTransport
 
 from chatserv import wire
 from chatserv.protocol import HANDOVER
+from tests.support import connect, sleep, start_server
 from tests.test_protocol_unit import Conn, World
 
 HUGE = "\x01" * 65_000
@@ -133,3 +136,34 @@ def test_the_login_window_is_bounded_in_bytes():
     late = world.connect()
     late.raw(b"Tardon\n")
     assert sum(len(line) + 1 for line in late.lines()) <= wire.MAX_PAGE_BYTES + 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_loopback_a_reader_keeps_up_and_a_sleeper_is_dropped():
+    """The same on real sockets, where the transport pauses the protocol."""
+    server = await start_server(max_output=300_000)
+    clients = []
+    try:
+        clients = [await connect(server) for _ in range(3)]
+        luis, pepe, ana = clients
+        await luis.login("Luis")
+        await pepe.login("Pepe")
+        # Pepe stops reading, with a small receive buffer.
+        pepe.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        pepe.transport.pauseProducing()
+        ana.send_raw(b"Ana\n" + (HUGE.encode() + b"\n") * 12)
+        got = 0
+        while got < 12:
+            frame = await luis.frame(timeout=20)
+            got += frame.get("cmd") == "broadcast" and frame.get("msg") == HUGE
+        # About 4.7 MB went to each: Luis read it, Pepe was cut off at the bound.
+        for _ in range(200):
+            if server.hub.find("Pepe") is None:
+                break
+            await sleep(0.05)
+        assert server.hub.find("Pepe") is None
+        assert server.hub.find("Luis") is not None
+    finally:
+        for c in clients:
+            c.close()
+        await server.stopService()
