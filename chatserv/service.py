@@ -17,6 +17,7 @@ from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub, MessageLog
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
 from .storage.retention import RetentionService
+from .windows import HISTORY_MEMORY
 
 log = Logger()
 
@@ -78,6 +79,8 @@ class ServerConfig:
 
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
+    #: Bytes all rooms' history windows may hold together (Hub.history_memory).
+    history_memory: int = HISTORY_MEMORY
     limits: Limits = field(default_factory=Limits)
     #: The Telegram bridge (chatserv.bridge.BridgeConfig); None runs without one.
     telegram: Any = None
@@ -115,6 +118,7 @@ class ChatServer(Service):
             first_id=first_id,
             room_rate=config.room_rate,
             room_burst=config.room_burst,
+            history_memory=config.history_memory,
         )
         limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
         self.factory = ChatFactory(self.hub, reactor, limits)

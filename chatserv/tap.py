@@ -14,6 +14,7 @@ from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
+from .windows import HISTORY_MEMORY
 
 
 class Options(TelegramOptions, usage.Options):
@@ -24,6 +25,7 @@ class Options(TelegramOptions, usage.Options):
     )
     optParameters = [
         ["history", None, 50, "Messages of history sent on login.", int],
+        ["history-memory", None, HISTORY_MEMORY, "Bytes all rooms' history windows may hold together.", int],
         ["max-line", None, 65_536, "Longest accepted line, in bytes.", int],
         ["rate-limit", None, 5.0, "Lines per second per connection (0: no limit).", float],
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
@@ -50,7 +52,7 @@ class Options(TelegramOptions, usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
+        for name in ("history", "history-memory", "max-line", "rate-burst", "max-output", "max-connections"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["retain-days"] is not None and not self["retain-days"] > 0:
@@ -64,6 +66,7 @@ class Options(TelegramOptions, usage.Options):
         return ServerConfig(
             listen=list(self["listen"]),
             history=self["history"],
+            history_memory=self["history-memory"],
             limits=Limits(
                 max_line=self["max-line"],
                 rate_limit=self["rate-limit"],
