@@ -63,6 +63,12 @@ class TooFast(ChatError):
     code = "rate_limited"
 
 
+class Congested(ChatError):
+    """The store is behind: accepting more would hold unbounded memory."""
+
+    code = "server_busy"
+
+
 @dataclass(slots=True, eq=False)
 class ChatMessage:
     """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
@@ -138,17 +144,24 @@ class MessageLog(Protocol):
         report, and is never delivered.
         """
 
+    def congested(self) -> bool:
+        """True while the messages waiting to be committed hold more than the
+        store's bound: clients' new messages are refused until it catches up."""
+
 
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "creations", "__weakref__")
+    __slots__ = ("name", "key", "participant", "rooms", "creations", "trusted", "__weakref__")
 
-    def __init__(self, name: str, key: str, participant: Participant) -> None:
+    def __init__(self, name: str, key: str, participant: Participant, trusted: bool = False) -> None:
         self.name = name
         self.key = key
         self.participant = participant
         self.rooms: set[str] = set()
+        #: An in-process participant (the Telegram bridge), whose input is
+        #: already paced, and which has no way to resend a refused message.
+        self.trusted = trusted
         #: Rooms this session may still bring into being (made at its first one).
         self.creations: TokenBucket | None = None
 
@@ -253,7 +266,7 @@ class Hub:
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
-        session = Session(name, key, participant)
+        session = Session(name, key, participant, trusted)
         self.sessions[key] = session
         log.debug("login {name}", name=name)
         self._enter(session, self.rooms[GENERAL])
@@ -434,6 +447,7 @@ class Hub:
     ) -> ChatMessage:
         """Post *text* to a room the session is in (``general`` by default)."""
         room = self.member_room(session, room_name)
+        self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
@@ -446,6 +460,7 @@ class Hub:
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
             raise NoSuchUser(f"{to} no está conectado")
+        self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
             to_session=target, from_session=session,
@@ -518,6 +533,11 @@ class Hub:
         """The encoded history window of *room* in one format, cached until
         the window changes and counted against the windows' memory bound."""
         return self.windows.frame(room, key, encode)
+
+    def _check_backlog(self, session: Session) -> None:
+        store = self.store
+        if store is not None and store.congested() and not session.trusted:
+            raise Congested("el servidor va con retraso guardando mensajes; reenvía en unos segundos")
 
     def _take_id(self) -> int:
         message_id = self._next_id
