@@ -24,6 +24,7 @@ from .logs import Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
 from .stats import HubStats
+from .windows import HISTORY_MEMORY, Windows
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
@@ -63,6 +64,12 @@ class TooFast(ChatError):
     code = "rate_limited"
 
 
+class Congested(ChatError):
+    """The store is behind: accepting more would hold unbounded memory."""
+
+    code = "server_busy"
+
+
 @dataclass(slots=True, eq=False)
 class ChatMessage:
     """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
@@ -80,6 +87,11 @@ class ChatMessage:
     edit_of: int | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: A private message's two ends, the sessions that held the names when it
+    #: was accepted; it is delivered to them only, never to a later session
+    #: under the same name. Cleared once delivered.
+    to_session: Session | None = field(default=None, repr=False)
+    from_session: Session | None = field(default=None, repr=False)
 
     @property
     def is_private(self) -> bool:
@@ -133,17 +145,24 @@ class MessageLog(Protocol):
         report, and is never delivered.
         """
 
+    def congested(self) -> bool:
+        """True while the messages waiting to be committed hold more than the
+        store's bound: clients' new messages are refused until it catches up."""
+
 
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "creations", "__weakref__")
+    __slots__ = ("name", "key", "participant", "rooms", "creations", "trusted", "__weakref__")
 
-    def __init__(self, name: str, key: str, participant: Participant) -> None:
+    def __init__(self, name: str, key: str, participant: Participant, trusted: bool = False) -> None:
         self.name = name
         self.key = key
         self.participant = participant
         self.rooms: set[str] = set()
+        #: An in-process participant (the Telegram bridge), whose input is
+        #: already paced, and which has no way to resend a refused message.
+        self.trusted = trusted
         #: Rooms this session may still bring into being (made at its first one).
         self.creations: TokenBucket | None = None
 
@@ -152,13 +171,22 @@ class Session:
 
 
 class Room:
-    __slots__ = ("name", "members", "history", "joined", "left", "flush_call", "wire")
+    __slots__ = (
+        "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
+    )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
+        #: The bytes the window and its cached encodings are counted for
+        #: (see chatserv.windows).
+        self.cost = 0
+        #: The window was evicted to stay within the budget: storage has it,
+        #: and it must be read again (merged with what came since) before
+        #: anyone is shown it.
+        self.partial = False
         # Membership changes not yet announced, and the call that will announce them.
         self.joined: list[str] = []
         self.left: list[str] = []
@@ -198,6 +226,7 @@ class Hub:
         first_id: int = 1,
         room_rate: float = ROOM_CREATE_RATE,
         room_burst: int = ROOM_CREATE_BURST,
+        history_memory: int = HISTORY_MEMORY,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
@@ -213,6 +242,8 @@ class Hub:
         #: Keys that client names may not end with (see reserve_suffix).
         self._reserved: list[str] = []
         self._next_id = first_id
+        #: The memory bound on all rooms' history windows together.
+        self.windows = Windows(history_memory, reloadable=store is not None)
         #: Counts for the metrics (chatserv.metrics); plain integers.
         self.stats = HubStats()
 
@@ -238,7 +269,7 @@ class Hub:
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
-        session = Session(name, key, participant)
+        session = Session(name, key, participant, trusted)
         self.sessions[key] = session
         self.stats.logins += 1
         log.debug("login {name}", name=name)
@@ -364,6 +395,7 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
+        self.windows.evict(room)
         del self.rooms[name_key(room.name)]
         entry = _order(room.name)
         i = bisect.bisect_left(self._room_order, entry)
@@ -421,6 +453,7 @@ class Hub:
     ) -> ChatMessage:
         """Post *text* to a room the session is in (``general`` by default)."""
         room = self.member_room(session, room_name)
+        self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
@@ -434,8 +467,10 @@ class Hub:
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
             raise NoSuchUser(f"{to} no está conectado")
+        self._check_backlog(session)
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name
+            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
+            to_session=target, from_session=session,
         )
         self.stats.received_private += 1
         self._commit(message, self._deliver_private)
@@ -469,25 +504,50 @@ class Hub:
 
     def remember(self, messages: Iterable[ChatMessage]) -> None:
         """Fill history windows from storage at start-up, oldest first."""
+        by_room: dict[str, list[ChatMessage]] = {}
         for message in messages:
             # Private messages are not history, but their ids are taken.
             self._next_id = max(self._next_id, message.id + 1)
-            if message.room is None:
-                continue
-            room = self.rooms.get(name_key(message.room))
-            if room is None:
-                room = self._create_room(message.room)
-            if room.history and message.id <= room.history[-1].id:
-                # A window read from storage while the room was live (a join
-                # of a room not in memory): merge by id, keeping the newest.
-                merged = {m.id: m for m in room.history}
-                merged.setdefault(message.id, message)
-                room.history.clear()
-                room.history.extend(sorted(merged.values(), key=lambda m: m.id))
-            else:
-                room.history.append(message)
-            room.wire.clear()
+            if message.room is not None:
+                by_room.setdefault(message.room, []).append(message)
+        for room_name, found in by_room.items():
+            self.restore(room_name, found)
+
+    def restore(self, room_name: str, messages: list[ChatMessage]) -> Room | None:
+        """Fill the window of *room_name* from storage, creating the room if
+        there is anything to fill it with.
+
+        A window read while the room was live (a join of a room not in
+        memory, or of one whose window was evicted) is merged by id with what
+        arrived meanwhile, keeping the newest.
+        """
+        key = name_key(room_name)
+        room = self.rooms.get(key)
+        if room is None:
+            if not messages:
+                return None
+            # Shown as it was stored, whatever spelling the joiner used.
+            room = self._create_room(messages[-1].room or room_name)
+        merged = {m.id: m for m in room.history}
+        for message in messages:
+            merged.setdefault(message.id, message)
             self._next_id = max(self._next_id, message.id + 1)
+        window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
+        self.windows.evict(room)
+        room.partial = False
+        for message in window:
+            self.windows.keep(room, message)
+        return room
+
+    def window_frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
+        """The encoded history window of *room* in one format, cached until
+        the window changes and counted against the windows' memory bound."""
+        return self.windows.frame(room, key, encode)
+
+    def _check_backlog(self, session: Session) -> None:
+        store = self.store
+        if store is not None and store.congested() and not session.trusted:
+            raise Congested("el servidor va con retraso guardando mensajes; reenvía en unos segundos")
 
     def _take_id(self) -> int:
         message_id = self._next_id
@@ -508,20 +568,25 @@ class Hub:
         if room.flush_call is not None:
             # Nobody may read a message from someone they have not seen join.
             self._flush_presence(room)
-        room.history.append(message)
-        room.wire.clear()
+        self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)
+        # Its encodings were for this fan-out; the window keeps the message
+        # only, and the window's own encoding is built when asked for.
+        message.wire.clear()
 
     def _deliver_private(self, message: ChatMessage) -> None:
-        assert message.recipient is not None
-        recipient = self.find(message.recipient)
-        sender = self.find(message.sender)
-        if recipient is not None:
+        # The sessions bound when the message was accepted, not whoever holds
+        # the names after the commit: a guest name may have changed hands
+        # meanwhile, and the next holder must never read the message (nor its
+        # `sent` confirmation).
+        recipient, sender = message.to_session, message.from_session
+        message.to_session = message.from_session = None
+        if recipient is not None and self.sessions.get(recipient.key) is recipient:
             self.stats.delivered_private += 1
             recipient.participant.receive_message(message)
-        if sender is not None and sender is not recipient:
+        if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             self.stats.delivered_private += 1
             sender.participant.receive_message(message)

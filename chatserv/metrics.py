@@ -130,6 +130,16 @@ class ServerCollector(Collector):
                 "Messages accepted and not yet committed.",
                 value=store.backlog,
             )
+            yield GaugeMetricFamily(
+                "chatserv_storage_backlog_bytes",
+                "What the uncommitted messages weigh against the storage backlog bound.",
+                value=store.backlog_bytes,
+            )
+            yield GaugeMetricFamily(
+                "chatserv_storage_backlog_limit_bytes",
+                "The storage backlog bound: past it, messages are refused with server_busy.",
+                value=store.max_backlog,
+            )
             yield CounterMetricFamily(
                 "chatserv_storage_committed_messages", "Messages committed.", value=store.stored
             )

@@ -82,6 +82,9 @@ class Limits:
 CLOSE_GRACE = 10.0
 #: Seconds between two sweeps of the connection deadlines.
 SWEEP_INTERVAL = 1.0
+#: Most bytes handed to a transport in one write: a transport buffers all it
+#: is given, so larger output is handed over in slices while it takes them.
+HANDOVER = 64 * 1024
 
 
 class BadRequest(Exception):
@@ -355,31 +358,48 @@ class ChatProtocol(LineReceiver):
     # -- output -----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue *data* for the end of this reactor turn."""
+        """Queue *data* for the end of this reactor turn.
+
+        Every queued byte counts against ``--max-output``, the frame being
+        queued included: past the bound, a connection whose transport is
+        paused (the kernel and the transport hold all they will) is dropped,
+        and one that is still writable hands its output over at once, so
+        that only what the client really leaves unread is held (see flush).
+        """
         if self._closing:
             return
         self._out.append(data)
         self._out_bytes += len(data)
-        if not self._writable and self._out_bytes > self.factory.limits.max_output:
-            self.factory.stats.slow_dropped += 1
-            self.factory.log_budget.line(
-                "slow consumers dropped",
-                _source(self._peer),
-                "dropping {who}: {n} bytes of unread output",
-                emit=log.warn,
-                who=self.session.name if self.session else self._peer,
-                n=self._out_bytes,
-            )
-            self._closing = True
-            self._out = []
-            self.transport.abortConnection()
+        if self._out_bytes > self.factory.limits.max_output:
+            if not self._writable:
+                self._drop()
+                return
+            self._write_out()
             return
         if not self._scheduled:
             self._scheduled = True
             self.factory.flusher.schedule(self)
 
+    def _drop(self) -> None:
+        self.factory.stats.slow_dropped += 1
+        self.factory.log_budget.line(
+            "slow consumers dropped",
+            _source(self._peer),
+            "dropping {who}: {n} bytes of unread output",
+            emit=log.warn,
+            who=self.session.name if self.session else self._peer,
+            n=self._out_bytes,
+        )
+        self._closing = True
+        self._out = []
+        self._out_bytes = 0
+        self.transport.abortConnection()
+
     def flush(self) -> None:
         self._scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         if not self._writable or not self._out:
             return
         out = self._out
@@ -399,7 +419,23 @@ class ChatProtocol(LineReceiver):
             if sent == len(data):
                 return
             data = data[sent:]
-        transport.write(data)
+        if len(data) <= HANDOVER:
+            transport.write(data)
+            return
+        # A transport buffers whatever it is given, without bound: hand a
+        # large output over a slice at a time, while the transport has not
+        # paused us (it does so synchronously past its 64 KiB buffer). What
+        # it did not take stays queued here and counts against the bound.
+        view = memoryview(data)
+        pos = 0
+        while pos < len(data) and self._writable:
+            transport.write(view[pos : pos + HANDOVER].tobytes())
+            pos += HANDOVER
+        if pos < len(data):
+            self._out = [data[pos:]]
+            self._out_bytes = len(data) - pos
+            if self._out_bytes > self.factory.limits.max_output:
+                self._drop()
 
     # IPushProducer, called by the transport. These replace LineReceiver's own
     # pause methods on purpose: a full output buffer must not stop us reading.
@@ -568,7 +604,7 @@ class ChatProtocol(LineReceiver):
         general = self.factory.hub.rooms[GENERAL]
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
-        self.send(wire.room_history_frame(general))
+        self.send(self.factory.hub.window_frame(general, "json-history", wire.room_history_frame))
         self.factory.log_budget.line(
             "logins",
             _source(self._peer),
@@ -607,13 +643,10 @@ class ChatProtocol(LineReceiver):
         self.factory.hub.private(self.session, to, text)
 
     def _cmd_users(self, frame: dict[str, Any]) -> None:
-        room_name = _optional_text(frame, "room")
-        if room_name is None:
-            self.send(wire.users_frame(GENERAL, self.factory.hub.users(GENERAL)))
-            return
-        room = self.factory.hub.room(room_name)
-        if room is None:
-            raise ChatError(f"no existe la sala {room_name}")
+        assert self.session is not None
+        # Who is in a room is for its members, as its messages and presence
+        # are; `rooms` tells anyone which rooms exist and how full they are.
+        room = self.factory.hub.member_room(self.session, _optional_text(frame, "room"))
         self.send(wire.users_frame(room.name, room.names()))
 
     def _cmd_typing(self, frame: dict[str, Any]) -> None:
@@ -633,7 +666,7 @@ class ChatProtocol(LineReceiver):
             hub.admit(self.session, room_name)
 
             def enter(messages: list[ChatMessage]) -> None:
-                hub.remember(messages)
+                hub.restore(room_name, messages)
                 self._join_room(frame, admitted=True)
 
             self._hold(paging.load_room(hub, store, room_name), enter, "join")
@@ -647,7 +680,7 @@ class ChatProtocol(LineReceiver):
         existing = hub.room(room_name)
         already_in = existing is not None and existing.name in self.session.rooms
         room = hub.join(self.session, room_name, admitted=admitted)
-        self.send(wire.room_history_frame(room))
+        self.send(hub.window_frame(room, "json-history", wire.room_history_frame))
         if already_in:
             # No presence change will follow; answer with the list now.
             self.send(wire.users_frame(room.name, room.names()))
@@ -773,8 +806,9 @@ class ChatProtocol(LineReceiver):
                 " Órdenes: /help, /users, /msg NOMBRE texto, /quit."
             )
         )
-        for message in hub.recent(GENERAL):
-            self.send(wire.plain_history(message))
+        window = wire.plain_window(hub.recent(GENERAL))
+        if window:
+            self.send(window)
         self.send(wire.plain_line("* En línea: " + ", ".join(hub.users(GENERAL))))
         if rest.strip():
             hub.broadcast(self.session, rest[1:] if rest.startswith(" ") else rest)

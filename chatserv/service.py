@@ -19,6 +19,7 @@ from .logs import Logger
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
 from .storage.retention import RetentionService
+from .windows import HISTORY_MEMORY
 
 log = Logger()
 
@@ -80,6 +81,8 @@ class ServerConfig:
 
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
+    #: Bytes all rooms' history windows may hold together (Hub.history_memory).
+    history_memory: int = HISTORY_MEMORY
     limits: Limits = field(default_factory=Limits)
     #: The Telegram bridge (chatserv.bridge.BridgeConfig); None runs without one.
     telegram: Any = None
@@ -119,6 +122,7 @@ class ChatServer(Service):
             first_id=first_id,
             room_rate=config.room_rate,
             room_burst=config.room_burst,
+            history_memory=config.history_memory,
         )
         limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
         self.factory = ChatFactory(self.hub, reactor, limits)

@@ -17,6 +17,7 @@ from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
+from .windows import HISTORY_MEMORY
 
 
 class _Coerce(usage.CoerceParameter):  # type: ignore[misc]
@@ -40,6 +41,7 @@ class Options(TelegramOptions, usage.Options):
     )
     optParameters = [
         ["history", None, 50, "Messages of history sent on login.", int],
+        ["history-memory", None, HISTORY_MEMORY, "Bytes all rooms' history windows may hold together.", int],
         ["max-line", None, 65_536, "Longest accepted line, in bytes.", int],
         ["rate-limit", None, 5.0, "Lines per second per connection (0: no limit).", float],
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
@@ -68,6 +70,7 @@ class Options(TelegramOptions, usage.Options):
     CHECKS: dict[str, Check] = {
         "listen": each(endpoint),
         "history": at_least(1),
+        "history-memory": at_least(1),
         "max-line": at_least(1),
         "rate-limit": at_least(0),
         "rate-burst": at_least(1),
@@ -128,6 +131,7 @@ class Options(TelegramOptions, usage.Options):
         return ServerConfig(
             listen=list(self["listen"]),
             history=self["history"],
+            history_memory=self["history-memory"],
             limits=Limits(
                 max_line=self["max-line"],
                 rate_limit=self["rate-limit"],

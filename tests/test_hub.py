@@ -665,6 +665,9 @@ class SlowLog:
         d.addCallback(lambda _: deliver(message))
         d.addErrback(lambda _: None)  # not stored: never relayed
 
+    def congested(self) -> bool:
+        return False
+
 
 def test_messages_are_relayed_only_once_committed(clock):
     store = SlowLog()

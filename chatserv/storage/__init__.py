@@ -37,6 +37,10 @@ class Storage(Protocol):
         """The same without a Deferred: call ``deliver(message)`` once durable
         (the hub's hot path); what cannot be stored is logged, not delivered."""
 
+    def congested(self) -> bool:
+        """True while the text of messages waiting to be committed passes
+        :data:`chatserv.storage.store.MAX_BACKLOG` (see the hub's MessageLog)."""
+
     def next_id(self) -> int:
         """Start-up: one more than the highest stored message id."""
 
