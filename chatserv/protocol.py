@@ -24,7 +24,13 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IHandshakeListener,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import LineReceiver
@@ -209,7 +215,7 @@ PING = wire.frame({"cmd": "ping"})
 PLAIN_PING = "* ¿Sigues ahí? Escribe cualquier línea (o pulsa Enter) para seguir conectado."
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IHalfCloseableProtocol)
 class ChatProtocol(LineReceiver):
     """One client connection, JSON or plain text."""
 
@@ -240,6 +246,8 @@ class ChatProtocol(LineReceiver):
         self._pinged: float | None = None
         self._held: Deferred[Any] | None = None
         self._reading = True
+        #: The client shut its sending side: close once what it sent is handled.
+        self._eof = False
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
 
@@ -319,6 +327,18 @@ class ChatProtocol(LineReceiver):
             self._leave_hub()
         else:
             log.debug("connection from {peer} closed", peer=self._peer)
+
+    def readConnectionLost(self) -> None:
+        """The client has sent all it will (``printf … | nc``): handle every
+        line it sent, a pending login first, then hang up as ``/quit`` does."""
+        self._eof = True
+        self._reading = False
+        if self._held is None:
+            self._close()
+
+    def writeConnectionLost(self) -> None:
+        # The client reads no more: nothing it is sent can arrive.
+        self.transport.abortConnection()
 
     def _close(self) -> None:
         """Say goodbye: flush what is queued, leave the hub now, then hang up.
@@ -563,10 +583,12 @@ class ChatProtocol(LineReceiver):
             self.paused = False
             self._held = None
             if not self._closing:
-                if not self._reading:
+                if not self._reading and not self._eof:
                     self._reading = True
                     self.transport.resumeProducing()
                 self.dataReceived(b"")  # the lines that waited
+                if self._eof and self._held is None:
+                    self._close()
 
         d.addCallbacks(done, failed).addBoth(resume)
 
