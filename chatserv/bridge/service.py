@@ -41,7 +41,17 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from ..hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from ..hub import (
+    GENERAL,
+    ChatError,
+    ChatMessage,
+    Correction,
+    Hub,
+    NameTaken,
+    PresenceChange,
+    Session,
+    Typing,
+)
 from ..names import name_key
 from ..wire import join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
@@ -82,6 +92,9 @@ class _Listener:
     def receive_typing(self, typing: Typing) -> None:
         pass
 
+    def receive_correction(self, correction: Correction) -> None:
+        pass
+
 
 class _Mute:
     """A Telegram user's session. That person reads the chat in Telegram,
@@ -109,6 +122,9 @@ class _Mute:
         pass
 
     def receive_typing(self, typing: Typing) -> None:
+        pass
+
+    def receive_correction(self, correction: Correction) -> None:
         pass
 
 
