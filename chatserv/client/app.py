@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +36,11 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     )
     parser.add_argument("--register", action="store_true", help="create the account first (needs --password)")
     parser.add_argument("--tls", action="store_true", default=defaults.tls, help="connect with TLS")
-    parser.add_argument("--cafile", help="PEM certificate to trust for --tls (e.g. a self-signed server's)")
+    parser.add_argument(
+        "--cafile",
+        default=defaults.cafile or None,
+        help="PEM certificate to trust for --tls (e.g. a self-signed server's); also in the connect form",
+    )
     parser.add_argument("--lang", choices=i18n.LANGUAGES, help="interface language (default: the locale)")
     parser.add_argument("--geometry", help="initial window geometry, e.g. 900x600+0+0")
     return parser
@@ -64,12 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.geometry:
         root.geometry(args.geometry)
+    elif re.fullmatch(r"\d{3,5}x\d{3,5}", defaults.geometry):
+        root.geometry(defaults.geometry)  # the size it had when last closed
     else:
         root.geometry("900x600")
     tksupport.install(root)
 
     session = ChatSession(ChatModel(reactor), reactor)
-    settings = Settings(defaults.host, defaults.port, defaults.user, defaults.tls)
+    settings = Settings(
+        defaults.host, defaults.port, defaults.user, defaults.tls, cafile=defaults.cafile,
+        geometry=defaults.geometry,
+    )
     settings.host, settings.port, settings.tls = args.host, args.port, args.tls
     window = ChatWindow(root, session, settings, cafile=args.cafile)
 
@@ -80,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
 
     def quit_app() -> None:
+        window.remember_size()
         # Leave cleanly so the others see us go at once, but never hang on it.
         session.disconnect().addBoth(stop_reactor)
         reactor.callLater(2.0, stop_reactor)

@@ -66,7 +66,7 @@ class Harness:
 
     def login(self, users: list[str] | None = None, items: list[dict[str, Any]] | None = None) -> None:
         self.connect()
-        assert self.sent() == [{"cmd": "login", "user": self.model.me}]
+        assert self.sent() == [{"cmd": "login", "user": self.model.me, "features": ["sent"]}]
         self.recv(cmd="history", room="general", items=items or [])
         self.recv(cmd="users", room="general", list=users or [self.model.me])
         assert self.model.state is ConnState.ONLINE
@@ -160,7 +160,7 @@ def test_offline_outbox_kept_and_sent_after_relogin_without_duplicates():
     assert ("info", None, "Connection to the server lost.") in h.general()
 
     h.connect()
-    assert h.sent() == [{"cmd": "login", "user": "Ana"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
     # the server got "en vuelo" before the drop: history says so
     h.recv(cmd="history", room="general", items=[
         {"id": 7, "time": "11:00:00", "room": "general", "from": "Ana", "msg": "en vuelo"},
@@ -220,7 +220,7 @@ def test_name_taken_after_reconnect_is_retried():
     h.recv(cmd="error", code="name_taken", msg="en uso", ref="login")
     assert h.recorder.failures == []
     h.clock.advance(2.5)
-    assert h.sent() == [{"cmd": "login", "user": "Ana"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
 
 
 def test_register_then_login_and_servers_without_accounts():
@@ -228,7 +228,7 @@ def test_register_then_login_and_servers_without_accounts():
     h.connect()
     assert h.sent() == [{"cmd": "register", "user": "Ana", "password": "secreto123"}]
     h.recv(cmd="registered", user="Ana")
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "password": "secreto123"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
 
     old = Harness(password="secreto123", register=True)
     old.connect()
