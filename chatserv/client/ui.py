@@ -78,11 +78,14 @@ def apply_theme(master: tk.Misc) -> ttk.Style:
         lightcolor=[("pressed", ACCENT_DARK), ("active", "#4a90e8")],
         darkcolor=[("pressed", ACCENT_DARK), ("active", "#4a90e8")],
     )
+    style.configure("Tool.TButton", padding=(10, 4))
     style.configure("Flat.TButton", padding=(6, 2), background=QUOTE_BG, bordercolor=QUOTE_BG,
                     lightcolor=QUOTE_BG, darkcolor=QUOTE_BG)
     for entry in ("TEntry", "TCombobox"):
         style.configure(entry, padding=(8, 5), fieldbackground=SURFACE, **flat)
         style.map(entry, bordercolor=[("focus", ACCENT)], lightcolor=[("focus", SURFACE)])
+    style.configure("TCombobox", background=SURFACE, arrowcolor=MUTED, arrowsize=12, padding=(6, 4))
+    style.map("TCombobox", background=[("active", "#efeeec")], fieldbackground=[("readonly", SURFACE)])
     style.configure("TCheckbutton", padding=(0, 4))
     style.configure("TNotebook", background=WINDOW_BG, borderwidth=0, tabmargins=(0, 0, 0, 0), **flat)
     style.configure("TNotebook.Tab", padding=(16, 7), background=WINDOW_BG, bordercolor=BORDER,
@@ -524,16 +527,20 @@ class ChatWindow(ModelObserver):
         top.pack(side="top", fill="x")
         self.who = ttk.Label(top, text="", font=self.fonts["bold"])
         self.who.pack(side="left")
-        ttk.Button(top, text=_("Disconnect"), command=self._disconnect).pack(side="right")
-        self.close_button = ttk.Button(top, text=_("Close tab"), command=self._close_current)
-        self.close_button.pack(side="right", padx=(0, 8))
+        ttk.Button(top, text=_("Disconnect"), command=self._disconnect, style="Tool.TButton").pack(
+            side="right"
+        )
+        self.close_button = ttk.Button(
+            top, text=_("Close tab"), command=self._close_current, style="Tool.TButton"
+        )
+        self.close_button.pack(side="right", padx=(0, 6))
         self.rooms_bar = ttk.Frame(top)
         self.room_name = tk.StringVar()
-        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=14)
+        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=11)
         self.room_box.pack(side="left")
         self.room_box.bind("<Return>", lambda _e: self._join())
-        ttk.Button(self.rooms_bar, text=_("Join room"), command=self._join).pack(
-            side="left", padx=(6, 12)
+        ttk.Button(self.rooms_bar, text=_("Join room"), command=self._join, style="Tool.TButton").pack(
+            side="left", padx=(6, 10)
         )
 
         self.status = tk.StringVar()
@@ -802,7 +809,10 @@ class ChatWindow(ModelObserver):
         return "break"
 
     def _on_key(self, event: tk.Event) -> None:
-        # Only keys that change the text say "typing"; arrows and modifiers don't.
+        # Only keys that change the text say "typing"; arrows and modifiers
+        # don't, and neither does correcting a message already sent.
+        if self.editing is not None:
+            return
         if (event.char and event.char.isprintable()) or event.keysym in ("BackSpace", "Delete"):
             self.session.user_typing(self.model.active)
 
