@@ -8,7 +8,8 @@ a third participant (Eva) is a plain JSON socket client, so that Ana's
 window also shows history, a join notice, a private tab with an unread count
 and Luis's typing indicator. Luis answers Ana with Ctrl+R (a reply, shown
 with its quoted line), Ana corrects her last message with Up (marked
-"editado") and starts answering Eva (the bar above the message box). Needs: Xvfb, xdotool, ImageMagick's ``import``.
+"editado") and starts answering Eva (the bar above the message box).
+Needs: Xvfb, xdotool, ImageMagick's ``import``.
 
     python scripts/screenshot_client.py [--out docs/client.png]
 """
