@@ -621,7 +621,8 @@ class ChatProtocol(LineReceiver):
         self.send(
             wire.plain_line(
                 f"* Hola, {self.session.name}. Escribe y pulsa Enter."
-                " Órdenes: /users, /msg NOMBRE texto, /quit."
+                " Órdenes: /users, /msg NOMBRE texto, /quit;"
+                " /ids on muestra los números de mensaje para /re N texto, /edit N texto, /del N."
             )
         )
         for message in hub.recent(GENERAL):

@@ -148,10 +148,25 @@ class _Group:
         #: Chat edits and deletions waiting to be applied in Telegram.
         self.corrections: deque[Correction] = deque(maxlen=config.corrections_max)
         self.overflowing = False
+        #: Whether the last call for this group sent lines (corrections take turns).
+        self.batch_last = False
         #: The lines of recently sent Telegram messages, ``(chat id, html)``,
         #: so that one line of several can be edited in place.
         self.lines: OrderedDict[int, list[tuple[int | None, str]]] = OrderedDict()
         self.lines_max = config.map_size
+
+    def correction_due(self) -> bool:
+        """Whether the next call for this group applies a correction rather
+        than sending queued lines: when nothing else waits, or in turn with
+        the lines, so a busy room does not hold corrections back for ever;
+        but never before the corrected message itself has gone out."""
+        if not self.corrections:
+            return False
+        outbox = self.outbox
+        if outbox is None or (not outbox.entries and not outbox.dropped):
+            return True
+        wanted = self.corrections[0].id
+        return self.batch_last and not any(e.chat_id == wanted for e in outbox.entries)
 
     def pending(self) -> bool:
         outbox = self.outbox
@@ -501,10 +516,17 @@ class TelegramBridge(Service):
         """The first Telegram message of *group* that carries chat message *chat_id*."""
         if not isinstance(chat_id, int):
             return None
-        for tg_msg, refs in self.state.carriers(chat_id, group.chat_id):
-            if any(self._usable_id(ref) == chat_id for ref in refs):
-                return tg_msg
-        return None
+        carriers = self._carriers(group, chat_id)
+        return carriers[0][0] if carriers else None
+
+    def _carriers(self, group: _Group, chat_id: int) -> list[tuple[int, list[Ref]]]:
+        """The Telegram messages of *group* carrying chat message *chat_id*,
+        counting only ids that still name it (see :meth:`_usable_id`)."""
+        return [
+            (tg_msg, refs)
+            for tg_msg, refs in self.state.carriers(chat_id, group.chat_id)
+            if any(ref.chat_id == chat_id and self._usable_id(ref) == chat_id for ref in refs)
+        ]
 
     def _chat_correction(self, correction: Correction) -> None:
         """A chat edit or deletion of a message relayed to Telegram: change
@@ -519,7 +541,7 @@ class TelegramBridge(Service):
                 self.state.queue_remove(removed)
                 self.state.queue_add(added, group.chat_id)
                 return
-        if not self.state.carriers(correction.id, group.chat_id) and not any(
+        if not self._carriers(group, correction.id) and not any(
             e.chat_id == correction.id for e in (group.outbox.entries if group.outbox else ())
         ):
             return  # never reached Telegram (or too long ago to know where)
@@ -797,12 +819,14 @@ class TelegramBridge(Service):
                     self._direct.popleft()
                 continue
             assert group is not None and group.outbox is not None
-            if not group.outbox.entries and not group.outbox.dropped:
+            if group.correction_due():
                 correction = group.corrections[0]
                 result = await self._correct_in_telegram(group, correction)
                 if result is not _RETRY and group.corrections and group.corrections[0] is correction:
                     group.corrections.popleft()
+                group.batch_last = False
                 continue
+            group.batch_last = True
             batch = group.outbox.batch()
             assert batch is not None
             result = await self._send(
@@ -841,7 +865,7 @@ class TelegramBridge(Service):
         the chat message was split over several Telegram messages, a short
         notice answers the Telegram message instead.
         """
-        carriers = self.state.carriers(correction.id, group.chat_id)
+        carriers = self._carriers(group, correction.id)
         if not carriers:
             return None
         sender = correction.sender

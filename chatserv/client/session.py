@@ -130,6 +130,11 @@ def _str_list(value: Any) -> list[str]:
 
 
 def _identity(item: Frame) -> tuple[object, ...]:
+    # The id alone where there is one: an edited message is still the same
+    # message when history replays it with its new text.
+    msg_id = item.get("id")
+    if isinstance(msg_id, int):
+        return ("id", msg_id)
     return (item.get("id"), item.get("time"), item.get("from"), item.get("msg"))
 
 
@@ -488,6 +493,7 @@ class ChatSession:
                 continue
             ident = _identity(item)
             if ident in conv.seen:
+                self._catch_up_correction(conv, item, msg)
                 continue
             conv.seen.add(ident)
             if self._is_me(sender) and self._confirm_room(conv.key, item, maybe_only=True):
@@ -498,6 +504,17 @@ class ChatSession:
         conv.had_history = True
         for item, sender, msg in fresh:
             self.model.add_line(conv, _message_line(LineKind.HISTORY, item, sender, msg, self._is_me(sender)))
+
+    def _catch_up_correction(self, conv: Conversation, item: Frame, msg: str) -> None:
+        """A replayed message we show already, corrected while we were away."""
+        msg_id = item.get("id")
+        line = conv.line_by_id(msg_id) if isinstance(msg_id, int) else None
+        if line is None or line.deleted:
+            return
+        if item.get("deleted"):
+            self.model.correct_line(conv, line, None)
+        elif item.get("edited") and msg != line.text:
+            self.model.correct_line(conv, line, msg)
 
     def _on_users(self, frame: Frame) -> None:
         key = self._room_key(frame)

@@ -345,3 +345,48 @@ def test_language_switch(lang: str, expected: str) -> None:
         assert i18n._("Send") == expected
     finally:
         i18n.install("en")
+
+
+def test_replies_edits_and_deletes_from_the_session():
+    h = Harness()
+    h.login(users=["Ana", "Luis"])
+    h.sent()
+    h.recv(cmd="broadcast", id=7, time="10:00:00", room="general", msg="¿Vamos al cine?", **{"from": "Luis"})
+    original = h.model.conversations[GENERAL_KEY].line_by_id(7)
+    line = h.session.send(GENERAL_KEY, "¡Sí!", reply_to=original)
+    assert h.sent() == [{"cmd": "broadcast", "msg": "¡Sí!", "reply_to": 7}]
+    assert line.reply_to == {"id": 7, "from": "Luis", "msg": "¿Vamos al cine?"}
+    h.recv(cmd="broadcast", id=8, time="10:00:01", room="general", msg="¡Sí!", **{"from": "Ana"},
+           reply_to={"id": 7, "from": "Luis", "msg": "¿Vamos al cine?"})
+    assert line.msg_id == 8 and line.can_correct and not original.can_correct
+
+    assert h.session.edit(line, "¡Sí, claro!")
+    assert h.sent() == [{"cmd": "edit", "id": 8, "msg": "¡Sí, claro!"}]
+    assert line.text == "¡Sí!"  # changed when the server says so
+    h.recv(cmd="edited", id=8, time="10:00:05", room="general", msg="¡Sí, claro!", **{"from": "Ana"})
+    assert line.text == "¡Sí, claro!" and line.edited
+    h.recv(cmd="deleted", id=7, time="10:00:06", room="general", **{"from": "Luis"})
+    assert original.deleted and original.text == "" and not original.can_reply
+
+    # After a reconnect, history replays the corrected message: no second line.
+    h.drop()
+    h.connect()
+    h.sent()
+    h.recv(cmd="history", room="general", items=[
+        {"id": 8, "time": "10:00:01", "room": "general", "from": "Ana", "msg": "¡Sí, claro! (bis)",
+         "edited": "2026-11-29T10:01:00.000Z"},
+    ])
+    shown = [ln.text for ln in h.model.conversations[GENERAL_KEY].lines if ln.msg_id == 8]
+    assert shown == ["¡Sí, claro! (bis)"]
+
+
+def test_own_private_messages_learn_their_id_from_sent():
+    h = Harness()
+    h.login(users=["Ana", "Luis"])
+    h.sent()
+    key = h.session.open_private("Luis")
+    line = h.session.send(key, "te espero")
+    h.recv(cmd="sent", id=12, time="10:00:00", to="Luis", msg="te espero")
+    assert line.msg_id == 12
+    h.recv(cmd="edited", id=12, time="10:00:09", to="Luis", msg="te espero dentro", **{"from": "Ana"})
+    assert line.text == "te espero dentro" and line.edited
