@@ -345,7 +345,11 @@ def plain_history(message: ChatMessage, ids: bool = False) -> bytes:
     if message.deleted is not None:
         return plain_line(f"[{clock_time(message.ts)}] {tag}{message.sender}: (borrado)")
     mark = " (editado)" if message.edited is not None else ""
-    return plain_line(f"[{clock_time(message.ts)}] {tag}{message.sender}{mark}: {message.text}")
+    line = plain_line(f"[{clock_time(message.ts)}] {tag}{message.sender}{mark}: {message.text}")
+    quoted = message.reply_to
+    if quoted:
+        line = plain_line(f"> {quoted.get('from', '?')}: {quoted.get('msg', '')}") + line
+    return line
 
 
 def plain_correction(correction: Correction, ids: bool = False) -> bytes:

@@ -263,6 +263,22 @@ async def test_plain_text_replies_edits_and_ids(durable):
         assert (await nc.line()).startswith(b"* error bad_request"), bad
     nc.send_raw(f"/del {first['id']}\n".encode())
     assert (await nc.line()).decode().startswith("* error not_your_message")
+
+    # A plain client logging in later reads the history as it is now.
+    later = await srv.client()
+    later.send_raw(b"Eva\n")
+    lines = []
+    while not (line := (await later.line()).decode()).startswith("* En línea"):
+        lines.append(line)
+    history = [line.split("] ", 1)[1] if line.startswith("[") else line for line in lines[1:]]
+    assert history == [
+        "Ana: ¿Vamos al cine?",
+        "Ana: (borrado)",
+        "> Ana: ¿Vamos al cine?",
+        "Luis (editado): ¡al cine, sí!",
+        "> Luis: ¡al cine!",
+        "Ana: vale",
+    ]
     await sleep(0)
 
 
