@@ -1,5 +1,5 @@
-"""The Telegram bridge: one Twisted service that makes a Telegram group and a
-chat room one conversation.
+"""The Telegram bridge: one Twisted service that makes each configured
+Telegram group and its chat room one conversation.
 
 How it sits in the server
 -------------------------
@@ -19,11 +19,21 @@ How it sits in the server
   second thread or loop; the state file's single writer thread is the only
   other thread.
 
-Outbound (chat -> Telegram) goes through a bounded queue that coalesces
-lines into as few Telegram messages as the limits need; a single pump sends
-them in order, paced by :class:`~.outbox.Pacer`, honouring 429 ``retry_after``
-and backing off on network errors. Nothing in that path blocks the reactor,
-so the chat keeps serving its clients while Telegram is slow or away.
+Outbound (chat -> Telegram) goes, per group (:class:`_Group`), through a
+bounded queue that coalesces lines into as few Telegram messages as the
+limits need; a single pump sends them in order, each group paced by its own
+:class:`~.outbox.Pacer` and all by a global one, honouring 429
+``retry_after`` and backing off on network errors. Nothing in that path
+blocks the reactor, so the chat keeps serving its clients while Telegram is
+slow or away.
+
+Replies and corrections. A chat reply to a message that a Telegram message
+carries goes out as a Telegram reply to it (the id map in :mod:`.state`
+works both ways). Chat edits and deletions wait in the group's corrections
+queue and become ``editMessageText``/``deleteMessage`` of the bot's own
+message (or a short notice where that cannot be done). Telegram edits become
+hub corrections (``edited`` frames) when the hub still allows them. Telegram
+deletions are never reported to bots, so they cannot be relayed.
 """
 
 from __future__ import annotations
