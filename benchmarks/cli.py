@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     results_dir = Path(__file__).resolve().parent / "results"
     stem = "quick" if a.quick else "latest"
+    out_path: Path | None
     if a.out is None:
         results_dir.mkdir(exist_ok=True)
         out_path, mode = results_dir / f"{stem}.jsonl", "w"

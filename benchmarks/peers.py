@@ -223,6 +223,8 @@ def start_server(
             twistd_path(), "-n", "--pidfile=", f"--logfile={workdir}/twistd.log",
             "chatserv", "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--rate-limit", "0", "--db", str(workdir / "chatserv.sqlite3"),
+            # Every simulated user connects from 127.0.0.1 and some only listen.
+            "--max-per-address", "0", "--login-timeout", "0", "--idle-timeout", "0",
             *(chatserv_args or []),
         ]
     elif peer == "words":

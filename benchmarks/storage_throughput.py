@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import re
@@ -94,8 +95,9 @@ class BenchClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(json.dumps({"cmd": "login", "user": self.name}).encode() + b"\n")
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(json.dumps({"cmd": "login", "user": self.name}).encode() + b"\n")
 
     def data_received(self, data: bytes) -> None:
         lines = (self.buffer + data).split(b"\n")
@@ -150,6 +152,7 @@ async def run_server(args: argparse.Namespace) -> dict[str, object]:
     cmd = [
         *_pin(0), twistd, "-n", "--pidfile=", f"--logfile={log}", "chatserv",
         "--listen", f"tcp:{port}:interface=127.0.0.1", "--rate-limit", "0", "--db", db,
+        "--max-per-address", "0", "--login-timeout", "0", "--idle-timeout", "0",
     ]
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
@@ -166,7 +169,7 @@ async def run_server(args: argparse.Namespace) -> dict[str, object]:
         clients = []
         for i in range(args.clients):
             _, client = await loop.create_connection(
-                lambda i=i: BenchClient(f"s{i}", args.window, stats), "127.0.0.1", port
+                functools.partial(BenchClient, f"s{i}", args.window, stats), "127.0.0.1", port
             )
             clients.append(client)
         await asyncio.gather(*(c.ready for c in clients))

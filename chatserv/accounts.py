@@ -10,9 +10,16 @@ Failed logins answer ``auth_failed`` with the same text whether or not the
 name has an account, after the same work: a name without one is checked
 against a dummy hash, so even the time taken does not tell.
 
-Throttling is exponential back-off per account name and per client address,
-computed from timestamps of the injected clock when an attempt arrives: no
-timers, and memory bounded by pruning the oldest entries.
+Throttling throttles the guesser, not the owner ("lock the attempt, not the
+account"): exponential back-off per client address, and per account name for
+attempts from addresses that failed on that name recently. A correct password
+from an address without recent failures on the name logs in however much
+others guess it, and an address the account logged in from before is not
+slowed by the failures other names had from it. Registrations are limited
+per address and server-wide, and every hash goes through the bounded,
+prioritised queue of :mod:`chatserv.hashing`. All of it is computed from
+timestamps of the injected clock when a request arrives: no timers, and
+memory bounded by pruning the oldest entries.
 """
 
 from __future__ import annotations
@@ -23,22 +30,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from .hashing import BUSY, HASH_THREADS, HIGH, LOW, HashQueue, ServerBusy
 from .hub import ChatError, InvalidName, NameTaken
 from .names import BadName, check_name, name_key
+from .ratelimit import Allowance
 
 log = Logger()
 
 MIN_PASSWORD = 8
 #: Longer passwords are refused: hashing cost grows with length.
 MAX_PASSWORD = 1024
-#: Argon2 hashes running at once, server-wide (each takes 64 MiB).
-HASH_THREADS = 2
+#: Back-off never exceeds this many seconds (docs/PROTOCOL.md, "Bounds").
+MAX_BACKOFF = 900.0
+#: How long an address that failed on a name stays subject to the name's
+#: back-off: the longest back-off, so waiting it out gains a guesser nothing.
+RECENT_FAILURE = MAX_BACKOFF
+#: How long a successful login from an address is remembered.
+KNOWN_FOR = 30 * 86400.0
+#: Registrations: per address, a burst then one every REGISTER_EVERY seconds;
+#: server-wide, a burst then REGISTER_RATE per second.
+REGISTER_BURST_PER_ADDRESS = 5
+REGISTER_EVERY = 120.0
+REGISTER_BURST = 30
+REGISTER_RATE = 1.0
 
 WRONG = "usuario o contraseña incorrectos"
 
@@ -78,7 +98,7 @@ class Throttle:
         now: Callable[[], float],
         free: int,
         base: float = 1.0,
-        cap: float = 900.0,
+        cap: float = MAX_BACKOFF,
         forget: float = 6 * 3600.0,
         max_entries: int = 100_000,
     ) -> None:
@@ -141,6 +161,29 @@ class Throttle:
             del self._entries[key]
 
 
+class Recent:
+    """Keys seen within the last *forget* seconds; at most *max_entries* of them."""
+
+    __slots__ = ("_now", "forget", "max_entries", "_seen")
+
+    def __init__(self, now: Callable[[], float], forget: float, max_entries: int = 100_000) -> None:
+        self._now = now
+        self.forget = forget
+        self.max_entries = max_entries
+        self._seen: dict[str, float] = {}  # oldest first
+
+    def add(self, key: str) -> None:
+        self._seen.pop(key, None)
+        self._seen[key] = self._now()
+        if len(self._seen) > self.max_entries:
+            for old in list(self._seen)[: len(self._seen) - self.max_entries * 9 // 10]:
+                del self._seen[old]
+
+    def __contains__(self, key: str) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and self._now() - seen < self.forget
+
+
 _pool: ThreadPool | None = None
 
 
@@ -171,6 +214,7 @@ class Accounts:
         clock: IReactorTime | None = None,
         require_accounts: bool = False,
         hasher: Any = None,
+        hashes: HashQueue | None = None,
     ) -> None:
         self.store = store
         self.reactor = reactor
@@ -184,11 +228,19 @@ class Accounts:
             hasher = PasswordHasher()
         self.hasher = hasher
         now = self.clock.seconds
-        # Per account: a few typos are free, then guessing slows quickly.
+        # Per account: a few typos are free, then guessing slows quickly; it
+        # applies only to addresses in by_pair (see _wait).
         self.by_account = Throttle(now, free=5)
         # Per address: more slack, since many users may share one address,
         # but one address spraying many names is slowed as well.
         self.by_address = Throttle(now, free=20)
+        # Which address failed on which name recently ("name address" keys).
+        self.by_pair = Throttle(now, free=0, forget=RECENT_FAILURE)
+        # Which name logged in from which address: its owner, most likely.
+        self.known = Recent(now, KNOWN_FOR)
+        self.registrations = Allowance(1.0 / REGISTER_EVERY, REGISTER_BURST_PER_ADDRESS, now)
+        self.all_registrations = Allowance(REGISTER_RATE, REGISTER_BURST, now, max_keys=1)
+        self.hashes = hashes if hashes is not None else HashQueue(self._in_pool)
         self._dummy: str | None = None
         self._dummy_lock = threading.Lock()
 
@@ -226,28 +278,56 @@ class Accounts:
         except BadName as e:
             raise InvalidName(str(e)) from None
         key = name_key(name)
-        wait = max(self.by_account.wait(key), self.by_address.wait(address))
+        pair = f"{key} {address}"  # names hold no white space
+        wait = self._wait(key, address, pair)
         if wait > 0:
             raise AuthFailed(f"demasiados intentos fallidos; vuelve a intentarlo en {math.ceil(wait)} s")
         # Counted before the check, so that parallel guesses on several
-        # connections are throttled too; a success takes it back.
+        # connections are throttled too; a success or a cancelled attempt
+        # (its connection closed first) takes it back.
         self.by_account.failure(key)
         self.by_address.failure(address)
-        account = await self.store.account(name)
-        stored = account.password_hash if account is not None else None
-        ok, rehash = await self._in_pool(self._verify, stored, password)
+        self.by_pair.failure(pair)
+        try:
+            account = await self.store.account(name)
+            stored = account.password_hash if account is not None else None
+            # Unknown names hash at the same priority: the wait must not tell.
+            ok, rehash = await self.hashes.submit(HIGH, address, self._verify, stored, password)
+        except (CancelledError, ServerBusy):
+            self._forgive(key, address, pair)  # not checked: it taught nothing
+            raise
         if not ok or account is None:
             log.info("failed login for {name} from {address}", name=name, address=address)
             raise AuthFailed(WRONG)
-        self.by_account.reset(key)
-        self.by_address.forgive(address)
+        # The owner's success takes back only its own attempt: the failures
+        # of guessers elsewhere keep slowing them.
+        self._forgive(key, address, pair)
+        self.by_pair.reset(pair)
+        self.known.add(pair)
         if rehash:
-            # The hasher's parameters went up since this hash was made.
-            new_hash = await self._in_pool(self.hasher.hash, password)
-            self.store.set_password(account.name, new_hash).addErrback(
+            # The hasher's parameters went up since this hash was made; a
+            # busy queue just leaves it for the next login.
+            rehashed = self.hashes.submit(LOW, address, self.hasher.hash, password)
+            rehashed.addCallback(lambda new_hash: self.store.set_password(account.name, new_hash))
+            rehashed.addErrback(lambda f: f.trap(ServerBusy) and None)
+            rehashed.addErrback(
                 lambda f: log.failure("could not rehash the password of {name}", f, name=account.name)
             )
         return Identity(account.name, account.created, True)
+
+    def _wait(self, key: str, address: str, pair: str) -> float:
+        """Seconds this attempt must wait: the guesser's back-off, not the owner's."""
+        wait = 0.0
+        if pair not in self.known:
+            wait = self.by_address.wait(address)
+        if self.by_pair.failures(pair):
+            wait = max(wait, self.by_account.wait(key))
+        return wait
+
+    def _forgive(self, key: str, address: str, pair: str) -> None:
+        self.by_account.forgive(key)
+        self.by_address.forgive(address)
+        self.by_pair.forgive(pair)
 
     async def _register(self, name: str, password: str, address: str) -> str:
         try:
@@ -265,7 +345,19 @@ class Accounts:
         if await self.store.is_registered(name):
             self.by_address.failure(address)
             raise NameTaken(f"el nombre {name} ya tiene una cuenta")
-        password_hash = await self._in_pool(self.hasher.hash, password)
+        wait = self.registrations.wait(address)
+        if wait > 0:
+            raise RateLimited(
+                f"demasiadas cuentas nuevas desde tu dirección; vuelve a intentarlo en {math.ceil(wait)} s"
+            )
+        wait = self.all_registrations.wait("")
+        if wait > 0:
+            raise RateLimited(f"demasiadas cuentas nuevas; vuelve a intentarlo en {math.ceil(wait)} s")
+        if self.hashes.full(LOW, address):
+            raise ServerBusy(BUSY)  # without spending the allowances
+        self.registrations.take(address)
+        self.all_registrations.take("")
+        password_hash = await self.hashes.submit(LOW, address, self.hasher.hash, password)
         if not await self.store.create_account(name, password_hash, self.clock.seconds()):
             self.by_address.failure(address)
             raise NameTaken(f"el nombre {name} ya tiene una cuenta")

@@ -9,6 +9,8 @@ Works on the same ``--db`` as ``twistd chatserv`` (a SQLite file or a
     chatserv-admin delete ana
     chatserv-admin list-accounts
     chatserv-admin list-rooms
+    chatserv-admin set-room-cap cine 1000     # keep the newest 1,000 messages of cine
+    chatserv-admin set-room-cap cine 0        # no cap
 
 Exit status: 0 done, 1 refused (name taken, no such account, bad password,
 unusable database), 2 usage error.
@@ -92,8 +94,25 @@ def _list_accounts(engine: Engine, args: argparse.Namespace) -> str:
 
 
 def _list_rooms(engine: Engine, args: argparse.Namespace) -> str:
-    rows = [f"{r.name}\t{r.messages} mensajes\túltimo {_stamp(r.last_ts)}" for r in engine.rooms()]
+    caps = {room: cap for _key, room, cap in engine.room_caps()}
+    rows = [
+        f"{r.name}\t{r.messages} mensajes\túltimo {_stamp(r.last_ts)}"
+        + (f"\tmáximo {caps.pop(r.name)}" if r.name in caps else "")
+        for r in engine.rooms()
+    ]
+    rows += [f"{room}\t0 mensajes\tmáximo {cap}" for room, cap in caps.items()]
     return "\n".join(rows) if rows else "(sin salas con mensajes)"
+
+
+def _set_room_cap(engine: Engine, args: argparse.Namespace) -> str:
+    room = _name(args.room)
+    if args.max_messages < 0:
+        raise Refused("el máximo no puede ser negativo")
+    engine.set_room_cap(room, args.max_messages)
+    if args.max_messages == 0:
+        return f"la sala {room} ya no tiene máximo"
+    # The server enforces it at its next retention run (every 10 minutes).
+    return f"la sala {room} guardará como mucho sus {args.max_messages} mensajes más recientes"
 
 
 def _migrate(engine: Engine, args: argparse.Namespace) -> str:
@@ -121,6 +140,10 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(handler=_delete)
     sub.add_parser("list-accounts", help="list accounts").set_defaults(handler=_list_accounts)
     sub.add_parser("list-rooms", help="list rooms with stored messages").set_defaults(handler=_list_rooms)
+    s = sub.add_parser("set-room-cap", help="keep only the newest N messages of a room (0: no cap)")
+    s.add_argument("room")
+    s.add_argument("max_messages", type=int, metavar="N")
+    s.set_defaults(handler=_set_room_cap)
     sub.add_parser("migrate", help="bring the schema up to date").set_defaults(handler=_migrate)
     return p
 

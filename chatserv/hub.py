@@ -12,6 +12,7 @@ with a fake clock.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,11 +22,19 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from .names import BadName, check_name, name_key
+from .ratelimit import TokenBucket
+from .windows import HISTORY_MEMORY, Windows
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
 #: How long after sending it its author may edit or delete a message (seconds).
 EDIT_WINDOW = 48 * 3600.0
+#: Rooms one session may bring into being: a burst of 10, then one per 10 s.
+#: Joining a room that exists costs nothing.
+ROOM_CREATE_RATE = 0.1
+ROOM_CREATE_BURST = 10
+#: Rooms one ``rooms`` answer lists, at most (and by default).
+ROOMS_PAGE = 100
 
 log = Logger()
 
@@ -72,6 +81,16 @@ class EditTooLate(ChatError):
     code = "edit_too_late"
 
 
+class TooFast(ChatError):
+    code = "rate_limited"
+
+
+class Congested(ChatError):
+    """The store is behind: accepting more would hold unbounded memory."""
+
+    code = "server_busy"
+
+
 @dataclass(slots=True, eq=False)
 class ChatMessage:
     """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
@@ -94,6 +113,11 @@ class ChatMessage:
     deleted: float | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: A private message's two ends, the sessions that held the names when it
+    #: was accepted; it is delivered to them only, never to a later session
+    #: under the same name. Cleared once delivered.
+    to_session: Session | None = field(default=None, repr=False)
+    from_session: Session | None = field(default=None, repr=False)
 
     @property
     def is_private(self) -> bool:
@@ -173,30 +197,48 @@ class MessageLog(Protocol):
         """Record *correction* (keeping the original text), then call
         ``deliver(correction)``; what cannot be stored is not delivered."""
 
+    def congested(self) -> bool:
+        """True while the messages waiting to be committed hold more than the
+        store's bound: clients' new messages are refused until it catches up."""
+
 
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "__weakref__")
+    __slots__ = ("name", "key", "participant", "rooms", "creations", "trusted", "__weakref__")
 
-    def __init__(self, name: str, key: str, participant: Participant) -> None:
+    def __init__(self, name: str, key: str, participant: Participant, trusted: bool = False) -> None:
         self.name = name
         self.key = key
         self.participant = participant
         self.rooms: set[str] = set()
+        #: An in-process participant (the Telegram bridge), whose input is
+        #: already paced, and which has no way to resend a refused message.
+        self.trusted = trusted
+        #: Rooms this session may still bring into being (made at its first one).
+        self.creations: TokenBucket | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r}>"
 
 
 class Room:
-    __slots__ = ("name", "members", "history", "joined", "left", "flush_call", "wire")
+    __slots__ = (
+        "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
+    )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
+        #: The bytes the window and its cached encodings are counted for
+        #: (see chatserv.windows).
+        self.cost = 0
+        #: The window was evicted to stay within the budget: storage has it,
+        #: and it must be read again (merged with what came since) before
+        #: anyone is shown it.
+        self.partial = False
         # Membership changes not yet announced, and the call that will announce them.
         self.joined: list[str] = []
         self.left: list[str] = []
@@ -206,6 +248,10 @@ class Room:
 
     def names(self) -> tuple[str, ...]:
         return tuple(session.name for session in self.members.values())
+
+
+def _order(room_name: str) -> tuple[str, str]:
+    return (room_name.casefold(), name_key(room_name))
 
 
 def presence_window(members: int) -> float:
@@ -230,13 +276,26 @@ class Hub:
         history_size: int = 50,
         store: MessageLog | None = None,
         first_id: int = 1,
+        room_rate: float = ROOM_CREATE_RATE,
+        room_burst: int = ROOM_CREATE_BURST,
+        history_memory: int = HISTORY_MEMORY,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
         self.store = store
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
+        #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
+        #: are pages of it, in an order people recognise.
+        self._room_order: list[tuple[str, str]] = [_order(GENERAL)]
+        #: Room creations per session (``room_rate <= 0``: unlimited).
+        self.room_rate = room_rate
+        self.room_burst = room_burst
+        #: Keys that client names may not end with (see reserve_suffix).
+        self._reserved: list[str] = []
         self._next_id = first_id
+        #: The memory bound on all rooms' history windows together.
+        self.windows = Windows(history_memory, reloadable=store is not None)
 
     # -- sessions ---------------------------------------------------------
 
@@ -255,14 +314,24 @@ class Hub:
                 name = check_name(name)
             except BadName as e:
                 raise InvalidName(str(e)) from None
+            if any(name_key(name).endswith(suffix) for suffix in self._reserved):
+                raise InvalidName(f"el nombre {name} se parece a uno reservado para Telegram")
         key = name_key(name)
         if key in self.sessions:
             raise NameTaken(f"el nombre {name} ya está en uso")
-        session = Session(name, key, participant)
+        session = Session(name, key, participant, trusted)
         self.sessions[key] = session
         log.debug("login {name}", name=name)
         self._enter(session, self.rooms[GENERAL])
         return session
+
+    def reserve_suffix(self, suffix: str) -> None:
+        """Refuse client names that end like *suffix* (the Telegram bridge's
+        " (TG)"): compared by look-alike key, white space aside, so that
+        "Luis(TG)" or "Luis(ТG)" cannot pass for "Luis (TG)"."""
+        key = name_key("".join(suffix.split()))
+        if key and key not in self._reserved:
+            self._reserved.append(key)
 
     def logout(self, session: Session) -> None:
         """Take *session* offline; harmless if it already is."""
@@ -278,20 +347,46 @@ class Hub:
 
     # -- rooms ------------------------------------------------------------
 
-    def join(self, session: Session, room_name: object) -> Room:
-        """Put *session* in the room, creating it; return the room."""
+    def join(self, session: Session, room_name: object, *, admitted: bool = False) -> Room:
+        """Put *session* in the room, creating it; return the room.
+
+        Every check comes before the room is created, so a refused join
+        leaves nothing behind. *admitted*: :meth:`admit` already said yes
+        (and took the creation token) for this join.
+        """
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is not None and room.name in session.rooms:
+            return room
+        if not admitted:
+            self._check_join(session, room is None)
+        if room is None:
+            room = self._create_room(room_name)
+        self._enter(session, room)
+        return room
+
+    def admit(self, session: Session, room_name: object) -> None:
+        """Raise if *session* may not join *room_name* now; otherwise take
+        what joining costs, for a join that must first read storage."""
+        room_name = self._valid_room(room_name)
+        room = self.rooms.get(name_key(room_name))
+        if room is None or room.name not in session.rooms:
+            self._check_join(session, room is None)
+
+    def _valid_room(self, room_name: object) -> str:
         try:
-            room_name = check_name(room_name)
+            return check_name(room_name)
         except BadName as e:
             raise InvalidName(str(e)) from None
-        room = self.rooms.get(name_key(room_name))
-        if room is None:
-            room = self.rooms[name_key(room_name)] = Room(room_name, self.history_size)
-        if room.name not in session.rooms:
-            if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
-                raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
-            self._enter(session, room)
-        return room
+
+    def _check_join(self, session: Session, creates: bool) -> None:
+        if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
+            raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+        if creates and self.room_rate > 0:
+            if session.creations is None:
+                session.creations = TokenBucket(self.room_rate, self.room_burst, self.clock.seconds)
+            if not session.creations.allow():
+                raise TooFast("demasiadas salas nuevas; espera un momento")
 
     def leave(self, session: Session, room_name: str) -> str:
         """Take *session* out of the room; return the room's name as it is shown."""
@@ -310,6 +405,20 @@ class Hub:
 
     def room_list(self) -> list[tuple[str, int]]:
         return [(room.name, len(room.members)) for room in self.rooms.values()]
+
+    def room_page(self, after: str | None = None, limit: int = ROOMS_PAGE) -> tuple[list[Room], bool]:
+        """Up to *limit* rooms in case-folded name order, from the first one
+        after the name *after* (from the start when None), and whether more follow."""
+        order = self._room_order
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        page = order[start : start + limit]
+        return [self.rooms[key] for _, key in page], start + limit < len(order)
+
+    def _create_room(self, room_name: str) -> Room:
+        key = name_key(room_name)
+        room = self.rooms[key] = Room(room_name, self.history_size)
+        bisect.insort(self._room_order, _order(room_name))
+        return room
 
     def _member_room(self, session: Session, room_name: str) -> Room:
         room = self.rooms.get(name_key(room_name))
@@ -334,7 +443,12 @@ class Hub:
         # its history.
         if room.flush_call is not None and room.flush_call.active():
             room.flush_call.cancel()
+        self.windows.evict(room)
         del self.rooms[name_key(room.name)]
+        entry = _order(room.name)
+        i = bisect.bisect_left(self._room_order, entry)
+        if i < len(self._room_order) and self._room_order[i] == entry:
+            del self._room_order[i]
 
     # -- presence ---------------------------------------------------------
 
@@ -386,6 +500,7 @@ class Hub:
     ) -> ChatMessage:
         """Post *text* to a room the session is in (``general`` by default)."""
         room = self.member_room(session, room_name)
+        self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
@@ -400,9 +515,11 @@ class Hub:
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
             raise NoSuchUser(f"{to} no está conectado")
+        self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
             reply_to=reply_to,
+            to_session=target, from_session=session,
         )
         self._commit(message, self._deliver_private)
         return message
@@ -433,25 +550,50 @@ class Hub:
 
     def remember(self, messages: Iterable[ChatMessage]) -> None:
         """Fill history windows from storage at start-up, oldest first."""
+        by_room: dict[str, list[ChatMessage]] = {}
         for message in messages:
             # Private messages are not history, but their ids are taken.
             self._next_id = max(self._next_id, message.id + 1)
-            if message.room is None:
-                continue
-            room = self.rooms.get(name_key(message.room))
-            if room is None:
-                room = self.rooms[name_key(message.room)] = Room(message.room, self.history_size)
-            if room.history and message.id <= room.history[-1].id:
-                # A window read from storage while the room was live (a join
-                # of a room not in memory): merge by id, keeping the newest.
-                merged = {m.id: m for m in room.history}
-                merged.setdefault(message.id, message)
-                room.history.clear()
-                room.history.extend(sorted(merged.values(), key=lambda m: m.id))
-            else:
-                room.history.append(message)
-            room.wire.clear()
+            if message.room is not None:
+                by_room.setdefault(message.room, []).append(message)
+        for room_name, found in by_room.items():
+            self.restore(room_name, found)
+
+    def restore(self, room_name: str, messages: list[ChatMessage]) -> Room | None:
+        """Fill the window of *room_name* from storage, creating the room if
+        there is anything to fill it with.
+
+        A window read while the room was live (a join of a room not in
+        memory, or of one whose window was evicted) is merged by id with what
+        arrived meanwhile, keeping the newest.
+        """
+        key = name_key(room_name)
+        room = self.rooms.get(key)
+        if room is None:
+            if not messages:
+                return None
+            # Shown as it was stored, whatever spelling the joiner used.
+            room = self._create_room(messages[-1].room or room_name)
+        merged = {m.id: m for m in room.history}
+        for message in messages:
+            merged.setdefault(message.id, message)
             self._next_id = max(self._next_id, message.id + 1)
+        window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
+        self.windows.evict(room)
+        room.partial = False
+        for message in window:
+            self.windows.keep(room, message)
+        return room
+
+    def window_frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
+        """The encoded history window of *room* in one format, cached until
+        the window changes and counted against the windows' memory bound."""
+        return self.windows.frame(room, key, encode)
+
+    def _check_backlog(self, session: Session) -> None:
+        store = self.store
+        if store is not None and store.congested() and not session.trusted:
+            raise Congested("el servidor va con retraso guardando mensajes; reenvía en unos segundos")
 
     def _take_id(self) -> int:
         message_id = self._next_id
@@ -472,19 +614,24 @@ class Hub:
         if room.flush_call is not None:
             # Nobody may read a message from someone they have not seen join.
             self._flush_presence(room)
-        room.history.append(message)
-        room.wire.clear()
+        self.windows.keep(room, message)
         # A copy: a participant may go offline while it is handed the message.
         for member in list(room.members.values()):
             member.participant.receive_message(message)
+        # Its encodings were for this fan-out; the window keeps the message
+        # only, and the window's own encoding is built when asked for.
+        message.wire.clear()
 
     def _deliver_private(self, message: ChatMessage) -> None:
-        assert message.recipient is not None
-        recipient = self.find(message.recipient)
-        sender = self.find(message.sender)
-        if recipient is not None:
+        # The sessions bound when the message was accepted, not whoever holds
+        # the names after the commit: a guest name may have changed hands
+        # meanwhile, and the next holder must never read the message (nor its
+        # `sent` confirmation).
+        recipient, sender = message.to_session, message.from_session
+        message.to_session = message.from_session = None
+        if recipient is not None and self.sessions.get(recipient.key) is recipient:
             recipient.participant.receive_message(message)
-        if sender is not None and sender is not recipient:
+        if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             sender.participant.receive_message(message)
 
     # -- replies and corrections -------------------------------------------
@@ -579,10 +726,9 @@ class Hub:
             room = self.rooms.get(name_key(correction.room))
             if room is None:
                 return
-            for i, message in enumerate(room.history):
+            for message in room.history:
                 if message.id == correction.id:
-                    room.history[i] = corrected(message, correction)
-                    room.wire.clear()
+                    self.windows.replace(room, message, corrected(message, correction))
                     break
             for member in list(room.members.values()):
                 member.participant.receive_correction(correction)

@@ -7,10 +7,16 @@ holds no chat state of its own beyond its session: routing is the hub's.
 Output is gathered per connection and written once per reactor turn (see
 :class:`OutputFlusher`), and a client that stops reading is cut off once its
 unsent output passes the factory's bound instead of growing server memory.
+
+Connections are bounded in number (overall and per client address) and in
+time: one :class:`Sweeper` timer for all of them closes those that do not
+finish a TLS handshake or log in in time, and pings, then closes, logged-in
+connections that stop sending.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,25 +24,30 @@ from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from . import conversation, wire
 from .accounts import AuthFailed, Identity
 from .hub import (
     GENERAL,
+    ROOMS_PAGE,
     ChatError,
     ChatMessage,
     Correction,
     Hub,
+    InvalidName,
     NameTaken,
     PresenceChange,
     Session,
     Typing,
 )
-from .names import name_key
+from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
 from .storage import paging
 
@@ -52,10 +63,28 @@ class Limits:
     rate_burst: int = 20
     max_output: int = 1 << 20
     max_connections: int = 20_000
+    #: connections from one client address (an IPv6 /64); 0: no limit
+    max_per_address: int = 64
+    #: seconds from connecting to a successful login; 0: no deadline
+    login_timeout: float = 60.0
+    #: seconds a logged-in connection may send nothing before it is pinged; 0: never
+    idle_timeout: float = 300.0
+    #: seconds a pinged connection has to send something before it is closed
+    ping_grace: float = 60.0
+    #: seconds a TLS connection has to complete its handshake
+    handshake_timeout: float = 10.0
+    #: longest line (or unfinished line held) before login; a login frame
+    #: with a 1,024-character password escaped as \uXXXX pairs still fits
+    max_login_line: int = 16_384
 
 
 #: Seconds a closing connection may take to drain before it is aborted.
 CLOSE_GRACE = 10.0
+#: Seconds between two sweeps of the connection deadlines.
+SWEEP_INTERVAL = 1.0
+#: Most bytes handed to a transport in one write: a transport buffers all it
+#: is given, so larger output is handed over in slices while it takes them.
+HANDOVER = 64 * 1024
 
 
 class BadRequest(Exception):
@@ -117,6 +146,70 @@ class OutputFlusher:
             protocol.flush()
 
 
+class Sweeper:
+    """Enforces every connection's deadlines with one timer for all of them.
+
+    Every :data:`SWEEP_INTERVAL` seconds it walks the factory's connections
+    (a few milliseconds for 20,000): a TLS connection without a finished
+    handshake after ``handshake_timeout`` is aborted, one not logged in after
+    ``login_timeout`` gets ``login_timeout`` and is closed, and one logged in
+    that has sent no line for ``idle_timeout`` is sent a ping, then closed
+    with ``idle_timeout`` if it sends nothing for ``ping_grace`` more. A
+    connection only raises a flag per line it sends; the sweep turns flags
+    into times. The timer runs only while there are connections.
+    """
+
+    def __init__(self, factory: ChatFactory) -> None:
+        self.factory = factory
+        self._loop = LoopingCall(self.sweep)
+        self._loop.clock = factory.clock
+
+    def wake(self) -> None:
+        if not self._loop.running:
+            self._loop.start(SWEEP_INTERVAL, now=False)
+
+    def sweep(self) -> None:
+        factory = self.factory
+        connections = factory.connections
+        if not connections:
+            self._loop.stop()
+            return
+        limits = factory.limits
+        now = factory.clock.seconds()
+        handshake, login, idle, grace = (
+            limits.handshake_timeout,
+            limits.login_timeout,
+            limits.idle_timeout,
+            limits.ping_grace,
+        )
+        for c in list(connections):
+            if c._heard:
+                c._heard = False
+                c._last_heard = now
+                c._pinged = None
+            if c._closing:
+                continue
+            if c.session is None:
+                if handshake and not c._handshaken and now - c._since >= handshake:
+                    log.debug("no TLS handshake from {peer} in time", peer=c._peer)
+                    c.transport.abortConnection()
+                elif login and now - c._since >= login:
+                    c.error("login_timeout", f"no has iniciado sesión en {login:g} s")
+                    c._close()
+            elif idle and now - c._last_heard >= idle:
+                if c._pinged is None:
+                    c._pinged = now
+                    c.send(wire.plain_line(PLAIN_PING) if c.plain else PING)
+                elif now - c._pinged >= grace:
+                    c.error("idle_timeout", f"sin noticias de ti en {now - c._last_heard:.0f} s")
+                    c._close()
+
+
+PING = wire.frame({"cmd": "ping"})
+PLAIN_PING = "* ¿Sigues ahí? Escribe cualquier línea (o pulsa Enter) para seguir conectado."
+
+
+@implementer(IHandshakeListener)
 class ChatProtocol(LineReceiver):
     """One client connection, JSON or plain text."""
 
@@ -137,7 +230,16 @@ class ChatProtocol(LineReceiver):
         self._lost = False
         self._bucket: TokenBucket | None = None
         self._peer = "?"
+        self._address: str | None = None  # counted in factory.per_address
         self._socket: Any = None
+        self._since = 0.0
+        self._handshaken = True
+        #: a line arrived since the last sweep; see Sweeper
+        self._heard = False
+        self._last_heard = 0.0
+        self._pinged: float | None = None
+        self._held: Deferred[Any] | None = None
+        self._reading = True
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
         #: A plain-text client that asked for message ids (``/ids on``).
@@ -147,19 +249,35 @@ class ChatProtocol(LineReceiver):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.MAX_LENGTH = factory.limits.max_line
-        self._peer = _describe(self.transport.getPeer())
+        limits = factory.limits
+        self.MAX_LENGTH = min(limits.max_line, limits.max_login_line)
+        peer = self.transport.getPeer()
+        self._peer = _describe(peer)
         self._socket = _socket_of(self.transport)
-        if factory.limits.rate_limit > 0:
-            self._bucket = TokenBucket(
-                factory.limits.rate_limit, factory.limits.rate_burst, factory.clock.seconds
-            )
-        if len(factory.connections) >= factory.limits.max_connections:
+        if limits.rate_limit > 0:
+            self._bucket = TokenBucket(limits.rate_limit, limits.rate_burst, factory.clock.seconds)
+        if len(factory.connections) >= limits.max_connections:
             log.warn("refusing {peer}: connection limit reached", peer=self._peer)
             self.transport.write(wire.error_frame("server_full", "el servidor está lleno"))
             self._close()
             return
+        address = _host(peer)
+        if limits.max_per_address and factory.per_address.get(address, 0) >= limits.max_per_address:
+            log.debug("refusing {peer}: too many connections from its address", peer=self._peer)
+            self.transport.write(
+                wire.error_frame(
+                    "too_many_connections",
+                    f"demasiadas conexiones desde tu dirección (máximo {limits.max_per_address})",
+                )
+            )
+            self._close()
+            return
+        self._address = address
+        factory.per_address[address] = factory.per_address.get(address, 0) + 1
         factory.connections.add(self)
+        self._since = self._last_heard = factory.clock.seconds()
+        self._handshaken = not isinstance(self.transport, TLSMemoryBIOProtocol)
+        factory.sweeper.wake()
         # Registered as a streaming producer so the transport tells us when
         # its buffer is full (pauseProducing) and when it drained.
         self.transport.registerProducer(self, True)
@@ -171,11 +289,25 @@ class ChatProtocol(LineReceiver):
             no_delay(True)
         log.debug("connection from {peer}", peer=self._peer)
 
+    def handshakeCompleted(self) -> None:
+        self._handshaken = True
+
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
         self._out = []
         self._lost = True
-        self.factory.connections.discard(self)
+        factory = self.factory
+        factory.connections.discard(self)
+        if self._address is not None:
+            left = factory.per_address[self._address] - 1
+            if left:
+                factory.per_address[self._address] = left
+            else:
+                del factory.per_address[self._address]
+            self._address = None
+        if self._held is not None:
+            # Nobody waits for it now: a queued password check is dropped.
+            self._held.cancel()
         if self.session is not None:
             self._leave_hub()
         else:
@@ -213,27 +345,44 @@ class ChatProtocol(LineReceiver):
     # -- output -----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue *data* for the end of this reactor turn."""
+        """Queue *data* for the end of this reactor turn.
+
+        Every queued byte counts against ``--max-output``, the frame being
+        queued included: past the bound, a connection whose transport is
+        paused (the kernel and the transport hold all they will) is dropped,
+        and one that is still writable hands its output over at once, so
+        that only what the client really leaves unread is held (see flush).
+        """
         if self._closing:
             return
         self._out.append(data)
         self._out_bytes += len(data)
-        if not self._writable and self._out_bytes > self.factory.limits.max_output:
-            log.warn(
-                "dropping {who}: {n} bytes of unread output",
-                who=self.session.name if self.session else self._peer,
-                n=self._out_bytes,
-            )
-            self._closing = True
-            self._out = []
-            self.transport.abortConnection()
+        if self._out_bytes > self.factory.limits.max_output:
+            if not self._writable:
+                self._drop()
+                return
+            self._write_out()
             return
         if not self._scheduled:
             self._scheduled = True
             self.factory.flusher.schedule(self)
 
+    def _drop(self) -> None:
+        log.warn(
+            "dropping {who}: {n} bytes of unread output",
+            who=self.session.name if self.session else self._peer,
+            n=self._out_bytes,
+        )
+        self._closing = True
+        self._out = []
+        self._out_bytes = 0
+        self.transport.abortConnection()
+
     def flush(self) -> None:
         self._scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
         if not self._writable or not self._out:
             return
         out = self._out
@@ -253,7 +402,23 @@ class ChatProtocol(LineReceiver):
             if sent == len(data):
                 return
             data = data[sent:]
-        transport.write(data)
+        if len(data) <= HANDOVER:
+            transport.write(data)
+            return
+        # A transport buffers whatever it is given, without bound: hand a
+        # large output over a slice at a time, while the transport has not
+        # paused us (it does so synchronously past its 64 KiB buffer). What
+        # it did not take stays queued here and counts against the bound.
+        view = memoryview(data)
+        pos = 0
+        while pos < len(data) and self._writable:
+            transport.write(view[pos : pos + HANDOVER].tobytes())
+            pos += HANDOVER
+        if pos < len(data):
+            self._out = [data[pos:]]
+            self._out_bytes = len(data) - pos
+            if self._out_bytes > self.factory.limits.max_output:
+                self._drop()
 
     # IPushProducer, called by the transport. These replace LineReceiver's own
     # pause methods on purpose: a full output buffer must not stop us reading.
@@ -282,9 +447,19 @@ class ChatProtocol(LineReceiver):
         self.error("line_too_long", f"línea de más de {self.MAX_LENGTH} bytes")
         self._close()
 
+    def dataReceived(self, data: bytes) -> Any:
+        why = LineReceiver.dataReceived(self, data)
+        if self.paused and self._reading and len(self._buffer) > self.MAX_LENGTH:
+            # A request is held (see _hold) and the client keeps sending:
+            # leave the rest in the kernel until it is answered.
+            self._reading = False
+            self.transport.pauseProducing()
+        return why
+
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
             return
+        self._heard = True
         if line.endswith(b"\r"):
             line = line[:-1]
         if self.plain is None:
@@ -321,7 +496,7 @@ class ChatProtocol(LineReceiver):
         try:
             if handler is None:
                 raise BadRequest("comando desconocido", "unknown_cmd")
-            if self.session is None and cmd not in ("login", "ping", "register"):
+            if self.session is None and cmd not in ("login", "ping", "pong", "register"):
                 raise BadRequest("primero inicia sesión con 'login'", "not_logged_in")
             handler(self, frame)
         except BadRequest as e:
@@ -337,12 +512,14 @@ class ChatProtocol(LineReceiver):
         arrive meanwhile wait in the line buffer, then in the kernel, and are
         handled in order once *d* has fired, exactly as if it had fired at
         once: a client may pipeline frames after ``login``. It also bounds
-        every connection to one such request in flight. If the connection
-        closes first, the result is dropped, so a login that completes after
-        its client left creates no session.
+        every connection to one such request in flight. Reading goes on
+        (up to a line's worth, see dataReceived) so that a client that leaves
+        is noticed: *d* is then cancelled (a waiting password check never
+        runs) and its result, if it comes anyway, dropped, so a login that
+        completes after its client left creates no session.
         """
         self.paused = True  # LineReceiver stops splitting lines
-        self.transport.pauseProducing()
+        self._held = d
 
         def done(result: Any) -> None:
             if self._closing:
@@ -363,8 +540,11 @@ class ChatProtocol(LineReceiver):
 
         def resume(_: object) -> None:
             self.paused = False
+            self._held = None
             if not self._closing:
-                self.transport.resumeProducing()
+                if not self._reading:
+                    self._reading = True
+                    self.transport.resumeProducing()
                 self.dataReceived(b"")  # the lines that waited
 
         d.addCallbacks(done, failed).addBoth(resume)
@@ -397,12 +577,13 @@ class ChatProtocol(LineReceiver):
 
     def _login_as(self, identity: Identity, features: list[str]) -> None:
         self.session = self.factory.hub.login(self, identity.name)
+        self.MAX_LENGTH = self.factory.limits.max_line
         self.history_since = identity.since
         self.features = frozenset(features)
         general = self.factory.hub.rooms[GENERAL]
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
-        self.send(wire.room_history_frame(general))
+        self.send(self.factory.hub.window_frame(general, "json-history", wire.room_history_frame))
         log.info("{name} logged in from {peer}", name=self.session.name, peer=self._peer)
 
     def _cmd_register(self, frame: dict[str, Any]) -> None:
@@ -489,13 +670,10 @@ class ChatProtocol(LineReceiver):
         self._hold(found, correct, ref)
 
     def _cmd_users(self, frame: dict[str, Any]) -> None:
-        room_name = _optional_text(frame, "room")
-        if room_name is None:
-            self.send(wire.users_frame(GENERAL, self.factory.hub.users(GENERAL)))
-            return
-        room = self.factory.hub.room(room_name)
-        if room is None:
-            raise ChatError(f"no existe la sala {room_name}")
+        assert self.session is not None
+        # Who is in a room is for its members, as its messages and presence
+        # are; `rooms` tells anyone which rooms exist and how full they are.
+        room = self.factory.hub.member_room(self.session, _optional_text(frame, "room"))
         self.send(wire.users_frame(room.name, room.names()))
 
     def _cmd_typing(self, frame: dict[str, Any]) -> None:
@@ -509,23 +687,27 @@ class ChatProtocol(LineReceiver):
         room_name = frame.get("room")
         if isinstance(room_name, str) and paging.needs_loading(hub, store, room_name):
             # Not in memory, but storage may hold its history: read the
-            # window before entering, so the answer carries it.
+            # window before entering, so the answer carries it. A join that
+            # would be refused is refused first, without reading anything.
+            assert self.session is not None
+            hub.admit(self.session, room_name)
+
             def enter(messages: list[ChatMessage]) -> None:
-                hub.remember(messages)
-                self._join_room(frame)
+                hub.restore(room_name, messages)
+                self._join_room(frame, admitted=True)
 
             self._hold(paging.load_room(hub, store, room_name), enter, "join")
             return
         self._join_room(frame)
 
-    def _join_room(self, frame: dict[str, Any]) -> None:
+    def _join_room(self, frame: dict[str, Any], admitted: bool = False) -> None:
         assert self.session is not None
         hub = self.factory.hub
         room_name = _text(frame, "room")  # ill-typed is bad_request, not bad_name
         existing = hub.room(room_name)
         already_in = existing is not None and existing.name in self.session.rooms
-        room = hub.join(self.session, room_name)
-        self.send(wire.room_history_frame(room))
+        room = hub.join(self.session, room_name, admitted=admitted)
+        self.send(hub.window_frame(room, "json-history", wire.room_history_frame))
         if already_in:
             # No presence change will follow; answer with the list now.
             self.send(wire.users_frame(room.name, room.names()))
@@ -536,8 +718,21 @@ class ChatProtocol(LineReceiver):
         self.send(wire.frame({"cmd": "left", "room": name}))
 
     def _cmd_rooms(self, frame: dict[str, Any]) -> None:
-        rooms = [{"name": n, "members": m} for n, m in self.factory.hub.room_list()]
-        self.send(wire.frame({"cmd": "rooms", "list": rooms}))
+        # Pages in the order of the rooms' keys: a client pages on with
+        # `after` set to the last name it got (see docs/PROTOCOL.md, Rooms).
+        after = _optional_text(frame, "after")
+        if after is not None:
+            try:
+                after = check_name(after)
+            except BadName as e:
+                raise InvalidName(str(e)) from None
+        limit = frame.get("limit", ROOMS_PAGE)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        hub = self.factory.hub
+        page, more = hub.room_page(after, min(limit, ROOMS_PAGE))
+        rooms = [{"name": room.name, "members": len(room.members)} for room in page]
+        self.send(wire.frame({"cmd": "rooms", "list": rooms, "more": more, "total": len(hub.rooms)}))
 
     def _cmd_ping(self, frame: dict[str, Any]) -> None:
         pong: dict[str, Any] = {"cmd": "pong"}
@@ -551,6 +746,9 @@ class ChatProtocol(LineReceiver):
             raise BadRequest("el campo 'data' no se puede devolver") from None
         self.send(data)
 
+    def _cmd_pong(self, frame: dict[str, Any]) -> None:
+        pass  # the answer to the server's ping; that a line came is what counts
+
     _json_commands: dict[str, Callable[[ChatProtocol, dict[str, Any]], None]] = {
         "login": _cmd_login,
         "broadcast": _cmd_broadcast,
@@ -561,6 +759,7 @@ class ChatProtocol(LineReceiver):
         "leave": _cmd_leave,
         "rooms": _cmd_rooms,
         "ping": _cmd_ping,
+        "pong": _cmd_pong,
         "register": _cmd_register,
         "history": _cmd_history,
         "edit": _cmd_edit,
@@ -616,6 +815,7 @@ class ChatProtocol(LineReceiver):
     def _plain_login_as(self, identity: Identity, rest: str) -> None:
         hub = self.factory.hub
         self.session = hub.login(self, identity.name)
+        self.MAX_LENGTH = self.factory.limits.max_line
         self.history_since = identity.since
         log.info("{name} logged in (plain text) from {peer}", name=self.session.name, peer=self._peer)
         self.send(
@@ -625,8 +825,9 @@ class ChatProtocol(LineReceiver):
                 " /ids on muestra los números de mensaje para /re N texto, /edit N texto, /del N."
             )
         )
-        for message in hub.recent(GENERAL):
-            self.send(wire.plain_history(message))
+        window = wire.plain_window(hub.recent(GENERAL))
+        if window:
+            self.send(window)
         self.send(wire.plain_line("* En línea: " + ", ".join(hub.users(GENERAL))))
         if rest.strip():
             hub.broadcast(self.session, rest[1:] if rest.startswith(" ") else rest)
@@ -753,9 +954,23 @@ def _describe(address: IAddress) -> str:
 
 
 def _host(address: IAddress) -> str:
-    """The client address login throttling counts failures against."""
+    """The client address that per-address limits and login throttling count.
+
+    An IPv6 client usually holds a whole /64, so that is its address here;
+    an IPv4 address mapped into IPv6 is the IPv4 address.
+    """
     host = getattr(address, "host", None)
-    return host if isinstance(host, str) else str(address)
+    if not isinstance(host, str):
+        return str(address)
+    if ":" in host:
+        try:
+            ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return host
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return host
 
 
 class ChatFactory(Factory):
@@ -774,6 +989,9 @@ class ChatFactory(Factory):
         self.limits = limits or Limits()
         self.flusher = OutputFlusher(clock)
         self.connections: set[ChatProtocol] = set()
+        #: open connections per client address (see _host)
+        self.per_address: dict[str, int] = {}
+        self.sweeper = Sweeper(self)
 
     def disconnect_all(self) -> None:
         for protocol in list(self.connections):

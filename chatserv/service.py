@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import resource
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -12,9 +13,11 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from .accounts import Accounts
-from .hub import GENERAL, Hub, MessageLog
+from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub, MessageLog
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
+from .storage.retention import RetentionService
+from .windows import HISTORY_MEMORY
 
 log = Logger()
 
@@ -33,12 +36,51 @@ def with_backlog(description: str) -> str:
     return description
 
 
+#: File descriptors the server needs besides its connections: listeners, the
+#: database, log files, the Telegram bridge's sockets, thread wake-up pipes.
+FD_RESERVE = 64
+
+
+def fit_file_limit(max_connections: int) -> int:
+    """How many connections the process's file limit allows, up to *max_connections*.
+
+    Raises the soft RLIMIT_NOFILE toward what *max_connections* needs (at
+    most to the hard limit). If even that is too low, warns and returns the
+    lower number, so that clients past it get ``server_full`` instead of
+    being cut off without a word when ``accept`` fails.
+    """
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_connections + FD_RESERVE
+    if soft != infinity and soft < need:
+        target = need if hard == infinity else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warn("could not raise the file limit to {target}: {e}", target=target, e=e)
+    if soft == infinity or soft >= need:
+        return max_connections
+    fitted = max(1, soft - FD_RESERVE)
+    log.warn(
+        "the file limit (RLIMIT_NOFILE {soft}, hard {hard}) leaves room for {fitted} connections:"
+        " serving at most {fitted}, not --max-connections {wanted}",
+        soft=soft,
+        hard=hard,
+        fitted=fitted,
+        wanted=max_connections,
+    )
+    return fitted
+
+
 @dataclass
 class ServerConfig:
     """Everything ``twistd chatserv`` can be told; defaults are the documented ones."""
 
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
     history: int = 50
+    #: Bytes all rooms' history windows may hold together (Hub.history_memory).
+    history_memory: int = HISTORY_MEMORY
     limits: Limits = field(default_factory=Limits)
     #: The Telegram bridge (chatserv.bridge.BridgeConfig); None runs without one.
     telegram: Any = None
@@ -46,6 +88,11 @@ class ServerConfig:
     db: str | None = None
     #: Refuse guest logins: every user needs an account (needs a database).
     require_accounts: bool = False
+    #: Delete messages older than this many days (None: keep them all).
+    retain_days: float | None = None
+    #: Rooms a session may create: per second on average, and in a burst.
+    room_rate: float = ROOM_CREATE_RATE
+    room_burst: int = ROOM_CREATE_BURST
 
 
 class ChatServer(Service):
@@ -64,8 +111,17 @@ class ChatServer(Service):
         if config.require_accounts and durable is None:
             raise ValueError("require_accounts needs a database for the accounts")
         first_id = durable.next_id() if durable is not None else 1  # ids never repeat across restarts
-        self.hub = Hub(reactor, history_size=config.history, store=store, first_id=first_id)
-        self.factory = ChatFactory(self.hub, reactor, config.limits)
+        self.hub = Hub(
+            reactor,
+            history_size=config.history,
+            store=store,
+            first_id=first_id,
+            room_rate=config.room_rate,
+            room_burst=config.room_burst,
+            history_memory=config.history_memory,
+        )
+        limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
+        self.factory = ChatFactory(self.hub, reactor, limits)
         if durable is not None:
             # Login history comes from the database, and the accounts live there.
             self.hub.remember(durable.recent_now(GENERAL, config.history))
@@ -121,6 +177,11 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         StorageService(store).setServiceParent(application)
     server = ChatServer(config, reactor, store)
     server.setServiceParent(application)
+    if isinstance(store, Storage) and config.db is not None:
+        # After the server: it starts only once the server listens (a server
+        # that cannot listen exits at once, with no storage threads to wait
+        # for), and it stops, finishing its batch, before the store closes.
+        RetentionService(store, reactor, config.retain_days).setServiceParent(application)
     if config.telegram is not None:
         from .bridge import TelegramBridge
 

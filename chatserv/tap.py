@@ -14,6 +14,7 @@ from .protocol import Limits
 from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
+from .windows import HISTORY_MEMORY
 
 
 class Options(TelegramOptions, usage.Options):
@@ -24,12 +25,17 @@ class Options(TelegramOptions, usage.Options):
     )
     optParameters = [
         ["history", None, 50, "Messages of history sent on login.", int],
+        ["history-memory", None, HISTORY_MEMORY, "Bytes all rooms' history windows may hold together.", int],
         ["max-line", None, 65_536, "Longest accepted line, in bytes.", int],
         ["rate-limit", None, 5.0, "Lines per second per connection (0: no limit).", float],
         ["rate-burst", None, 20, "Burst allowed above the rate limit.", int],
         ["max-output", None, 1 << 20, "Unsent bytes per connection before it is dropped.", int],
         ["max-connections", None, 20_000, "Simultaneous connections.", int],
+        ["max-per-address", None, 64, "Simultaneous connections from one address (0: no limit).", int],
+        ["login-timeout", None, 60.0, "Seconds to log in after connecting (0: no limit).", float],
+        ["idle-timeout", None, 300.0, "Seconds without a line before a ping (0: never).", float],
         ["db", None, "chatserv.sqlite3", "SQLite file (:memory: allowed) or postgresql:// DSN."],
+        ["retain-days", None, None, "Delete messages older than this many days (default: keep all).", float],
     ]
     optFlags = [
         ["require-accounts", None, "Refuse guest logins: every user needs an account."],
@@ -46,27 +52,35 @@ class Options(TelegramOptions, usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for name in ("history", "max-line", "rate-burst", "max-output", "max-connections"):
+        for name in ("history", "history-memory", "max-line", "rate-burst", "max-output", "max-connections"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1")
-        if self["rate-limit"] < 0:
-            raise usage.UsageError("--rate-limit must not be negative")
+        if self["retain-days"] is not None and not self["retain-days"] > 0:
+            raise usage.UsageError("--retain-days must be more than 0")
+        for name in ("rate-limit", "max-per-address", "login-timeout", "idle-timeout"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
         check_telegram_options(self)
 
     def config(self) -> ServerConfig:
         return ServerConfig(
             listen=list(self["listen"]),
             history=self["history"],
+            history_memory=self["history-memory"],
             limits=Limits(
                 max_line=self["max-line"],
                 rate_limit=self["rate-limit"],
                 rate_burst=self["rate-burst"],
                 max_output=self["max-output"],
                 max_connections=self["max-connections"],
+                max_per_address=self["max-per-address"],
+                login_timeout=self["login-timeout"],
+                idle_timeout=self["idle-timeout"],
             ),
             telegram=telegram_config(self),
             db=self["db"],
             require_accounts=bool(self["require-accounts"]),
+            retain_days=self["retain-days"],
         )
 
 

@@ -157,16 +157,46 @@ def sent_frame(message: ChatMessage) -> bytes:
     return data
 
 
+#: The most bytes of items one history answer carries (a ``history`` page, or
+#: the window sent on ``login`` and ``join``): older items are left for the
+#: next page. One item is always sent, however large, so that paging moves on;
+#: the largest message is about 6 x ``--max-line`` once escaped.
+MAX_PAGE_BYTES = 256 * 1024
+
+
+def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool | None = None) -> bytes:
+    """A ``history`` frame of *head*'s fields and the newest *objects* (given
+    oldest first) that fit in :data:`MAX_PAGE_BYTES`; ``more`` (when not None)
+    is set as well when older items had to be left out.
+
+    Items are encoded one by one, newest first, so that a page of large
+    messages stops at the bound instead of being built whole first.
+    """
+    parts: list[bytes] = []
+    total = 0
+    for obj in reversed(objects):
+        item = _dumps(obj).encode("utf-8")
+        if parts and total + len(item) + 1 > MAX_PAGE_BYTES:
+            if more is not None:
+                more = True
+            break
+        parts.append(item)
+        total += len(item) + 1
+    parts.reverse()
+    start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
+    end = b"}\n" if more is None else (b',"more":true}\n' if more else b',"more":false}\n')
+    return b"".join((start, b',"items":[', b",".join(parts), b"]", end))
+
+
 def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
-    return frame({"cmd": "history", "room": room, "items": [message_object(m) for m in messages]})
+    return history_page({"cmd": "history", "room": room}, [message_object(m) for m in messages])
 
 
 def room_history_frame(room: Room) -> bytes:
-    """The room's history window; a login storm encodes it once, not once per login."""
-    data = room.wire.get("json-history")
-    if data is None:
-        data = room.wire["json-history"] = history_frame(room.name, list(room.history))
-    return data
+    """The room's history window. Callers get it through ``Hub.window_frame``,
+    which caches it (a login storm encodes it once, not once per login) and
+    counts it against the memory bound of history windows."""
+    return history_frame(room.name, list(room.history))
 
 
 def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
@@ -284,7 +314,10 @@ def correction_frame(correction: Correction) -> bytes:
 
 
 _TERMINAL_CONTROLS = {c: "\ufffd" for c in range(32) if chr(c) not in "\t\n"}
-_TERMINAL_CONTROLS[0x7F] = "\ufffd"
+# DEL and the C1 controls (NEL U+0085 and CSI U+009B among them: some
+# terminals act on them), and the Unicode line and paragraph separators.
+_TERMINAL_CONTROLS.update({c: "\ufffd" for c in range(0x7F, 0xA0)})
+_TERMINAL_CONTROLS[0x2028] = _TERMINAL_CONTROLS[0x2029] = "\ufffd"
 _TERMINAL_CONTROLS[ord("\r")] = "\n"
 
 
@@ -361,6 +394,20 @@ def plain_correction(correction: Correction, ids: bool = False) -> bytes:
         return plain_line(f"* {correction.sender} ha borrado {what}.")
     which = f" #{correction.id}" if ids else (" un mensaje privado" if where else "")
     return plain_line(f"* {correction.sender} ha editado{which}: {correction.text}")
+
+
+def plain_window(messages: list[ChatMessage]) -> bytes:
+    """The newest of *messages* as history lines, within :data:`MAX_PAGE_BYTES`."""
+    lines: list[bytes] = []
+    total = 0
+    for message in reversed(messages):
+        line = plain_history(message)
+        if lines and total + len(line) > MAX_PAGE_BYTES:
+            break
+        lines.append(line)
+        total += len(line)
+    lines.reverse()
+    return b"".join(lines)
 
 
 def plain_presence(change: PresenceChange, own_name: str) -> bytes:

@@ -141,9 +141,70 @@ def test_bad_names(hub, name):
     assert hub.users() == ()
 
 
-@pytest.mark.parametrize("name", ["x" * 32, "Ñandú", "李小龍", "😀", "a-b_c.d", "𝔄𝔫𝔞"])
+@pytest.mark.parametrize(
+    "name", ["x" * 32, "Ñandú", "李小龍", "a-b_c.d", "José", "Zoë", "李小龙", "Анна", "O'Brien", "Ana2"]
+)
 def test_good_names(hub, name):
     assert hub.login(Recorder(), name).name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Ana\u034f",  # combining grapheme joiner
+        "Ana\ufe0f",  # variation selector 16
+        "Ana\u17b4",  # Khmer inherent vowel, invisible
+        "\u2800",  # Braille blank
+        "\u3164",  # Hangul filler
+        "\uffa0",  # half-width Hangul filler
+        "\u115f",  # Hangul choseong filler
+        "😀",  # symbols are not name characters in PRECIS
+        "𝔄𝔫𝔞",  # compatibility forms neither (mathematical Fraktur)
+        "...",  # no letter or digit
+        "Luis\u2800(TG)",
+        "Luis\u3164(TG)",
+    ],
+)
+def test_invisible_and_blank_characters_are_not_names(hub, name):
+    with pytest.raises(InvalidName):
+        hub.login(Recorder(), name)
+    assert hub.sessions == {}
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("Ana", "\u0410na"),  # Cyrillic capital A
+        ("Ana", "\u0391\u039d\u0391"),  # Greek capitals
+        ("Alice", "AIice"),  # capital I for small l
+        ("marta", "rnarta"),
+        ("Bob", "B0B"),
+        ("Анна", "анна"),
+    ],
+)
+def test_look_alike_names_cannot_be_online_together(hub, first, second):
+    hub.login(Recorder(), first)
+    with pytest.raises(NameTaken):
+        hub.login(Recorder(), second)
+    assert hub.find(second) is hub.find(first)
+
+
+def test_names_that_only_look_different_stay_different(hub):
+    for name in ["Ana", "Ána", "Zoe", "Zoë", "李小龙", "李小龍", "Анна", "Anna"]:
+        hub.login(Recorder(), name)
+    assert len(hub.sessions) == 8
+
+
+def test_no_client_name_imitates_the_telegram_marker(hub):
+    hub.reserve_suffix(" (TG)")
+    hub.login(Recorder(), "Luis (TG)", trusted=True)
+    for name in ["Luis(TG)", "Luis(\u0422G)", "Pepe(tg)", "Ana_(TG)", "Luis\u2800(TG)", "Luis\u3164(TG)"]:
+        with pytest.raises(InvalidName):
+            hub.login(Recorder(), name)
+    hub.login(Recorder(), "Luis")
+    hub.login(Recorder(), "TG")
+    assert sorted(hub.sessions) == sorted(s.key for s in hub.sessions.values())
+    assert len(hub.sessions) == 3
 
 
 def test_logout_frees_the_name(hub, clock):
@@ -517,11 +578,55 @@ def test_logout_leaves_every_room_and_drops_empty_ones(hub, clock):
 def test_room_limit_per_session(hub, clock):
     ((ana, _),) = online(hub, clock, "Ana")
     for i in range(MAX_ROOMS_PER_SESSION - 1):
+        clock.advance(60)  # creating rooms is rate-limited too
+        hub.join(ana, f"r{i}")
+    rooms = len(hub.rooms)
+    for i in range(20):
+        with pytest.raises(ChatError) as info:
+            hub.join(ana, f"one-too-many-{i}")
+        assert info.value.code == "bad_request"
+    # A refused join leaves nothing behind (issue 11: 14,373 empty rooms).
+    assert hub.room("one-too-many-0") is None and len(hub.rooms) == rooms
+    page, more = hub.room_page()
+    assert [room.name for room in page if room.name.startswith("one")] == []
+
+
+def test_creating_rooms_is_rate_limited_per_session(clock):
+    hub = Hub(clock, history_size=5, room_rate=0.1, room_burst=3)
+    (ana, _), (luis, _) = online(hub, clock, "Ana", "Luis")
+    for i in range(3):
         hub.join(ana, f"r{i}")
     with pytest.raises(ChatError) as info:
-        hub.join(ana, "one-too-many")
-    assert info.value.code == "bad_request"
-    assert hub.room("one-too-many") is None or hub.users("one-too-many") == ()
+        hub.join(ana, "r3")
+    assert info.value.code == "rate_limited" and hub.room("r3") is None
+    # Joining rooms that exist is not creating them; another session has its own budget.
+    hub.join(ana, GENERAL)
+    hub.join(luis, "r0")
+    hub.join(luis, "l0")
+    hub.join(ana, "l0")
+    clock.advance(10)
+    hub.join(ana, "r3")
+    with pytest.raises(ChatError):
+        hub.join(ana, "r4")
+
+
+def test_empty_rooms_disappear_and_rooms_are_paged_in_key_order(hub, clock):
+    ((ana, _),) = online(hub, clock, "Ana")
+    for name in ["b", "C", "a", "d"]:
+        hub.join(ana, name)
+    page, more = hub.room_page(limit=2)
+    assert [r.name for r in page] == ["a", "b"] and more
+    page, more = hub.room_page("B", limit=2)
+    assert [r.name for r in page] == ["C", "d"] and more
+    page, more = hub.room_page("d", limit=2)
+    assert [r.name for r in page] == [GENERAL] and not more
+    hub.leave(ana, "c")
+    clock.advance(0)
+    assert hub.room("c") is None
+    assert [r.name for r in hub.room_page()[0]] == ["a", "b", "d", GENERAL]
+    hub.logout(ana)
+    clock.advance(0)
+    assert [r.name for r in hub.room_page()[0]] == [GENERAL] and list(hub.rooms) == [GENERAL]
 
 
 # -- robustness -----------------------------------------------------------------
@@ -562,6 +667,9 @@ class SlowLog:
         self.pending.append((message, d))
         d.addCallback(lambda _: deliver(message))
         d.addErrback(lambda _: None)  # not stored: never relayed
+
+    def congested(self) -> bool:
+        return False
 
 
 def test_messages_are_relayed_only_once_committed(clock):

@@ -29,9 +29,9 @@ def strict_json(line: bytes) -> Any:
 class Conn:
     """One connection: what goes in, what came out."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, host: str = "127.0.0.1") -> None:
         self.world = world
-        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         self.protocol: ChatProtocol = world.factory.buildProtocol(self.transport.getPeer())
         self.protocol.makeConnection(self.transport)
 
@@ -86,8 +86,8 @@ class World:
         self.hub = Hub(self.clock, history_size=limits.pop("history", 50))
         self.factory = ChatFactory(self.hub, self.clock, Limits(**limits))
 
-    def connect(self) -> Conn:
-        return Conn(self)
+    def connect(self, host: str = "127.0.0.1") -> Conn:
+        return Conn(self, host)
 
     def user(self, name: str, **extra: Any) -> Conn:
         conn = self.connect()
@@ -280,6 +280,50 @@ def test_typing_is_not_sent_to_plain_clients(world):
     ana.send(cmd="typing")
     ana.send(cmd="typing", to="Pepe")
     assert pepe.lines() == []
+
+
+def test_rooms_answer_is_paged():
+    world = World(idle_timeout=0)  # the clock runs for minutes while nobody speaks
+    ana, luis = world.user("Ana"), world.user("Luis")
+    for i in range(150):
+        # 100 rooms a session at most, and room creation is rate-limited.
+        (ana if i < 99 else luis).send(cmd="join", room=f"sala{i:03}")
+        world.clock.advance(10)
+    world.settle(ana, luis)
+    # A seed client's plain request gets the first page.
+    ana.send(cmd="rooms")
+    first = ana.frame()
+    assert len(first["list"]) == 100 and first["more"] is True and first["total"] == 151
+    assert first["list"][0] == {"name": "general", "members": 2}
+    assert first["list"][1] == {"name": "sala000", "members": 1}
+    ana.send(cmd="rooms", after=first["list"][-1]["name"])
+    second = ana.frame()
+    assert [r["name"] for r in second["list"]] == [f"sala{i:03}" for i in range(99, 150)]
+    assert second["more"] is False
+    ana.send(cmd="rooms", after="SALA010", limit=2)
+    assert [r["name"] for r in ana.frame()["list"]] == ["sala011", "sala012"]
+    ana.send(cmd="rooms", limit=1000)
+    assert len(ana.frame()["list"]) == 100
+    for bad in ({"limit": 0}, {"limit": "5"}, {"limit": True}, {"after": 5}):
+        ana.send(cmd="rooms", **bad)
+        assert ana.error()["code"] == "bad_request", bad
+    ana.send(cmd="rooms", after="dos palabras")
+    assert ana.error()["code"] == "bad_name"
+
+
+def test_refused_joins_create_no_rooms():
+    world = World(idle_timeout=0)
+    ana = world.user("Ana")
+    for i in range(99):
+        ana.send(cmd="join", room=f"r{i}")
+        world.clock.advance(10)
+    world.settle(ana)
+    for i in range(30):
+        ana.send(cmd="join", room=f"x{i}")
+        assert ana.error()["code"] == "bad_request"
+    ana.send(cmd="rooms", after="x")
+    assert ana.frame()["list"] == []
+    assert world.hub.room("x0") is None
 
 
 def test_join_leave_rooms(world):
@@ -639,7 +683,7 @@ def test_line_too_long_in_plain_mode():
 
 
 def test_rate_limit_burst_then_refill():
-    world = World(rate_limit=5, rate_burst=20)
+    world = World(rate_limit=5, rate_burst=20, login_timeout=0)
     conn = world.connect()
     world.clock.advance(100)  # the bucket is full from the start; time changes nothing
     for _ in range(20):

@@ -42,10 +42,17 @@ SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 class Twistd:
     """`twistd -n chatserv ...` with its output collected by a thread."""
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, nofile: int | None = None) -> None:
+        def limit() -> None:
+            if nofile is not None:
+                import resource
+
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", "chatserv", *args],
             cwd=cwd,
+            preexec_fn=limit,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -93,8 +100,8 @@ class Twistd:
 def twistd(tmp_path: Path) -> Iterator[Any]:
     started: list[Twistd] = []
 
-    def start(*args: str) -> Twistd:
-        server = Twistd(*args, cwd=tmp_path)
+    def start(*args: str, nofile: int | None = None) -> Twistd:
+        server = Twistd(*args, cwd=tmp_path, nofile=nofile)
         started.append(server)
         return server
 
@@ -371,3 +378,25 @@ def test_unwritable_dropin_cache(wheel_site, tmp_path):
     assert listed(result.stdout)
     assert cache.is_dir()
     _reset_cache(wheel_site)
+
+
+def test_max_connections_fits_the_file_limit(twistd):
+    """Issue 11, item 4: past the file limit, newcomers get server_full, not silence."""
+    server = twistd(
+        "--listen", "tcp:0:interface=127.0.0.1", "--db", ":memory:",
+        "--max-connections", "1000", "--max-per-address", "0",
+        nofile=160,
+    )
+    server.wait_for(r"serving at most 96, not --max-connections 1000")
+    port = int(server.wait_for(r"listening on tcp:0:interface=127\.0\.0\.1 .*port=(\d+)").group(1))
+    peers = [Peer(port) for _ in range(96)]
+    try:
+        peers[-1].send_json(cmd="ping")
+        assert peers[-1].frame() == {"cmd": "pong"}
+        late = Peer(port)
+        peers.append(late)
+        assert late.frame()["code"] == "server_full"
+    finally:
+        for peer in peers:
+            peer.close()
+

@@ -205,15 +205,17 @@ class TelegramOptions:
 
     def __init__(self) -> None:
         super().__init__()
-        self["telegram-chat"] = None
+        options: Any = self  # a usage.Options, a dict, once mixed in
+        options["telegram-chat"] = None
 
     def opt_telegram_chat(self, value: str) -> None:
         """Bridge this Telegram chat id (e.g. -1001234567890) with ROOM
         (default: --telegram-room, itself general by default). Repeatable:
         each chat its own room. Enables the bridge."""
-        if self["telegram-chat"] is None:
-            self["telegram-chat"] = []
-        self["telegram-chat"].append(parse_chat(value))
+        options: Any = self
+        if options["telegram-chat"] is None:
+            options["telegram-chat"] = []
+        options["telegram-chat"].append(parse_chat(value))
 
 
 def check_runtime(reactor: Any = None) -> None:

@@ -111,7 +111,7 @@ class Outbox:
         self, chat_id: int | None, sender: str | None, text: str, reply_tg: int | None = None
     ) -> tuple[list[Entry], list[Entry]]:
         """Queue a chat message (split to fit Telegram); return (added, dropped)."""
-        added = []
+        added: list[Entry] = []
         for piece in split_text(sender, text, self.max_length - utf16_len(dropped_notice(10**9)) - 1):
             if self._seqs is not None:
                 seq = next(self._seqs)

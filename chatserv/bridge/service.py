@@ -247,6 +247,8 @@ class TelegramBridge(Service):
         self._turn = 0
         #: The server's store (for the originals of Telegram edits), if any.
         self.store = store if isinstance(store, Storage) else None
+        # No client may take a name that looks like one of ours.
+        hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]
         self.state = BridgeState(config.state_path, reactor, config.map_size, self.run)
         self.session: Session | None = None
@@ -672,8 +674,12 @@ class TelegramBridge(Service):
                 log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=str(e))
                 fallback()
 
+        def failed(failure: Any) -> None:
+            log.failure("looking up the original of a Telegram edit", failure)
+            fallback()
+
         found = conversation.find(self.hub, self.store, chat_id, [group.room])
-        found.addCallback(correct).addErrback(lambda f: (log.failure("Telegram edit", f), fallback()))
+        found.addCallback(correct).addErrback(failed)
 
     def _usable_id(self, ref: Ref) -> int | None:
         if ref.run == self.run or self.stable_ids:

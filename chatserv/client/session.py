@@ -65,6 +65,8 @@ FLUSH_PAUSE = 2.0
 #: ``name_taken`` then is retried this many times, this far apart.
 NAME_RETRIES = 5
 NAME_RETRY_DELAY = 2.0
+#: Seconds before asking again when the server is too busy checking passwords.
+BUSY_RETRY = 5.0
 
 
 @dataclass
@@ -441,6 +443,9 @@ class ChatSession:
     def _login_error(self, code: str, msg: str, ref: str | None) -> None:
         assert self.creds is not None
         user = self.creds.user
+        if code == "server_busy":
+            self._later("relogin", BUSY_RETRY, self._send_login)
+            return
         if ref == "register":
             if code == "unknown_cmd":
                 self._login_failed(
@@ -627,6 +632,12 @@ class ChatSession:
                 members = item.get("members")
                 rooms.append((item["name"], members if isinstance(members, int) else 0))
         self.model.set_rooms(rooms)
+
+    def _on_ping(self, frame: Frame) -> None:
+        # The server pings a connection that has been quiet for a while and
+        # closes it if nothing comes back (docs/PROTOCOL.md, "Bounds").
+        if self.conn is not None:
+            self.conn.send_frame({"cmd": "pong"})
 
     def _on_pong(self, frame: Frame) -> None:
         data = frame.get("data")

@@ -12,8 +12,10 @@ import os
 import tkinter as tk
 import zlib
 from collections.abc import Callable
+from functools import partial
 from tkinter import font as tkfont
 from tkinter import ttk
+from typing import Any
 
 from twisted.internet.task import LoopingCall
 
@@ -109,17 +111,15 @@ def apply_theme(master: tk.Misc) -> ttk.Style:
     style.configure("Bar.TFrame", background=QUOTE_BG)
     style.configure("Bar.TLabel", background=QUOTE_BG, foreground=TEXT)
     # Slim scrollbars without arrows, as current desktops draw them.
-    style.layout(
-        "Slim.Vertical.TScrollbar",
-        [("Vertical.Scrollbar.trough", {"sticky": "ns", "children": [
-            ("Vertical.Scrollbar.thumb", {"expand": "1", "sticky": "nswe"})]})],
-    )
+    thumb: Any = [("Vertical.Scrollbar.thumb", {"expand": "1", "sticky": "nswe"})]
+    trough: Any = [("Vertical.Scrollbar.trough", {"sticky": "ns", "children": thumb})]
+    style.layout("Slim.Vertical.TScrollbar", trough)
     style.configure(
         "Slim.Vertical.TScrollbar", troughcolor=SURFACE, background="#c0bfbc", bordercolor=SURFACE,
         lightcolor="#c0bfbc", darkcolor="#c0bfbc", gripcount=0, arrowsize=9, width=9,
     )
     style.map("Slim.Vertical.TScrollbar", background=[("active", "#9a9996")])
-    master.configure(background=WINDOW_BG)
+    master.configure(background=WINDOW_BG)  # type: ignore[call-arg]  # a Tk or Toplevel
     return style
 
 
@@ -255,7 +255,7 @@ class ConversationView(ttk.Frame):
                 t.insert("end", f"↪ {who}: {what}\n", ("quote", f"q{n}"))
                 original = quoted.get("id")
                 if isinstance(original, int):
-                    t.tag_bind(f"q{n}", "<Button-1>", lambda _e, i=original: self.show_message(i))
+                    t.tag_bind(f"q{n}", "<Button-1>", partial(self._quote_clicked, original))
             t.mark_set(f"tm{n}", "end-1c")
             t.mark_gravity(f"tm{n}", "left")
             t.insert("end", f"{line.time} ", ("time", f"tmt{n}"))
@@ -286,7 +286,7 @@ class ConversationView(ttk.Frame):
             t.insert(where, _("(message deleted)"), ("deleted", f"b{n}"))
             return
         first, *rest = line.text.split("\n")
-        pieces: list[str | tuple[str, ...]] = [first, ("body", f"b{n}") + extra]
+        pieces: list[Any] = [first, ("body", f"b{n}") + extra]
         for more in rest:
             pieces += ["\n" + more, ("cont", f"b{n}") + extra]
         if line.edited:
@@ -331,6 +331,9 @@ class ConversationView(ttk.Frame):
         self.text.update_idletasks()
         box = self.text.bbox(f"tm{n}")
         return (box[0] + 2, box[1] + box[3] // 2) if box else None
+
+    def _quote_clicked(self, msg_id: int, _event: tk.Event) -> None:
+        self.show_message(msg_id)
 
     def show_message(self, msg_id: int) -> bool:
         """Scroll to message *msg_id* and highlight it a moment; False if it
@@ -607,7 +610,7 @@ class ChatWindow(ModelObserver):
         self.input.bind("<Shift-KP_Enter>", self._on_shift_return)
         self.input.bind("<KeyPress>", self._on_key, add="+")
         self.input.bind("<Up>", self._on_up)
-        self.input.bind("<Escape>", lambda _e: self.cancel_answer() or "break")
+        self.input.bind("<Escape>", self._on_escape)
         self.input.bind("<Control-r>", self._on_reply_key)
         for widget in (self.input, self.master):
             widget.bind("<Control-w>", self._on_close_key)
@@ -742,6 +745,10 @@ class ChatWindow(ModelObserver):
             self.answer_text.set("")
             self.answer_bar.grid_remove()
 
+    def _on_escape(self, _event: tk.Event) -> str:
+        self.cancel_answer()
+        return "break"
+
     def _on_up(self, _event: tk.Event) -> str | None:
         # As in most chat clients: Up in an empty box edits one's last message.
         if self.input.get("1.0", "end-1c") or self.editing is not None:
@@ -850,7 +857,7 @@ class ChatWindow(ModelObserver):
     # -- model events -----------------------------------------------------------
     def conversation_added(self, conv: Conversation) -> None:
         view = ConversationView(self.notebook, conv, self.fonts)
-        view.text.bind("<Button-3>", lambda e, v=view: self._on_right_click(v, e))
+        view.text.bind("<Button-3>", partial(self._on_right_click, view))
         self.views[conv.key] = view
         self._tab_keys[str(view)] = conv.key
         self._syncing_tabs = True

@@ -44,6 +44,10 @@ class Storage(Protocol):
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
         """Message *message_id* as it reads now (edits applied), or None."""
 
+    def congested(self) -> bool:
+        """True while the text of messages waiting to be committed passes
+        :data:`chatserv.storage.store.MAX_BACKLOG` (see the hub's MessageLog)."""
+
     def next_id(self) -> int:
         """Start-up: one more than the highest stored message id."""
 

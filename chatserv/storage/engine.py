@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.logger import Logger
 
 from ..hub import ChatMessage, Correction
-from ..names import name_key
+from ..names import BadName, check_name, name_key, rekey
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
 
 log = Logger()
@@ -202,6 +202,8 @@ class Engine:
                 if current < migration.version <= target:
                     for statement in getattr(migration, self.dialect):
                         self._execute(statement)
+                    if migration.python is not None:
+                        getattr(self, migration.python)()
                     self._execute(
                         "INSERT INTO schema_version (version, description, applied) VALUES (?, ?, ?)",
                         (
@@ -220,6 +222,64 @@ class Engine:
 
     def _lock_schema(self) -> None:
         """Keep two servers starting at once from migrating the same database."""
+
+    def _rekey_names(self) -> None:
+        """Migration 4: turn every stored name key into its look-alike key.
+
+        Runs inside the migration's transaction. Accounts whose names the new
+        rules refuse (emoji, compatibility characters) are kept but can no
+        longer log in; each is named in a warning. Two accounts whose names now
+        have one key cannot both keep it: the older account keeps the name,
+        and the newer one is set aside under a key no name has (it can no
+        longer log in; ``chatserv-admin list-accounts`` still shows it), with
+        a warning in the log.
+        """
+        rows = self._execute("SELECT name_key, name, password_hash, created FROM accounts").fetchall()
+        if rows:
+            self._execute("DELETE FROM accounts")
+            taken: set[str] = set()
+            for old, name, password_hash, created in sorted(rows, key=lambda r: (float(r[3]), r[0])):
+                key = rekey(old)
+                try:
+                    check_name(name)
+                except BadName as e:
+                    log.warn("account {name!r} can no longer log in: {why}", name=name, why=str(e))
+                if key in taken:
+                    log.warn(
+                        "account {name!r} looks like an older account's name: set aside, it can no"
+                        " longer log in",
+                        name=name,
+                    )
+                    key = f"{key}\n{old}"  # no name key holds a newline
+                taken.add(key)
+                self._execute(
+                    "INSERT INTO accounts (name_key, name, password_hash, created) VALUES (?, ?, ?, ?)",
+                    (key, name, password_hash, created),
+                )
+        for (old,) in self._execute(
+            "SELECT DISTINCT room_key FROM messages WHERE room_key IS NOT NULL"
+        ).fetchall():
+            if rekey(old) != old:
+                self._execute("UPDATE messages SET room_key = ? WHERE room_key = ?", (rekey(old), old))
+        for (old,) in self._execute(
+            "SELECT DISTINCT conversation FROM messages WHERE conversation IS NOT NULL"
+        ).fetchall():
+            a, _, b = old.partition("\n")
+            ka, kb = sorted((rekey(a), rekey(b)))
+            if f"{ka}\n{kb}" != old:
+                self._execute(
+                    "UPDATE messages SET conversation = ? WHERE conversation = ?", (f"{ka}\n{kb}", old)
+                )
+        caps = self._execute("SELECT room_key, room, max_messages FROM room_caps").fetchall()
+        if caps:
+            self._execute("DELETE FROM room_caps")
+            kept: dict[str, tuple[str, int]] = {}
+            for old, room, cap in caps:
+                kept.setdefault(rekey(old), (room, int(cap)))
+            for key, (room, cap) in kept.items():
+                self._execute(
+                    "INSERT INTO room_caps (room_key, room, max_messages) VALUES (?, ?, ?)", (key, room, cap)
+                )
 
     def _version(self) -> int:
         (version,) = self._execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
@@ -325,6 +385,82 @@ class Engine:
             ).fetchall()
         )
         return [RoomInfo(name, int(count), float(ts)) for name, count, ts in rows]
+
+    # -- retention ----------------------------------------------------------
+
+    def delete_older(self, cutoff: float, batch: int) -> int:
+        """Delete up to *batch* of the oldest messages with ``ts`` before
+        *cutoff*, in one transaction; return how many went."""
+
+        def delete() -> int:
+            with self._transaction():
+                # Their earlier versions (message_edits) go with them.
+                self._execute(
+                    "DELETE FROM message_edits WHERE message_id IN"
+                    " (SELECT id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+                    (cutoff, batch),
+                )
+                cursor = self._execute(
+                    "DELETE FROM messages WHERE id IN"
+                    " (SELECT id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+                    (cutoff, batch),
+                )
+                return max(0, cursor.rowcount)
+
+        return self._call(delete)
+
+    def delete_over_cap(self, room_key: str, keep: int, batch: int) -> int:
+        """Delete up to *batch* of the oldest messages of the room with key
+        *room_key* beyond its newest *keep*; return how many went."""
+
+        def delete() -> int:
+            with self._transaction():
+                row = self._execute(
+                    "SELECT id FROM messages WHERE room_key = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    (room_key, keep),
+                ).fetchone()
+                if row is None:
+                    return 0
+                self._execute(
+                    "DELETE FROM message_edits WHERE message_id IN (SELECT id FROM messages"
+                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (room_key, row[0], batch),
+                )
+                cursor = self._execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (room_key, row[0], batch),
+                )
+                return max(0, cursor.rowcount)
+
+        return self._call(delete)
+
+    def room_caps(self) -> list[tuple[str, str, int]]:
+        """``(room_key, room, max_messages)`` for every room with a cap."""
+        rows = self._call(
+            lambda: self._execute(
+                "SELECT room_key, room, max_messages FROM room_caps ORDER BY room_key"
+            ).fetchall()
+        )
+        return [(key, room, int(cap)) for key, room, cap in rows]
+
+    def set_room_cap(self, room: str, max_messages: int) -> None:
+        """Keep at most *max_messages* of *room*; 0 removes the cap."""
+
+        def update() -> None:
+            with self._transaction():
+                key = name_key(room)
+                if max_messages <= 0:
+                    self._execute("DELETE FROM room_caps WHERE room_key = ?", (key,))
+                    return
+                self._execute(
+                    "INSERT INTO room_caps (room_key, room, max_messages) VALUES (?, ?, ?)"
+                    " ON CONFLICT (room_key) DO UPDATE SET room = excluded.room,"
+                    " max_messages = excluded.max_messages",
+                    (key, room, max_messages),
+                )
+
+        self._call(update)
 
     # -- accounts -----------------------------------------------------------
 

@@ -18,15 +18,19 @@ from ..names import MAX_NAME_LENGTH, BadName, check_name
 from . import MAX_PAGE
 
 DEFAULT_PAGE = 50
+#: The largest ``before`` or ``limit`` a request may carry: 2**63 - 1.
+MAX_ID = (1 << 63) - 1
 
 
 def _int_field(frame: dict[str, Any], field: str) -> int | None:
     value = frame.get(field)
     if value is None:
         return None
-    # bool is an int in Python, never in the protocol.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ChatError(f"el campo {field!r} debe ser un entero positivo")
+    # bool is an int in Python, never in the protocol. Ids are 64-bit signed
+    # integers in both engines; a larger number would reach SQLite as an
+    # overflow, so it is refused here alike for both.
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ID:
+        raise ChatError(f"el campo {field!r} debe ser un entero entre 1 y {MAX_ID}")
     return value
 
 
@@ -84,14 +88,19 @@ def _peer_name(peer: object) -> str:
 def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:
     more = len(found) > limit
     page = found[1:] if more else found
-    return wire.frame({**answer, "items": [item(m) for m in page], "more": more})
+    # Bounded in bytes as well (wire.MAX_PAGE_BYTES): `more` then says so.
+    return wire.history_page(answer, [item(m) for m in page], more)
 
 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:
     """Whether joining *room_name* must first read its history window from
     storage: the room is not in memory (never used since start-up, or
-    dropped when its last member left) but may have stored messages."""
-    return store is not None and isinstance(room_name, str) and hub.room(room_name) is None
+    dropped when its last member left) but may have stored messages, or its
+    window was evicted to keep history windows within their memory bound."""
+    if store is None or not isinstance(room_name, str):
+        return False
+    room = hub.room(room_name)
+    return room is None or room.partial
 
 
 def load_room(hub: Hub, store: Any, room_name: str) -> Deferred[list[ChatMessage]]:

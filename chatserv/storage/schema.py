@@ -26,6 +26,9 @@ class Migration:
     description: str
     sqlite: tuple[str, ...]
     postgresql: tuple[str, ...]
+    #: A data step SQL cannot do: the name of an Engine method, run after the
+    #: statements, in the same transaction.
+    python: str | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -90,11 +93,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "retention",
+        # room_caps: the operator's per-room history caps (chatserv-admin
+        # set-room-cap). messages_by_ts: --retain-days deletes by age.
+        sqlite=(
+            """CREATE TABLE room_caps (
+                room_key TEXT PRIMARY KEY,
+                room TEXT NOT NULL,
+                max_messages INTEGER NOT NULL
+            )""",
+            "CREATE INDEX messages_by_ts ON messages (ts)",
+        ),
+        postgresql=(
+            """CREATE TABLE room_caps (
+                room_key TEXT PRIMARY KEY,
+                room TEXT NOT NULL,
+                max_messages BIGINT NOT NULL
+            )""",
+            "CREATE INDEX messages_by_ts ON messages (ts)",
+        ),
+    ),
+    Migration(
+        4,
+        "look-alike name keys",
+        # Name keys became UTS #39 skeletons (chatserv.names): every stored
+        # key is recomputed from the old one by Engine._rekey_names.
+        sqlite=(),
+        postgresql=(),
+        python="_rekey_names",
+    ),
 )
 
 MIGRATIONS += (
     Migration(
-        3,
+        5,
         "message corrections",
         # body stays the text as first sent; edited_body is the text as its
         # author last corrected it, deleted_ts marks a deletion. Every

@@ -52,6 +52,12 @@ log = Logger()
 
 T = TypeVar("T")
 
+#: Text of messages accepted but not yet committed, at most. Past it clients'
+#: new messages are refused with ``server_busy`` until the writer catches up,
+#: instead of holding memory without end while the database is slower than
+#: the senders (docs/PROTOCOL.md, Bounds).
+MAX_BACKLOG = 32 * 1024 * 1024
+
 
 class StorageClosed(StorageError):
     """The store was closed; nothing more can be written."""
@@ -74,8 +80,12 @@ class _Group:
         pool: ThreadPool,
         work: Callable[[list[Any]], Sequence[Any] | None],
         prepare: Callable[[], None],
+        weigh: Callable[[Any], int] | None = None,
     ) -> None:
         self._reactor = reactor
+        #: What an item costs while it waits or is in flight (``weight``).
+        self._weigh = weigh
+        self.weight = 0
         self._pool = pool
         self._work = work
         self._prepare = prepare
@@ -92,6 +102,8 @@ class _Group:
         return d
 
     def submit_then(self, item: Any, then: Any) -> None:
+        if self._weigh is not None:
+            self.weight += self._weigh(item)
         self._items.append(item)
         self._waiters.append(then)
         if not self._busy:
@@ -110,7 +122,12 @@ class _Group:
             self._finished, self._failed, callbackArgs=(items, waiters), errbackArgs=(items, waiters)
         )
 
+    def _unweigh(self, items: list[Any]) -> None:
+        if self._weigh is not None:
+            self.weight -= sum(map(self._weigh, items))
+
     def _finished(self, results: Sequence[Any] | None, items: list[Any], waiters: list[Any]) -> None:
+        self._unweigh(items)
         self.runs += 1
         self.done += len(waiters)
         if results is None:
@@ -135,6 +152,7 @@ class _Group:
         self._next()
 
     def _failed(self, failure: Failure, items: list[Any], waiters: list[Any]) -> None:
+        self._unweigh(items)
         silent = 0
         for waiter in waiters:
             if waiter.__class__ is Deferred:
@@ -176,7 +194,8 @@ class ThreadedStore:
         self.url = writer.url
         self._write_pool = ThreadPool(1, 1, name="chatserv-db-writer")
         self._read_pool = ThreadPool(1, 1, name="chatserv-db-reader")
-        self._commits = _Group(reactor, self._write_pool, self._insert, self._start)
+        self._commits = _Group(reactor, self._write_pool, self._insert, self._start, _text_size)
+        self.max_backlog = MAX_BACKLOG
         self._lookups = _Group(reactor, self._read_pool, self._registered, self._start)
         self._closed = False
         self._started = False
@@ -247,6 +266,9 @@ class ThreadedStore:
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
         """Message *message_id* as it reads now (edits applied), or None."""
         return self._read(self.reader.message, message_id)
+
+    def congested(self) -> bool:
+        return self._commits.weight > self.max_backlog
 
     def _insert(self, messages: list[ChatMessage]) -> list[Failure | None] | None:
         """Writer thread: one transaction for the batch. If it fails, store
@@ -319,6 +341,11 @@ class ThreadedStore:
         self._start()
         return deferToThreadPool(self.reactor, self._read_pool, fn, *args)
 
+    def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn(*args)`` (a writer engine method) in the writer thread,
+        between commits (retention uses it)."""
+        return self._write(fn, *args)
+
     def _write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
@@ -346,6 +373,10 @@ class ThreadedStore:
             stored=self.stored,
             commits=self.commits,
         )
+
+
+def _text_size(message: ChatMessage) -> int:
+    return len(message.text)
 
 
 def open_store(url: str, reactor: Any) -> ThreadedStore:

@@ -61,6 +61,11 @@ async def test_telegram_to_chat_and_users_list(rig):
     mallory.send(cmd="login", user="Luis García (TG)")
     error = await mallory.expect("error")
     assert error["code"] == "bad_name"
+    # Nor imitated with look-alikes of the marker (issue 11): no space, a
+    # Cyrillic Т, a Braille blank, a Hangul filler.
+    for fake in ["LuisGarcía(TG)", "Luis(\u0422G)", "Luis\u2800(TG)", "Luis\u3164(TG)"]:
+        mallory.send(cmd="login", user=fake)
+        assert (await mallory.expect("error"))["code"] == "bad_name", fake
     # No echo: nothing from Telegram goes back.
     await sleep(0.2)
     assert rig.fake.sent == []

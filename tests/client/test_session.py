@@ -25,7 +25,7 @@ from chatserv.client.model import (
     SendState,
 )
 from chatserv.client.network import ChatLineProtocol
-from chatserv.client.session import FLUSH_BATCH, ChatSession, Credentials
+from chatserv.client.session import BUSY_RETRY, FLUSH_BATCH, ChatSession, Credentials
 from tests.client.support import FailureLog
 
 
@@ -221,6 +221,30 @@ def test_name_taken_after_reconnect_is_retried():
     assert h.recorder.failures == []
     h.clock.advance(2.5)
     assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
+
+
+def test_server_pings_are_answered():
+    h = Harness()
+    h.login()
+    h.sent()
+    h.recv(cmd="ping")
+    assert h.sent() == [{"cmd": "pong"}]
+    assert h.recorder.failures == []
+
+
+def test_a_busy_server_is_asked_again_later():
+    h = Harness(password="secreto123", register=True)
+    h.connect()
+    h.sent()
+    h.recv(cmd="error", code="server_busy", msg="ocupado", ref="register")
+    assert h.recorder.failures == []
+    h.clock.advance(BUSY_RETRY)
+    assert h.sent() == [{"cmd": "register", "user": "Ana", "password": "secreto123"}]
+    h.recv(cmd="registered", user="Ana")
+    h.sent()
+    h.recv(cmd="error", code="server_busy", msg="ocupado", ref="login")
+    h.clock.advance(BUSY_RETRY)
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
 
 
 def test_register_then_login_and_servers_without_accounts():

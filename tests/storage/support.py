@@ -19,6 +19,7 @@ class DurableServer:
         history: int = 50,
         require_accounts: bool = False,
         listen: str = "tcp:0:interface=127.0.0.1",
+        history_memory: int | None = None,
         **limits: Any,
     ) -> None:
         limits.setdefault("rate_limit", 0)
@@ -29,6 +30,8 @@ class DurableServer:
             db=db_url,
             require_accounts=require_accounts,
         )
+        if history_memory is not None:
+            self.config.history_memory = history_memory
         self.app: Any = None
         self.server: ChatServer | None = None
         self.clients: list[LineClient] = []

@@ -5,9 +5,22 @@ from __future__ import annotations
 import pytest_twisted
 from argon2 import PasswordHasher
 from twisted.internet import defer
+from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
-from chatserv.accounts import WRONG, Accounts, AuthFailed, Throttle
+from chatserv.accounts import (
+    MAX_BACKOFF,
+    REGISTER_BURST,
+    REGISTER_BURST_PER_ADDRESS,
+    REGISTER_EVERY,
+    REGISTER_RATE,
+    WRONG,
+    Accounts,
+    AuthFailed,
+    RateLimited,
+    Throttle,
+)
+from chatserv.hashing import HashQueue, ServerBusy
 from chatserv.storage import open_store
 from tests.support import sleep
 
@@ -93,23 +106,84 @@ async def fails(d: defer.Deferred, exc: type[Exception] = AuthFailed) -> Excepti
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_throttling_per_account(accounts):
+async def test_login_throttling_per_account_slows_the_guesser(accounts):
     await accounts.register("Ana", "correcto123", "10.0.0.1")
     clock = accounts.clock
-    # Every failure comes from a different address: only the account counts.
     for i in range(accounts.by_account.free):
-        e = await fails(accounts.authenticate("Ana", f"mal{i}", f"10.1.0.{i}"))
+        e = await fails(accounts.authenticate("Ana", f"mal{i}", "10.6.6.6"))
         assert str(e) == WRONG
-    e = await fails(accounts.authenticate("Ana", "mal", "10.2.0.1"))
+    e = await fails(accounts.authenticate("Ana", "mal", "10.6.6.6"))
     assert str(e) == WRONG
-    # Now throttled: even the right password is not checked.
-    e = await fails(accounts.authenticate("Ana", "correcto123", "10.2.0.2"))
+    # Now the guesser's attempts are not even checked, the right password included.
+    e = await fails(accounts.authenticate("Ana", "correcto123", "10.6.6.6"))
     assert "vuelve a intentarlo en 1 s" in str(e)
     clock.advance(1.0)
-    identity = await accounts.authenticate("ana", "correcto123", "10.2.0.3")
+    identity = await accounts.authenticate("ana", "correcto123", "10.6.6.6")
     assert identity.name == "Ana" and identity.account
-    # Success resets the account's count.
-    assert accounts.by_account.failures("ana") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_guesser_does_not_lock_the_owner_out(accounts):
+    """Issue 11, item 6: 11 wrong guesses, then the owner's correct password."""
+    await accounts.register("Ana", "correcto123", "10.0.0.1")
+    clock = accounts.clock
+    guesses = 0
+    while guesses < 11:
+        e = await fails(accounts.authenticate("Ana", f"mal{guesses}", "10.6.6.6"))
+        if str(e) == WRONG:
+            guesses += 1
+        clock.advance(5.0)
+    # Still throttled for the guesser...
+    e = await fails(accounts.authenticate("Ana", "otra", "10.6.6.6"))
+    assert "vuelve a intentarlo" in str(e)
+    # ...but not for the owner, from an address that has not failed on the name.
+    for _ in range(11):
+        assert (await accounts.authenticate("Ana", "correcto123", "10.0.0.1")).name == "Ana"
+        await fails(accounts.authenticate("Ana", "otra", "10.6.6.6"))
+    # The owner's successes do not unlock the name for the guesser.
+    assert accounts.by_account.failures("ana") >= 11
+    e = await fails(accounts.authenticate("Ana", "otra", "10.6.6.6"))
+    assert "vuelve a intentarlo" in str(e)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_who_mistypes_is_throttled_like_a_guesser(accounts):
+    await accounts.register("Ana", "correcto123", "10.0.0.1")
+    for i in range(accounts.by_account.free + 1):
+        await fails(accounts.authenticate("Ana", f"mal{i}", "10.6.6.6"))
+    # A typo makes the owner's address one with a recent failure on the name.
+    assert str(await fails(accounts.authenticate("Ana", "correcto12", "10.0.0.1"))) == WRONG
+    e = await fails(accounts.authenticate("Ana", "correcto123", "10.0.0.1"))
+    assert "vuelve a intentarlo" in str(e)
+    # That lasts at most the longest back-off.
+    accounts.clock.advance(MAX_BACKOFF)
+    assert (await accounts.authenticate("Ana", "correcto123", "10.0.0.1")).name == "Ana"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sprayer_does_not_lock_out_an_owner_known_at_its_address(accounts):
+    await accounts.register("Ana", "correcto123", "10.7.7.7")
+    await accounts.register("Luis", "correcto123", "10.7.7.7")
+    await accounts.authenticate("Ana", "correcto123", "10.7.7.7")  # Ana has logged in from here
+    for i in range(22):
+        await fails(accounts.authenticate(f"inventado{i}", "adivina123", "10.7.7.7"))
+    assert (await accounts.authenticate("Ana", "correcto123", "10.7.7.7")).name == "Ana"
+    # An account never seen at this address waits out the address's back-off.
+    e = await fails(accounts.authenticate("Luis", "correcto123", "10.7.7.7"))
+    assert "vuelve a intentarlo" in str(e)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_back_off_is_bounded(accounts):
+    await accounts.register("Ana", "correcto123", "10.0.0.1")
+    for _ in range(200):
+        accounts.by_account.failure("ana")
+        accounts.by_address.failure("10.6.6.6")
+    assert accounts.by_account.wait("ana") == MAX_BACKOFF
+    e = await fails(accounts.authenticate("Ana", "correcto123", "10.6.6.6"))
+    assert "vuelve a intentarlo en 900 s" in str(e)
+    accounts.clock.advance(MAX_BACKOFF)
+    assert (await accounts.authenticate("Ana", "correcto123", "10.6.6.6")).name == "Ana"
 
 
 @pytest_twisted.ensureDeferred
@@ -131,13 +205,27 @@ async def test_login_throttling_per_address_across_names(accounts):
 @pytest_twisted.ensureDeferred
 async def test_parallel_guesses_are_throttled_too(accounts):
     await accounts.register("Ana", "correcto123", "10.0.0.1")
-    attempts = [accounts.authenticate("Ana", f"mal{i}", f"10.3.0.{i}") for i in range(20)]
+    attempts = [accounts.authenticate("Ana", f"mal{i}", "10.3.0.1") for i in range(20)]
     results = await defer.DeferredList(attempts, consumeErrors=True)
     messages = [str(f.value) for ok, f in results]
     assert not any(ok for ok, _ in results)
     # Only the free attempts (plus the one that crosses) were checked.
     assert messages.count(WRONG) == accounts.by_account.free + 1
     assert sum("vuelve a intentarlo" in m for m in messages) == 20 - accounts.by_account.free - 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_address_gets_one_unthrottled_attempt_at_a_throttled_name(accounts):
+    # The price of never locking the owner out: a clean address is checked.
+    await accounts.register("Ana", "correcto123", "10.0.0.1")
+    for i in range(accounts.by_account.free + 3):
+        await fails(accounts.authenticate("Ana", f"mal{i}", "10.3.0.1"))
+    attempts = [accounts.authenticate("Ana", "mal", f"10.4.0.{i}") for i in range(5)]
+    attempts += [accounts.authenticate("Ana", "mal", f"10.4.0.{i}") for i in range(5)]
+    results = await defer.DeferredList(attempts, consumeErrors=True)
+    messages = [str(f.value) for _, f in results]
+    assert messages[:5] == [WRONG] * 5
+    assert all("vuelve a intentarlo" in m for m in messages[5:])
 
 
 @pytest_twisted.ensureDeferred
@@ -314,18 +402,22 @@ async def test_a_connection_closed_during_login_leaves_no_session(durable):
     await register(c, "Ana", "secreto123")
     watcher = await srv.client()
     await watcher.login("Luis")
-    accounts = srv.server.factory.accounts
+    factory = srv.server.factory
+    accounts = factory.accounts
     c.send(cmd="login", user="Ana", password="secreto123")
     while accounts.by_account.failures("ana") == 0:  # the attempt has started
         await sleep(0.001)
     c.close()  # before the hash is checked
     await c.closed
-    # The attempt counts as a failure until the password is verified.
-    while accounts.by_account.failures("ana"):
+    # The server notices the close while the login waits (it keeps reading),
+    # drops the attempt and takes back the failure it counted in advance.
+    while len(factory.connections) > 1 or accounts.by_account.failures("ana"):
         await sleep(0.01)
     hub = srv.server.hub
     assert hub.find("Ana") is None
     assert hub.users() == ("Luis",)
+    # Ana never came online, not even for a moment.
+    assert not any(b"Ana" in line for line in await watcher.quiet(0.3))
     again = await srv.client()
     again.send(cmd="login", user="Ana", password="secreto123")
     assert (await again.frame())["cmd"] == "history"
@@ -361,3 +453,60 @@ async def test_throttled_login_over_the_wire(durable):
     c.send(cmd="login", user="Ana", password="secreto123")
     answer = await c.frame()
     assert answer["code"] == "auth_failed" and "vuelve a intentarlo" in answer["msg"]
+
+
+# -- registrations and the hashing queue (issue 11, item 5) ---------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_registrations_are_throttled_per_address_and_overall(accounts):
+    clock = accounts.clock
+    for i in range(REGISTER_BURST_PER_ADDRESS):
+        await accounts.register(f"a{i}", "12345678", "10.0.0.1")
+    e = await fails(accounts.register("otra", "12345678", "10.0.0.1"), RateLimited)
+    assert e.code == "rate_limited" and "desde tu dirección" in str(e)
+    await accounts.register("b0", "12345678", "10.0.0.2")  # another address is not affected
+    clock.advance(REGISTER_EVERY)
+    await accounts.register("otra", "12345678", "10.0.0.1")
+    # Server-wide: a burst, then REGISTER_RATE per second, whatever the addresses.
+    # (the wait above refilled the server-wide allowance; "otra" took one)
+    for i in range(REGISTER_BURST - 1):
+        await accounts.register(f"c{i}", "12345678", f"10.1.{i}.1")
+    e = await fails(accounts.register("tarde", "12345678", "10.2.0.1"), RateLimited)
+    assert "demasiadas cuentas nuevas" in str(e)
+    clock.advance(1 / REGISTER_RATE)
+    assert await accounts.register("tarde", "12345678", "10.2.0.1") == "tarde"
+    # Refusals created nothing and hashed nothing.
+    assert not await accounts.store.is_registered("otra2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_hashing_queue_answers_server_busy(tmp_path):
+    from twisted.internet import reactor
+
+    from tests.test_hashing import Threads
+
+    store = open_store(str(tmp_path / "busy.sqlite3"), reactor)
+    threads = Threads()
+    hashes = HashQueue(threads.run, threads=1, max_waiting=2, max_low=1)
+    accounts = Accounts(store, reactor, clock=Clock(), hasher=FAST, hashes=hashes)
+    try:
+        first = accounts.register("uno", "12345678", "10.0.0.1")  # running
+        second = accounts.register("dos", "12345678", "10.0.0.2")  # waiting
+        while len(threads.ran) < 1 or hashes.waiting < 1:
+            await sleep(0.01)
+        e = await fails(accounts.register("tres", "12345678", "10.0.0.3"), ServerBusy)
+        assert e.code == "server_busy"
+        # A login still finds room, and runs before the waiting registration.
+        login = accounts.authenticate("nadie", "12345678", "10.0.0.4")
+        while hashes.waiting < 2:
+            await sleep(0.01)
+        threads.finish()
+        assert await first == "uno"
+        (stored, _), = threads.running
+        assert stored is None  # the login's check (of a dummy hash), not "dos"'s hash
+        for d in (login, second):
+            d.addErrback(lambda f: f.trap(CancelledError))
+            d.cancel()
+    finally:
+        await store.close()

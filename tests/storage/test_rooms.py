@@ -129,8 +129,12 @@ async def test_typing_and_users_are_scoped_to_the_room(durable):
     assert [f for f in await frames_until_barrier(ana) if f["cmd"] == "typing"] == []
     eva.send(cmd="typing", room="cine")
     assert (await eva.frame())["code"] == "not_in_room"
+    # Who is in a room is for its members only; a room that does not exist
+    # answers the same.
     eva.send(cmd="users", room="cine")
-    assert await eva.frame() == {"cmd": "users", "room": "cine", "list": ["Ana", "Luis"]}
+    assert (await eva.frame())["code"] == "not_in_room"
+    eva.send(cmd="users", room="nadie")
+    assert (await eva.frame())["code"] == "not_in_room"
     eva.send(cmd="users")
     assert (await eva.frame())["list"] == ["Ana", "Luis", "Eva"]
 

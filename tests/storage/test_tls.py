@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest_twisted
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-from tests.support import LineClient, make_certificate
+from tests.support import LineClient, make_certificate, sleep
 
 
 class TLSClient(LineClient):
@@ -67,3 +68,29 @@ async def test_the_client_rejects_a_certificate_for_another_name(durable, tmp_pa
     assert type(client.reason.value).__name__ == "VerificationError"
     assert "DNSMismatch" in repr(client.reason.value)
     assert srv.server.hub.find("Ana") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_tls_handshake_is_cut_off(durable, tmp_path):
+    key_pem, cert_pem = make_certificate(tmp_path)
+    srv = await durable(
+        listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}",
+        handshake_timeout=0.5,
+    )
+    stalled = socket.create_connection(("127.0.0.1", srv.port))
+    stalled.setblocking(False)
+    try:
+        for _ in range(100):  # the server must close it well before its login deadline
+            await sleep(0.05)
+            try:
+                if stalled.recv(1) == b"":
+                    break
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                break
+        else:
+            raise AssertionError("the stalled handshake is still open after 5 s")
+    finally:
+        stalled.close()
+    assert len(srv.server.factory.connections) == 0
