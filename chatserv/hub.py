@@ -28,6 +28,8 @@ from .windows import HISTORY_MEMORY, Windows
 
 GENERAL = "general"
 MAX_ROOMS_PER_SESSION = 100
+#: How long after sending it its author may edit or delete a message (seconds).
+EDIT_WINDOW = 48 * 3600.0
 #: Rooms one session may bring into being: a burst of 10, then one per 10 s.
 #: Joining a room that exists costs nothing.
 ROOM_CREATE_RATE = 0.1
@@ -60,6 +62,26 @@ class InvalidName(ChatError):
     code = "bad_name"
 
 
+class NoSuchMessage(ChatError):
+    """The id names no message the session can see: unknown, in a room it is
+    not in or not the one it writes to, or someone else's private
+    conversation. One code for all, so that nothing is learnt by probing."""
+
+    code = "no_such_message"
+
+
+class NotYourMessage(ChatError):
+    code = "not_your_message"
+
+
+class MessageDeleted(ChatError):
+    code = "message_deleted"
+
+
+class EditTooLate(ChatError):
+    code = "edit_too_late"
+
+
 class TooFast(ChatError):
     code = "rate_limited"
 
@@ -85,6 +107,11 @@ class ChatMessage:
     reply_to: dict[str, Any] | None = None
     #: The id of the message this one corrects (a Telegram edit), when known.
     edit_of: int | None = None
+    #: When the text was last corrected by its author (``text`` is the
+    #: corrected one; storage keeps the original), or None.
+    edited: float | None = None
+    #: When its author deleted it (``text`` is then empty), or None.
+    deleted: float | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
     #: A private message's two ends, the sessions that held the names when it
@@ -118,6 +145,24 @@ class Typing:
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
+@dataclass(slots=True, eq=False)
+class Correction:
+    """The author of message ``id`` edited it (``text`` set) or deleted it
+    (``text`` None) at ``ts``; ``room``/``recipient`` say where it was posted."""
+
+    id: int
+    ts: float
+    sender: str
+    text: str | None
+    room: str | None = None
+    recipient: str | None = None
+    wire: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def deleted(self) -> bool:
+        return self.text is None
+
+
 class Participant(Protocol):
     """What the hub needs from anything that logs in: a place to hand events."""
 
@@ -133,6 +178,10 @@ class Participant(Protocol):
     def receive_typing(self, typing: Typing) -> None:
         """Somebody else is typing in one of the session's rooms, or privately to it."""
 
+    def receive_correction(self, correction: Correction) -> None:
+        """A message of a room the session is in, or of one of its private
+        conversations, was edited or deleted by its author."""
+
 
 class MessageLog(Protocol):
     """The storage seam: where messages are committed before they are relayed."""
@@ -144,6 +193,10 @@ class MessageLog(Protocol):
         message's path. A message that cannot be stored is the store's to
         report, and is never delivered.
         """
+
+    def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
+        """Record *correction* (keeping the original text), then call
+        ``deliver(correction)``; what cannot be stored is not delivered."""
 
     def congested(self) -> bool:
         """True while the messages waiting to be committed hold more than the
@@ -462,7 +515,9 @@ class Hub:
         self._commit(message, self._deliver_to_room)
         return message
 
-    def private(self, session: Session, to: str, text: str) -> ChatMessage:
+    def private(
+        self, session: Session, to: str, text: str, *, reply_to: dict[str, Any] | None = None
+    ) -> ChatMessage:
         """Send *text* to the online user *to*, and a copy to the sender."""
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
@@ -470,6 +525,7 @@ class Hub:
         self._check_backlog(session)
         message = ChatMessage(
             self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
+            reply_to=reply_to,
             to_session=target, from_session=session,
         )
         self.stats.received_private += 1
@@ -590,3 +646,136 @@ class Hub:
         if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             self.stats.delivered_private += 1
             sender.participant.receive_message(message)
+
+    # -- replies and corrections -------------------------------------------
+    #
+    # Finding the message an id names may need storage, so the protocol
+    # looks it up (chatserv.conversation) and hands it here; these methods
+    # decide whether the session may use it.
+
+    def can_see(self, session: Session, message: ChatMessage, since: float = 0.0) -> bool:
+        """Whether *session* may read *message*: a room message of a room it
+        is in, or a private message of its own conversations from *since*
+        (its private-history horizon, see accounts.Identity) on."""
+        if message.room is not None:
+            room = self.rooms.get(name_key(message.room))
+            return room is not None and room.name in session.rooms
+        assert message.recipient is not None
+        return session.key in (name_key(message.sender), name_key(message.recipient)) and (
+            message.ts >= since
+        )
+
+    def reply_quote(
+        self,
+        session: Session,
+        original: ChatMessage | None,
+        *,
+        room_name: str | None = None,
+        to: str | None = None,
+        since: float = 0.0,
+    ) -> dict[str, Any]:
+        """The ``reply_to`` object for a reply by *session* to *original*,
+        posted to *room_name* (a room message) or privately to *to*.
+
+        The original must be one the session can see in that very
+        conversation: a reply never quotes another room or another private
+        conversation. Raises :class:`NoSuchMessage` (or
+        :class:`MessageDeleted`) otherwise, before anything is relayed.
+        """
+        if original is None or not self.can_see(session, original, since):
+            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+        if to is not None:
+            same = original.room is None and {
+                name_key(original.sender),
+                name_key(original.recipient or ""),
+            } == {session.key, name_key(to)}
+        else:
+            room = self.member_room(session, room_name)
+            same = original.room is not None and name_key(original.room) == name_key(room.name)
+        if not same:
+            raise NoSuchMessage("ese mensaje no es de esta conversación")
+        if original.deleted is not None:
+            raise MessageDeleted("ese mensaje se ha borrado")
+        return {"id": original.id, "from": original.sender, "msg": quote(original.text)}
+
+    def correct(
+        self, session: Session, original: ChatMessage | None, text: str | None, since: float = 0.0
+    ) -> Correction:
+        """Edit *original* to *text*, or delete it when *text* is None, on
+        behalf of its author *session*; everyone who can read it is told
+        once storage has recorded it (the original text stays stored)."""
+        if original is None or not self.can_see(session, original, since):
+            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+        if original.deleted is not None:
+            raise MessageDeleted("ese mensaje ya se ha borrado")
+        if name_key(original.sender) != session.key or original.ts < since:
+            raise NotYourMessage("solo su autor puede editar o borrar un mensaje")
+        now = self.clock.seconds()
+        if now - original.ts > EDIT_WINDOW:
+            raise EditTooLate(
+                f"solo se puede editar o borrar un mensaje durante {EDIT_WINDOW / 3600:g} horas"
+            )
+        correction = Correction(
+            original.id, now, original.sender, text, room=original.room, recipient=original.recipient
+        )
+        if self.store is None:
+            self._deliver_correction(correction)
+        else:
+            self.store.correct_then(correction, self._deliver_correction)
+        return correction
+
+    def window_message(self, message_id: int, room_name: str | None) -> ChatMessage | None:
+        """Message *message_id* if it is in the history window of *room_name*."""
+        room = self.rooms.get(name_key(room_name or GENERAL))
+        if room is None:
+            return None
+        for message in room.history:
+            if message.id == message_id:
+                return message
+        return None
+
+    def _deliver_correction(self, correction: Correction) -> None:
+        if correction.room is not None:
+            room = self.rooms.get(name_key(correction.room))
+            if room is None:
+                return
+            for message in room.history:
+                if message.id == correction.id:
+                    self.windows.replace(room, message, corrected(message, correction))
+                    break
+            for member in list(room.members.values()):
+                member.participant.receive_correction(correction)
+            return
+        assert correction.recipient is not None
+        sender = self.find(correction.sender)
+        recipient = self.find(correction.recipient)
+        for who in (sender, recipient) if sender is not recipient else (sender,):
+            if who is not None:
+                who.participant.receive_correction(correction)
+
+
+#: Characters of the original a reply quotes (``reply_to.msg``).
+QUOTE_LENGTH = 40
+
+
+def quote(text: str, length: int = QUOTE_LENGTH) -> str:
+    """The first line of *text*, cut to *length* characters with an ellipsis."""
+    line = text.strip().split("\n", 1)[0].strip()
+    if len(line) > length or "\n" in text.strip():
+        return line[:length].rstrip() + "…"
+    return line
+
+
+def corrected(message: ChatMessage, correction: Correction) -> ChatMessage:
+    """*message* as it reads after *correction* (a new object: encodings of
+    the old one may still be queued)."""
+    copy = ChatMessage(
+        message.id, message.ts, message.sender, correction.text or "", room=message.room,
+        recipient=message.recipient, reply_to=message.reply_to, edit_of=message.edit_of,
+        edited=message.edited, deleted=message.deleted,
+    )
+    if correction.text is None:
+        copy.deleted = correction.ts
+    else:
+        copy.edited = correction.ts
+    return copy

@@ -37,13 +37,14 @@ from twisted.protocols.basic import LineReceiver
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from . import wire
+from . import conversation, wire
 from .accounts import AuthFailed, Identity
 from .hub import (
     GENERAL,
     ROOMS_PAGE,
     ChatError,
     ChatMessage,
+    Correction,
     Hub,
     InvalidName,
     NameTaken,
@@ -250,6 +251,8 @@ class ChatProtocol(LineReceiver):
         self._eof = False
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
+        #: A plain-text client that asked for message ids (``/ids on``).
+        self.plain_ids = False
 
     # -- connection life --------------------------------------------------
 
@@ -656,13 +659,67 @@ class ChatProtocol(LineReceiver):
     def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
         text = _text(frame, "msg")
+        if frame.get("reply_to") is not None:
+            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"))
+            return
         self.factory.hub.broadcast(self.session, text, _optional_text(frame, "room"))
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
         to = _text(frame, "to")
         text = _text(frame, "msg")
+        if frame.get("reply_to") is not None:
+            self._reply(frame, text, "message", to=to)
+            return
         self.factory.hub.private(self.session, to, text)
+
+    # -- replies, edits, deletes (see chatserv.conversation) ---------------
+
+    def _reply(
+        self, frame: dict[str, Any], text: str, ref: str, room: str | None = None, to: str | None = None
+    ) -> None:
+        """Post *text* as a reply to ``frame["reply_to"]``: find the original
+        (perhaps in storage), let the hub check the session may quote it in
+        this conversation, then post. Nothing is posted if it may not."""
+        assert self.session is not None
+        session, hub = self.session, self.factory.hub
+        wanted = conversation.message_id(frame, "reply_to")
+        assert wanted is not None
+        if to is None:
+            rooms = [hub.member_room(session, room).name]  # not_in_room before any look-up
+        else:
+            rooms = []
+
+        def post(original: ChatMessage | None) -> None:
+            quote = hub.reply_quote(session, original, room_name=room, to=to, since=self.history_since)
+            if to is None:
+                hub.broadcast(session, text, room, reply_to=quote)
+            else:
+                hub.private(session, to, text, reply_to=quote)
+
+        self._hold(conversation.find(hub, self.factory.store, wanted, rooms), post, ref)
+
+    def _cmd_edit(self, frame: dict[str, Any]) -> None:
+        wanted = conversation.message_id(frame, "id")
+        if wanted is None:
+            raise BadRequest("falta el campo 'id'")
+        self._correct(wanted, _text(frame, "msg"), "edit")
+
+    def _cmd_delete(self, frame: dict[str, Any]) -> None:
+        wanted = conversation.message_id(frame, "id")
+        if wanted is None:
+            raise BadRequest("falta el campo 'id'")
+        self._correct(wanted, None, "delete")
+
+    def _correct(self, wanted: int, text: str | None, ref: str) -> None:
+        assert self.session is not None
+        session, hub = self.session, self.factory.hub
+        found = conversation.find(hub, self.factory.store, wanted, sorted(session.rooms))
+
+        def correct(original: ChatMessage | None) -> None:
+            hub.correct(session, original, text, self.history_since)
+
+        self._hold(found, correct, ref)
 
     def _cmd_users(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
@@ -757,6 +814,8 @@ class ChatProtocol(LineReceiver):
         "pong": _cmd_pong,
         "register": _cmd_register,
         "history": _cmd_history,
+        "edit": _cmd_edit,
+        "delete": _cmd_delete,
     }
 
     # -- plain-text dialect -----------------------------------------------
@@ -868,15 +927,37 @@ class ChatProtocol(LineReceiver):
         elif command == "/help":
             for line in PLAIN_HELP:
                 self.send(wire.plain_line(line))
+        elif command in _PLAIN_CONVERSATION:
+            self._plain_conversation(command, args.strip())
         else:
             self.error("unknown_cmd", f"orden desconocida {command}; usa // para empezar con /")
+
+    def _plain_conversation(self, command: str, args: str) -> None:
+        """``/ids on|off``, ``/re ID text``, ``/edit ID text``, ``/del ID``."""
+        if command == "/ids":
+            if args not in ("on", "off"):
+                self.error("bad_request", "uso: /ids on | /ids off")
+                return
+            self.plain_ids = args == "on"
+            state = "Se muestran" if self.plain_ids else "No se muestran"
+            self.send(wire.plain_line(f"* {state} los números de mensaje."))
+            return
+        number, _, body = args.partition(" ")
+        usage = _PLAIN_CONVERSATION[command]
+        if not (number.isascii() and number.isdigit()) or (command != "/del" and not body):
+            self.error("bad_request", f"uso: {usage}")
+            return
+        if command == "/re":
+            self._reply({"reply_to": int(number)}, body, "re")
+        else:
+            self._correct(int(number), body if command == "/edit" else None, command[1:])
 
     # -- hub events (Participant) -----------------------------------------
 
     def receive_message(self, message: ChatMessage) -> None:
         assert self.session is not None
         if self.plain:
-            self.send(wire.plain_message(message, self.session.name))
+            self.send(wire.plain_message(message, self.session.name, self.plain_ids))
         elif message.room is not None:
             self.send(wire.broadcast_frame(message))
         elif message.sender != self.session.name or message.recipient == self.session.name:
@@ -897,12 +978,30 @@ class ChatProtocol(LineReceiver):
         if not self.plain:
             self.send(wire.typing_frame(typing))
 
+    def receive_correction(self, correction: Correction) -> None:
+        if self.plain:
+            self.send(wire.plain_correction(correction, self.plain_ids))
+        else:
+            self.send(wire.correction_frame(correction))
+
+
+#: Plain-text orders for replies and corrections, with their usage line.
+_PLAIN_CONVERSATION = {
+    "/ids": "/ids on | /ids off",
+    "/re": "/re ID texto",
+    "/edit": "/edit ID texto",
+    "/del": "/del ID",
+}
+
 
 #: The answer to ``/help`` in the plain-text dialect, one line each.
 PLAIN_HELP = (
     "* Escribe un texto y pulsa Enter para enviarlo a la sala general. Órdenes:",
     "* /msg NOMBRE texto: mensaje privado a NOMBRE",
     "* /users: quién está en línea",
+    "* /ids on | /ids off: muestra u oculta los números de mensaje",
+    "* /re N texto: responde al mensaje N",
+    "* /edit N texto, /del N: corrige o borra tu mensaje N",
     "* /help: esta ayuda",
     "* /quit: salir",
     "* //texto: envía un texto que empieza por /",

@@ -41,7 +41,8 @@ _GENERAL = "general"
 
 def cost_of(message: ChatMessage) -> int:
     """What *message* is counted for while it is in a window: the same every
-    time it is asked, since a message's text never changes."""
+    time it is asked, since a message's text never changes (a correction puts
+    a new message object in its place, see :meth:`Windows.replace`)."""
     return MESSAGE_OVERHEAD + sys.getsizeof(message.text)
 
 
@@ -68,6 +69,19 @@ class Windows:
             self._uncharge(room, cost_of(room.history[0]))  # the append below drops it
         room.history.append(message)
         self._charge(room, cost_of(message))
+
+    def replace(self, room: Room, old: ChatMessage, new: ChatMessage) -> bool:
+        """Put *new* (an edit or deletion of *old*) in *old*'s place in the
+        room's window, counting its new text; False if *old* is not there."""
+        for i, message in enumerate(room.history):
+            if message is old:
+                if room.wire:
+                    self._forget_encodings(room)
+                self._uncharge(room, cost_of(old))
+                room.history[i] = new
+                self._charge(room, cost_of(new))
+                return True
+        return False
 
     def frame(self, room: Room, key: str, encode: Callable[[Room], bytes]) -> bytes:
         """The window of *room* encoded by *encode*, cached under *key* until

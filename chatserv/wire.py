@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from .hub import ChatMessage, PresenceChange, Room, Typing
+from .hub import ChatMessage, Correction, PresenceChange, Room, Typing
 
 # allow_nan=False: NaN and Infinity are not JSON; no client could parse them.
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -97,7 +97,16 @@ def message_object(message: ChatMessage) -> dict[str, Any]:
             obj["reply_to"] = message.reply_to
         if message.edit_of is not None:
             obj["edit_of"] = message.edit_of
+        _correction_marks(obj, message)
     return obj
+
+
+def _correction_marks(obj: dict[str, Any], message: ChatMessage) -> None:
+    if message.deleted is not None:
+        obj["deleted"] = iso_time(message.deleted)
+        obj.pop("reply_to", None)  # a removed message quotes nothing
+    elif message.edited is not None:
+        obj["edited"] = iso_time(message.edited)
 
 
 def broadcast_frame(message: ChatMessage) -> bytes:
@@ -110,7 +119,7 @@ def broadcast_frame(message: ChatMessage) -> bytes:
 def private_object(message: ChatMessage) -> dict[str, Any]:
     """A private message as it appears in ``private`` frames and private history."""
     clock, iso = _stamps(message.ts)
-    return {
+    obj = {
         "id": message.id,
         "time": clock,
         "ts": iso,
@@ -118,6 +127,10 @@ def private_object(message: ChatMessage) -> dict[str, Any]:
         "to": message.recipient,
         "msg": message.text,
     }
+    if message.reply_to is not None:
+        obj["reply_to"] = message.reply_to
+    _correction_marks(obj, message)
+    return obj
 
 
 def private_frame(message: ChatMessage) -> bytes:
@@ -275,6 +288,28 @@ def typing_frame(typing: Typing) -> bytes:
     return data
 
 
+def correction_frame(correction: Correction) -> bytes:
+    """``edited`` or ``deleted``: the same bytes for every recipient."""
+    data = correction.wire.get("json")
+    if data is None:
+        clock, iso = _stamps(correction.ts)
+        obj: dict[str, Any] = {
+            "cmd": "deleted" if correction.deleted else "edited",
+            "id": correction.id,
+            "time": clock,
+            "ts": iso,
+            "from": correction.sender,
+        }
+        if correction.room is not None:
+            obj["room"] = correction.room
+        else:
+            obj["to"] = correction.recipient
+        if correction.text is not None:
+            obj["msg"] = correction.text
+        data = correction.wire["json"] = frame(obj)
+    return data
+
+
 # -- plain-text dialect (seed 004) -----------------------------------------
 
 
@@ -301,7 +336,11 @@ def plain_line(text: str) -> bytes:
     return text.replace("\n", "\n  ").encode("utf-8") + b"\n"
 
 
-def plain_message(message: ChatMessage, own_name: str) -> bytes:
+def plain_message(message: ChatMessage, own_name: str, ids: bool = False) -> bytes:
+    """A message for a plain-text client; with *ids* (``/ids on``) each line
+    starts with ``[#ID]`` so that the user can ``/re ID`` it."""
+    if message.reply_to is not None or ids:
+        return _plain_tagged(message, own_name, ids)
     if message.room is not None:
         data = message.wire.get("plain")
         if data is None:
@@ -312,8 +351,49 @@ def plain_message(message: ChatMessage, own_name: str) -> bytes:
     return plain_line(f"[privado] {message.sender}: {message.text}")
 
 
-def plain_history(message: ChatMessage) -> bytes:
-    return plain_line(f"[{clock_time(message.ts)}] {message.sender}: {message.text}")
+def _plain_tagged(message: ChatMessage, own_name: str, ids: bool) -> bytes:
+    key = "plain-ids" if ids else "plain-reply"
+    if message.room is not None and key in message.wire:
+        return message.wire[key]  # type: ignore[no-any-return]
+    tag = f"[#{message.id}] " if ids else ""
+    if message.room is not None:
+        head = ""
+    elif message.sender == own_name and message.recipient != own_name:
+        head = f"[privado a {message.recipient}] "
+    else:
+        head = "[privado] "
+    data = plain_line(f"{tag}{head}{message.sender}: {message.text}")
+    quoted = message.reply_to
+    if quoted:
+        # Its own line: "> Luis: ¿Vamos al cine?". A name holds no space, so
+        # no message line can start like this one.
+        data = plain_line(f"> {quoted.get('from', '?')}: {quoted.get('msg', '')}") + data
+    if message.room is not None:
+        message.wire[key] = data
+    return data
+
+
+def plain_history(message: ChatMessage, ids: bool = False) -> bytes:
+    tag = f"[#{message.id}] " if ids else ""
+    if message.deleted is not None:
+        return plain_line(f"[{clock_time(message.ts)}] {tag}{message.sender}: (borrado)")
+    mark = " (editado)" if message.edited is not None else ""
+    line = plain_line(f"[{clock_time(message.ts)}] {tag}{message.sender}{mark}: {message.text}")
+    quoted = message.reply_to
+    if quoted:
+        line = plain_line(f"> {quoted.get('from', '?')}: {quoted.get('msg', '')}") + line
+    return line
+
+
+def plain_correction(correction: Correction, ids: bool = False) -> bytes:
+    """``* Ana ha editado: texto`` / ``* Ana ha borrado un mensaje.`` (with the
+    id when the client asked for ids)."""
+    where = "" if correction.room is not None else " privado"
+    if correction.text is None:
+        what = f"el mensaje{where} #{correction.id}" if ids else f"un mensaje{where}"
+        return plain_line(f"* {correction.sender} ha borrado {what}.")
+    which = f" #{correction.id}" if ids else (" un mensaje privado" if where else "")
+    return plain_line(f"* {correction.sender} ha editado{which}: {correction.text}")
 
 
 def plain_window(messages: list[ChatMessage]) -> bytes:

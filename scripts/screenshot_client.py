@@ -6,7 +6,10 @@ and two real ``python -m chatserv.client`` processes (Ana and Luis, in
 Spanish). Keys are typed with xdotool into the windows, as a person would;
 a third participant (Eva) is a plain JSON socket client, so that Ana's
 window also shows history, a join notice, a private tab with an unread count
-and Luis's typing indicator. Needs: Xvfb, xdotool, ImageMagick's ``import``.
+and Luis's typing indicator. Luis answers Ana with Ctrl+R (a reply, shown
+with its quoted line), Ana corrects her last message with Up (marked
+"editado") and starts answering Eva (the bar above the message box).
+Needs: Xvfb, xdotool, ImageMagick's ``import``.
 
     python scripts/screenshot_client.py [--out docs/client.png]
 """
@@ -100,7 +103,8 @@ def window(env: dict[str, str], user: str) -> str:
 
 
 def type_into(env: dict[str, str], wid: str, *keys: str) -> None:
-    """Focus ``wid`` and type; ``\\n`` in a piece is Enter, ``+`` a Shift+Enter."""
+    """Focus ``wid`` and type; ``\\n`` in a piece is Enter, ``+`` a Shift+Enter,
+    and a piece in angle brackets a key (``<ctrl+r>``, ``<Up>``)."""
     xdo(env, "windowfocus", "--sync", wid)
     time.sleep(0.2)
     for piece in keys:
@@ -108,6 +112,9 @@ def type_into(env: dict[str, str], wid: str, *keys: str) -> None:
             xdo(env, "key", "Return")
         elif piece == "+":
             xdo(env, "key", "shift+Return")
+        elif piece.startswith("<") and piece.endswith(">"):
+            xdo(env, "key", piece[1:-1])
+            time.sleep(0.2)
         else:
             # Slow enough that xdotool's temporary key remapping for accented
             # letters is undone only after Tk has read the key.
@@ -154,7 +161,8 @@ def main() -> int:
         ana, luis = window(env, "Ana"), window(env, "Luis")
 
         type_into(env, ana, "¡Hola Luis! ¿Vienes al cine esta tarde?", "\n")
-        type_into(env, luis, "¡Claro! ¿A las siete?", "+", "Yo llevo las palomitas", "\n")
+        time.sleep(0.5)
+        type_into(env, luis, "<ctrl+r>", "¡Claro! ¿A las siete?", "+", "Yo llevo las palomitas", "\n")
         eva = RawClient(port, "Eva")
         time.sleep(0.3)
         eva.send(cmd="broadcast", msg="¡Yo también me apunto!")
@@ -162,6 +170,10 @@ def main() -> int:
         eva.send(cmd="message", to="Ana", msg="Llego cinco minutos tarde")
         time.sleep(0.3)
         type_into(env, ana, "Sí, a las siete en la puerta", "\n")
+        time.sleep(0.5)
+        type_into(env, ana, "<Up>", "<End>", " del cine", "\n")
+        time.sleep(0.3)
+        type_into(env, ana, "<ctrl+r>")
         # A draft Luis has not sent: Ana sees him typing.
         type_into(env, luis, "Perfecto, nos vemos")
         time.sleep(0.8)

@@ -41,6 +41,9 @@ class Recorder:
     def receive_typing(self, typing: Typing) -> None:
         self.events.append(("typing", typing))
 
+    def receive_correction(self, correction: Any) -> None:
+        self.events.append(("correction", correction))
+
     def take(self, kind: str | None = None) -> list[Any]:
         """The events received so far (of *kind* only, if given); forget all of them."""
         events, self.events = self.events, []
@@ -696,3 +699,44 @@ def test_message_stamps_match_datetime_formatting():
     for _ in range(20_000):
         ts = 1_700_000_000 + rng.random() * 1e6
         assert _stamps(ts) == (clock_time(ts), iso_time(ts))
+
+
+# -- replies and corrections ------------------------------------------------------
+
+
+def test_corrections_are_for_their_author_within_the_window(hub, clock):
+    from chatserv.hub import EDIT_WINDOW, EditTooLate, MessageDeleted, NoSuchMessage, NotYourMessage
+
+    (ana, ana_r), (luis, luis_r) = online(hub, clock, "Ana", "Luis")
+    message = hub.broadcast(ana, "hola")
+    with pytest.raises(NotYourMessage):
+        hub.correct(luis, message, "cambiado")
+    # A guest that took the name after the message was sent is not its author.
+    with pytest.raises(NotYourMessage):
+        hub.correct(ana, message, "cambiado", since=message.ts + 1)
+    correction = hub.correct(ana, message, "hola, corregido")
+    assert [c.text for c in ana_r.take("correction")] == ["hola, corregido"]
+    assert luis_r.take("correction") == [correction]
+    assert hub.recent()[-1].text == "hola, corregido" and hub.recent()[-1].edited == clock.seconds()
+    assert message.text == "hola"  # encodings of the old object may still be queued
+    clock.advance(EDIT_WINDOW + 1)
+    with pytest.raises(EditTooLate):
+        hub.correct(ana, hub.recent()[-1], None)
+    fresh = hub.broadcast(ana, "nuevo")
+    hub.correct(ana, fresh, None)
+    gone = hub.recent()[-1]
+    assert gone.deleted == clock.seconds() and gone.text == ""
+    with pytest.raises(MessageDeleted):
+        hub.correct(ana, gone, "otra vez")
+    with pytest.raises(MessageDeleted):
+        hub.reply_quote(luis, gone)
+    with pytest.raises(NoSuchMessage):
+        hub.correct(ana, None, "x")
+
+
+def test_a_private_correction_reaches_both_participants_only(hub, clock):
+    (ana, ana_r), (luis, luis_r), (_, eva_r) = online(hub, clock, "Ana", "Luis", "Eva")
+    message = hub.private(ana, "Luis", "te espero")
+    hub.correct(ana, message, "te espero dentro")
+    assert len(ana_r.take("correction")) == len(luis_r.take("correction")) == 1
+    assert eva_r.take() == []

@@ -98,7 +98,7 @@ def test_metrics_port_in_use(tmp_path, taken_port):
         (["--max-line", "0"], "chatserv: --max-line: must be at least 1, not 0"),
         (["--max-line", "x"], "chatserv: --max-line: 'x' is not a whole number"),
         (["--rate-limit", "-3"], "chatserv: --rate-limit: must be at least 0, not -3.0"),
-        (["--telegram-chat", "abc"], "chatserv: --telegram-chat: 'abc' is not a whole number"),
+        (["--telegram-chat", "abc"], "chatserv: --telegram-chat: 'abc' is not a chat id"),
         (["--telegram-chat", "-100123"], "chatserv: --telegram-chat needs a bot token"),
         (["--max-per-address", "-1"], "chatserv: --max-per-address: must be at least 0, not -1"),
         (["--retain-days", "0"], "chatserv: --retain-days: must be more than 0, not 0.0"),

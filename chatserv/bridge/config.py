@@ -58,6 +58,16 @@ class BridgeConfig:
     map_size: int = 10_000
     #: HTTP timeouts of the Bot API client (connect/read/write), in seconds.
     http_timeout: float = 10.0
+    #: Further ``(chat id, room)`` pairs bridged beside ``chat_id``/``room``:
+    #: each group its own room, queue, pacing and id map.
+    more_chats: tuple[tuple[int, str], ...] = ()
+    #: Corrections (edits, deletions) waiting for Telegram per group; past it
+    #: the oldest are dropped (they are not kept across restarts).
+    corrections_max: int = 200
+
+    def chats(self) -> list[tuple[int, str]]:
+        """Every bridged ``(chat id, room)``, the first one first."""
+        return [(self.chat_id, self.room), *self.more_chats]
 
     def __post_init__(self) -> None:
         if not self.token or any(c.isspace() for c in self.token):
@@ -67,22 +77,21 @@ class BridgeConfig:
         for count, period in (self.group_rate, self.global_rate):
             if count < 1 or period <= 0:
                 raise ValueError("rates must allow at least one message in a positive period")
+        from ..names import name_key
+
+        chats = self.chats()
+        if len({c for c, _ in chats}) != len(chats):
+            raise ValueError("a Telegram chat is bridged only once")
+        if len({name_key(r) for _, r in chats}) != len(chats):
+            raise ValueError("each Telegram chat needs a room of its own")
 
 
 # -- twistd options --------------------------------------------------------
 
 PARAMETERS: list[list[Any]] = [
-    [
-        "telegram-chat",
-        None,
-        None,
-        f"Bridge this Telegram chat id (e.g. -1001234567890); needs the bot token in ${TOKEN_ENV}"
-        " or --telegram-token-file.",
-        int,
-    ],
     ["telegram-token-file", None, None, f"File holding the bot token (default: ${TOKEN_ENV})."],
     ["telegram-api-url", None, DEFAULT_API_URL, "Bot API base URL; the token is appended."],
-    ["telegram-room", None, "general", "Chat room bridged to the Telegram chat."],
+    ["telegram-room", None, "general", "Room for a --telegram-chat given without =ROOM."],
     [
         "telegram-marker",
         None,
@@ -124,6 +133,18 @@ def read_token(token_file: str | None, environ: Mapping[str, str] | None = None)
     return token
 
 
+def parse_chat(value: str) -> tuple[int, str | None]:
+    """``ID`` or ``ID=ROOM`` of ``--telegram-chat``."""
+    chat, sep, room = value.partition("=")
+    try:
+        chat_id = int(chat)
+    except ValueError:
+        raise usage.UsageError(f"--telegram-chat: {chat!r} is not a chat id (e.g. -1001234567890)") from None
+    if sep and not room:
+        raise usage.UsageError("--telegram-chat ID=ROOM: the room is empty")
+    return chat_id, (room if sep else None)
+
+
 def check_options(options: Any, environ: Mapping[str, str] | None = None) -> None:
     """``postOptions`` for the telegram options: validate and read the token now,
     so a misconfigured bridge fails at start-up with a usage error."""
@@ -134,7 +155,7 @@ def check_options(options: Any, environ: Mapping[str, str] | None = None) -> Non
             raise usage.UsageError("the --telegram-* options need --telegram-chat CHAT_ID")
         options["telegram-token"] = None
         return
-    from ..names import BadName, check_name
+    from ..names import BadName, check_name, name_key
 
     try:
         check_name(options["telegram-room"])
@@ -143,6 +164,17 @@ def check_options(options: Any, environ: Mapping[str, str] | None = None) -> Non
     if options["telegram-marker"] is None:
         # None in the table so that --help can show the default quoted.
         options["telegram-marker"] = DEFAULT_MARKER
+    chats = [(c, r if r is not None else options["telegram-room"]) for c, r in options["telegram-chat"]]
+    for _, room in chats:
+        try:
+            check_name(room)
+        except BadName as e:
+            raise usage.UsageError(f"--telegram-chat ID={room}: {e}") from None
+    if len({c for c, _ in chats}) != len(chats):
+        raise usage.UsageError("--telegram-chat: the same chat is given twice")
+    if len({name_key(r) for _, r in chats}) != len(chats):
+        raise usage.UsageError("--telegram-chat: each chat needs a room of its own (ID=ROOM)")
+    options["telegram-chats"] = chats
     marker = options["telegram-marker"]
     if len(marker) > 16 or any(not c.isprintable() and c != " " for c in marker):
         raise usage.UsageError("--telegram-marker: at most 16 printable characters")
@@ -158,11 +190,13 @@ def config_from_options(options: Any) -> BridgeConfig | None:
     if options["telegram-chat"] is None:
         return None
     try:
+        (chat_id, room), *more = options["telegram-chats"]
         return BridgeConfig(
-            chat_id=options["telegram-chat"],
+            chat_id=chat_id,
+            more_chats=tuple(more),
             token=options["telegram-token"],
             api_url=options["telegram-api-url"],
-            room=options["telegram-room"],
+            room=room,
             notices=bool(options["telegram-notices"]),
             marker=options["telegram-marker"],
             queue_max=options["telegram-queue"],
@@ -178,6 +212,21 @@ class TelegramOptions:
 
     optParameters = PARAMETERS
     optFlags = FLAGS
+
+    def __init__(self) -> None:
+        super().__init__()
+        options: Any = self  # a usage.Options, a dict, once mixed in
+        options["telegram-chat"] = None
+
+    def opt_telegram_chat(self, value: str) -> None:
+        """Bridge this Telegram chat id (e.g. -1001234567890) with ROOM
+        (default: --telegram-room, itself general by default). Repeatable:
+        each chat its own room. Enables the bridge; needs the bot token in
+        $TELEGRAM_BOT_TOKEN or --telegram-token-file."""
+        options: Any = self
+        if options["telegram-chat"] is None:
+            options["telegram-chat"] = []
+        options["telegram-chat"].append(parse_chat(value))
 
 
 def check_runtime(reactor: Any = None) -> None:

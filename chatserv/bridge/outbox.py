@@ -7,7 +7,7 @@ Both take time as an argument, so they are tested without a reactor.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .format import render_line, split_text, utf16_len
@@ -62,6 +62,9 @@ class Entry:
     chat_id: int | None
     sender: str | None
     text: str
+    #: The Telegram message this line answers (a chat reply to a bridged
+    #: message): it goes out as a Telegram reply, in a message of its own.
+    reply_tg: int | None = None
     html: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ class Batch:
     entries: list[Entry]
     html: str
     announced: int
+    reply_tg: int | None = None
 
 
 class Outbox:
@@ -88,24 +92,54 @@ class Outbox:
     reports.
     """
 
-    def __init__(self, max_entries: int, max_length: int, first_seq: int = 1) -> None:
+    def __init__(
+        self, max_entries: int, max_length: int, first_seq: int = 1, seqs: Iterator[int] | None = None
+    ) -> None:
         self.max_entries = max_entries
         self.max_length = max_length
         self.entries: deque[Entry] = deque()
         self.dropped = 0
         self._next_seq = first_seq
+        #: Shared by the outboxes of several groups, whose lines are stored
+        #: in one table keyed by seq.
+        self._seqs = seqs
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, chat_id: int | None, sender: str | None, text: str) -> tuple[list[Entry], list[Entry]]:
+    def add(
+        self, chat_id: int | None, sender: str | None, text: str, reply_tg: int | None = None
+    ) -> tuple[list[Entry], list[Entry]]:
         """Queue a chat message (split to fit Telegram); return (added, dropped)."""
-        added = []
+        added: list[Entry] = []
         for piece in split_text(sender, text, self.max_length - utf16_len(dropped_notice(10**9)) - 1):
-            entry = Entry(self._next_seq, chat_id, sender, piece)
-            self._next_seq += 1
-            added.append(entry)
+            if self._seqs is not None:
+                seq = next(self._seqs)
+            else:
+                seq = self._next_seq
+                self._next_seq += 1
+            added.append(Entry(seq, chat_id, sender, piece, reply_tg if not added else None))
         return added, self._append(added)
+
+    def replace(
+        self, chat_id: int, sender: str | None, text: str | None
+    ) -> tuple[list[Entry], list[Entry]] | None:
+        """A correction of chat message *chat_id* while it still waits here:
+        change its line (or, with *text* None, drop it) in place and return
+        ``(removed, added)`` entries for the caller to persist; None when it
+        is not queued as one line (not queued, sent already, or split)."""
+        found = [e for e in self.entries if e.chat_id == chat_id]
+        if len(found) != 1:
+            return None
+        old = found[0]
+        if text is None:
+            self.entries.remove(old)
+            return [old], []
+        new = Entry(old.seq, chat_id, sender, text, old.reply_tg)
+        if utf16_len(new.html) > self.max_length - utf16_len(dropped_notice(10**9)) - 1:
+            return None
+        self.entries[self.entries.index(old)] = new
+        return [], [new]
 
     def restore(self, entries: Iterable[Entry]) -> list[Entry]:
         """Put back entries loaded from disk (oldest first); return what did not fit."""
@@ -135,15 +169,20 @@ class Outbox:
         if announced:
             lines.append(dropped_notice(announced))
             size = utf16_len(lines[0])
-        taken = []
+        taken: list[Entry] = []
         for entry in self.entries:
+            if entry.reply_tg is not None and taken:
+                break  # a reply goes out as a Telegram message of its own
             cost = utf16_len(entry.html) + (1 if lines else 0)
             if size + cost > self.max_length:
                 break
             lines.append(entry.html)
             taken.append(entry)
             size += cost
-        return Batch(taken, "\n".join(lines), announced)
+            if entry.reply_tg is not None:
+                break
+        reply_tg = taken[0].reply_tg if taken else None
+        return Batch(taken, "\n".join(lines), announced, reply_tg)
 
     def done(self, batch: Batch) -> None:
         """*batch* reached Telegram: forget its lines."""

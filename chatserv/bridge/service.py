@@ -1,5 +1,5 @@
-"""The Telegram bridge: one Twisted service that makes a Telegram group and a
-chat room one conversation.
+"""The Telegram bridge: one Twisted service that makes each configured
+Telegram group and its chat room one conversation.
 
 How it sits in the server
 -------------------------
@@ -19,15 +19,26 @@ How it sits in the server
   second thread or loop; the state file's single writer thread is the only
   other thread.
 
-Outbound (chat -> Telegram) goes through a bounded queue that coalesces
-lines into as few Telegram messages as the limits need; a single pump sends
-them in order, paced by :class:`~.outbox.Pacer`, honouring 429 ``retry_after``
-and backing off on network errors. Nothing in that path blocks the reactor,
-so the chat keeps serving its clients while Telegram is slow or away.
+Outbound (chat -> Telegram) goes, per group (:class:`_Group`), through a
+bounded queue that coalesces lines into as few Telegram messages as the
+limits need; a single pump sends them in order, each group paced by its own
+:class:`~.outbox.Pacer` and all by a global one, honouring 429
+``retry_after`` and backing off on network errors. Nothing in that path
+blocks the reactor, so the chat keeps serving its clients while Telegram is
+slow or away.
+
+Replies and corrections. A chat reply to a message that a Telegram message
+carries goes out as a Telegram reply to it (the id map in :mod:`.state`
+works both ways). Chat edits and deletions wait in the group's corrections
+queue and become ``editMessageText``/``deleteMessage`` of the bot's own
+message (or a short notice where that cannot be done). Telegram edits become
+hub corrections (``edited`` frames) when the hub still allows them. Telegram
+deletions are never reported to bots, so they cannot be relayed.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 import warnings
@@ -40,14 +51,26 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 
-from ..hub import GENERAL, ChatError, ChatMessage, Hub, NameTaken, PresenceChange, Session, Typing
+from .. import conversation
+from ..hub import (
+    GENERAL,
+    ChatError,
+    ChatMessage,
+    Correction,
+    Hub,
+    NameTaken,
+    PresenceChange,
+    Session,
+    Typing,
+)
 from ..logs import Logger
 from ..names import name_key
+from ..storage import Storage
 from ..wire import join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
 from .config import BridgeConfig
-from .format import display_name, edit_text, excerpt, message_body, reply_text
-from .outbox import Batch, Entry, Outbox, Pacer
+from .format import display_name, edit_text, excerpt, message_body, render_line, reply_text, utf16_len
+from .outbox import Batch, Entry, Outbox, Pacer, dropped_notice
 from .state import BridgeState, Ref, StateError
 
 log = Logger()
@@ -82,6 +105,9 @@ class _Listener:
     def receive_typing(self, typing: Typing) -> None:
         pass
 
+    def receive_correction(self, correction: Correction) -> None:
+        self.bridge._chat_correction(correction)
+
 
 class _Mute:
     """A Telegram user's session. That person reads the chat in Telegram,
@@ -110,6 +136,56 @@ class _Mute:
 
     def receive_typing(self, typing: Typing) -> None:
         pass
+
+    def receive_correction(self, correction: Correction) -> None:
+        pass
+
+
+class _Group:
+    """One bridged Telegram group and its room. Each group has its own
+    queue, pacing, pending corrections and memory of sent lines; nothing in
+    here is shared with another group, so one never sees another's traffic."""
+
+    def __init__(self, chat_id: int, room: str, config: BridgeConfig) -> None:
+        self.chat_id = chat_id
+        self.room = room
+        self.room_key = name_key(room)
+        self.outbox: Outbox | None = None
+        # Chat lines that arrive while the state file is still loading.
+        self.early: deque[tuple[int | None, str | None, str, int | None]] = deque(maxlen=config.queue_max)
+        self.early_dropped = 0
+        self.pacer = Pacer(*config.group_rate, burst=config.group_burst)
+        #: Chat edits and deletions waiting to be applied in Telegram.
+        self.corrections: deque[Correction] = deque(maxlen=config.corrections_max)
+        self.overflowing = False
+        #: Whether the last call for this group sent lines (corrections take turns).
+        self.batch_last = False
+        #: The lines of recently sent Telegram messages, ``(chat id, html)``,
+        #: so that one line of several can be edited in place.
+        self.lines: OrderedDict[int, list[tuple[int | None, str]]] = OrderedDict()
+        self.lines_max = config.map_size
+
+    def correction_due(self) -> bool:
+        """Whether the next call for this group applies a correction rather
+        than sending queued lines: when nothing else waits, or in turn with
+        the lines, so a busy room does not hold corrections back for ever;
+        but never before the corrected message itself has gone out."""
+        if not self.corrections:
+            return False
+        outbox = self.outbox
+        if outbox is None or (not outbox.entries and not outbox.dropped):
+            return True
+        wanted = self.corrections[0].id
+        return self.batch_last and not any(e.chat_id == wanted for e in outbox.entries)
+
+    def pending(self) -> bool:
+        outbox = self.outbox
+        return bool(outbox is not None and (outbox.entries or outbox.dropped)) or bool(self.corrections)
+
+    def remember(self, tg_msg: int, lines: list[tuple[int | None, str]]) -> None:
+        self.lines[tg_msg] = lines
+        while len(self.lines) > self.lines_max:
+            self.lines.popitem(last=False)
 
 
 @dataclass
@@ -144,7 +220,7 @@ class _ToTwisted(logging.Handler):
 
 
 class TelegramBridge(Service):
-    """Bridges ``config.chat_id`` with the room ``config.room`` of *hub*.
+    """Bridges each Telegram group of ``config.chats()`` with its room of *hub*.
 
     ``ready`` fires once polling has started (tests wait for it). *store*,
     the server's message store, is not written to: the bridge keeps its own
@@ -165,29 +241,27 @@ class TelegramBridge(Service):
         #: true until updates newer than the saved offset arrive, when
         #: Telegram may offer handled ones again
         self._catching_up = False
-        self.chat_id = config.chat_id
-        self.room_key = name_key(config.room)
+        #: Telegram chat id -> group; the first configured group first.
+        self.groups: dict[int, _Group] = {c: _Group(c, r, config) for c, r in config.chats()}
+        self._rooms = {g.room_key: g for g in self.groups.values()}
+        self._turn = 0
+        #: The server's store (for the originals of Telegram edits), if any.
+        self.store = store if isinstance(store, Storage) else None
         # No client may take a name that looks like one of ours.
         hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]
         self.state = BridgeState(config.state_path, reactor, config.map_size, self.run)
-        self.outbox: Outbox | None = None
-        # Chat lines that arrive while the state file is still loading.
-        self._early: deque[tuple[int | None, str | None, str]] = deque(maxlen=config.queue_max)
-        self._early_dropped = 0
         self.session: Session | None = None
         self.tg_users: dict[int, _TgUser] = {}
         #: name keys of every session the bridge holds: their messages and
         #: presence never go back to Telegram.
         self.bridged: set[str] = set()
-        self.group_pacer = Pacer(*config.group_rate, burst=config.group_burst)
         self.global_pacer = Pacer(*config.global_rate)
         self._not_before = 0.0
         self._backoff = 0.0
         self._failures = 0
         self._direct: deque[tuple[int, str]] = deque(maxlen=100)
         self._answered: OrderedDict[int, float] = OrderedDict()
-        self._overflowing = False
         self.app: Any = None
         self.bot: Any = None
         self.ready: Deferred[None] = Deferred()
@@ -203,6 +277,14 @@ class TelegramBridge(Service):
         #: Other chats whose messages were ignored: each is logged once.
         self._ignored_chats: set[int] = set()
 
+    @property
+    def outbox(self) -> Outbox | None:
+        """The first group's queue."""
+        return next(iter(self.groups.values())).outbox
+
+    def _group(self, room: str | None) -> _Group | None:
+        return self._rooms.get(name_key(room)) if room is not None else None
+
     # -- service ------------------------------------------------------------
 
     def startService(self) -> None:
@@ -211,12 +293,13 @@ class TelegramBridge(Service):
         self._install_log_redaction()
         # Log in now, synchronously: nothing said in the room from here on is
         # missed, even while Telegram is still being reached.
-        self.session = self._login(_Listener(self), BRIDGE_USER)
+        self.session = self._login(_Listener(self), BRIDGE_USER, [g.room for g in self.groups.values()])
         # The id the hub gives its next message, read before anything is said.
         self._first_id = getattr(self.hub, "_next_id", None)
         self._starting = ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
-        log.info("Telegram bridge: chat {chat} <-> room {room}", chat=self.chat_id, room=self.config.room)
+        for group in self.groups.values():
+            log.info("Telegram bridge: chat {chat} <-> room {room}", chat=group.chat_id, room=group.room)
 
     def _start_failed(self, failure: Any) -> None:
         if not failure.check(CancelledError):
@@ -233,15 +316,29 @@ class TelegramBridge(Service):
         # without it, or with :memory:, it starts again at 1 and ids from
         # earlier runs would name other messages.
         self.stable_ids = self._first_id is not None and self._first_id > self.state.max_chat_id
-        outbox = Outbox(self.config.queue_max, self.config.max_length)
-        self.state.queue_remove(outbox.restore(queued))
-        self.outbox = outbox
+        seqs = itertools.count(max((e.seq for _, e in queued), default=0) + 1)
+        first = next(iter(self.groups))
+        restored: dict[int, list[Entry]] = {}
+        for tg_chat, entry in queued:
+            restored.setdefault(first if tg_chat is None else tg_chat, []).append(entry)
+        for tg_chat, entries in restored.items():
+            if tg_chat not in self.groups:
+                log.warn(
+                    "dropping {n} queued lines for chat {chat}, no longer bridged",
+                    n=len(entries),
+                    chat=tg_chat,
+                )
+                self.state.queue_remove(entries)
+        for group in self.groups.values():
+            outbox = Outbox(self.config.queue_max, self.config.max_length, seqs=seqs)
+            self.state.queue_remove(outbox.restore(restored.get(group.chat_id, [])))
+            group.outbox = outbox
+            early, group.early = group.early, deque()
+            for item in early:
+                self._enqueue(group, *item)
+            outbox.dropped += group.early_dropped
         if queued:
             log.info("{n} chat lines still queued for Telegram from the last run", n=len(queued))
-        early, self._early = self._early, deque()
-        for item in early:
-            self._enqueue(*item)
-        outbox.dropped += self._early_dropped
         self._pump_d = ensureDeferred(self._pump())
         self._pump_d.addErrback(self._pump_died)
         await self._start_telegram()
@@ -300,6 +397,8 @@ class TelegramBridge(Service):
         await as_deferred(
             app.updater.start_polling(
                 timeout=timedelta(seconds=self.config.poll_timeout),
+                # Deletions are not among them: the Bot API tells bots of
+                # none (docs/TELEGRAM.md).
                 allowed_updates=["message", "edited_message"],
                 error_callback=self._poll_error,
                 # Telegram may drop out between getMe and deleteWebhook too;
@@ -359,7 +458,7 @@ class TelegramBridge(Service):
 
     # -- the hub side ---------------------------------------------------------
 
-    def _login(self, participant: Any, base: str) -> Session:
+    def _login(self, participant: Any, base: str, rooms: list[str]) -> Session:
         for n in range(1, 1000):
             name = f"{base}{'' if n == 1 else f' {n}'}{self.config.marker}"
             try:
@@ -367,8 +466,9 @@ class TelegramBridge(Service):
             except NameTaken:
                 continue
             self.bridged.add(session.key)
-            if self.room_key != name_key(GENERAL):
-                self.hub.join(session, self.config.room)
+            for room in rooms:
+                if name_key(room) != name_key(GENERAL):
+                    self.hub.join(session, room)
             return session
         raise NameTaken(f"no free name for {base}")
 
@@ -386,11 +486,15 @@ class TelegramBridge(Service):
             self._logout(self.session)
             self.session = None
 
-    def _tg_session(self, key: int, base: str) -> Session:
-        """The hub session speaking for Telegram user (or channel) *key*."""
+    def _tg_session(self, key: int, base: str, group: _Group) -> Session:
+        """The hub session speaking for Telegram user (or channel) *key* in
+        *group*'s room (one session per person, in the rooms of the groups
+        they wrote in)."""
         user = self.tg_users.get(key)
         if user is not None and user.base == base and self.hub.find(user.session.name) is user.session:
             user.idle.reset(self.config.idle_timeout)
+            if group.room_key != name_key(GENERAL):
+                self.hub.join(user.session, group.room)
             return user.session
         if user is not None:
             # Renamed in Telegram: show the new name.
@@ -398,7 +502,7 @@ class TelegramBridge(Service):
                 user.idle.cancel()
             self._logout(user.session)
         mute = _Mute(self.hub)
-        session = mute.session = self._login(mute, base)
+        session = mute.session = self._login(mute, base, [group.room])
         idle = self.reactor.callLater(self.config.idle_timeout, self._expire, key)
         self.tg_users[key] = _TgUser(base, session, idle)
         return session
@@ -412,36 +516,84 @@ class TelegramBridge(Service):
         if message.room is None:
             self._chat_private(message)
             return
-        if name_key(message.room) != self.room_key:
+        group = self._group(message.room)
+        if group is None:
             return
         if name_key(message.sender) in self.bridged:
             return  # it came from Telegram: no echo
-        self._enqueue(message.id, message.sender, message.text)
+        text, reply_tg = message.text, None
+        quoted = message.reply_to
+        if quoted is not None:
+            reply_tg = self._carrier(group, quoted.get("id"))
+            if reply_tg is None:
+                # Nothing in Telegram to answer: say it in words.
+                text = reply_text(str(quoted.get("from", "?")), str(quoted.get("msg", "")), text)
+        self._enqueue(group, message.id, message.sender, text, reply_tg)
+
+    def _carrier(self, group: _Group, chat_id: Any) -> int | None:
+        """The first Telegram message of *group* that carries chat message *chat_id*."""
+        if not isinstance(chat_id, int):
+            return None
+        carriers = self._carriers(group, chat_id)
+        return carriers[0][0] if carriers else None
+
+    def _carriers(self, group: _Group, chat_id: int) -> list[tuple[int, list[Ref]]]:
+        """The Telegram messages of *group* carrying chat message *chat_id*,
+        counting only ids that still name it (see :meth:`_usable_id`)."""
+        return [
+            (tg_msg, refs)
+            for tg_msg, refs in self.state.carriers(chat_id, group.chat_id)
+            if any(ref.chat_id == chat_id and self._usable_id(ref) == chat_id for ref in refs)
+        ]
+
+    def _chat_correction(self, correction: Correction) -> None:
+        """A chat edit or deletion of a message relayed to Telegram: change
+        it there too (in the queue if it has not left yet)."""
+        group = self._group(correction.room)
+        if group is None or name_key(correction.sender) in self.bridged:
+            return
+        if group.outbox is not None:
+            changed = group.outbox.replace(correction.id, correction.sender, correction.text)
+            if changed is not None:
+                removed, added = changed
+                self.state.queue_remove(removed)
+                self.state.queue_add(added, group.chat_id)
+                return
+        if not self._carriers(group, correction.id) and not any(
+            e.chat_id == correction.id for e in (group.outbox.entries if group.outbox else ())
+        ):
+            return  # never reached Telegram (or too long ago to know where)
+        group.corrections.append(correction)
+        self._kick()
 
     def _chat_private(self, message: ChatMessage) -> None:
         me = self.session
         if me is None or name_key(message.sender) in self.bridged:
             return
         try:
-            self.hub.private(me, message.sender, BRIDGE_PRIVATE.format(room=self.config.room))
+            rooms = ", ".join(g.room for g in self.groups.values())
+            self.hub.private(me, message.sender, BRIDGE_PRIVATE.format(room=rooms))
         except ChatError:
             pass
 
     def _chat_presence(self, change: PresenceChange) -> None:
         # Not while stopping: clients leaving at shutdown are no news, and
         # the lines would wait in the queue for the next start.
-        if not self.config.notices or not self.running or name_key(change.room) != self.room_key:
+        group = self._group(change.room)
+        if not self.config.notices or not self.running or group is None:
             return
         joined = tuple(n for n in change.joined if name_key(n) not in self.bridged)
         left = tuple(n for n in change.left if name_key(n) not in self.bridged)
         if joined:
-            self._enqueue(None, None, join_text(joined))
+            self._enqueue(group, None, None, join_text(joined))
         if left:
-            self._enqueue(None, None, leave_text(left))
+            self._enqueue(group, None, None, leave_text(left))
 
-    def online(self) -> list[str]:
-        """Who is in the bridged room, Telegram users and the bridge left out."""
-        return [n for n in self.hub.users(self.config.room) if name_key(n) not in self.bridged]
+    def online(self, room: str | None = None) -> list[str]:
+        """Who is in a bridged room (the first group's by default), Telegram
+        users and the bridge left out."""
+        room = room if room is not None else next(iter(self.groups.values())).room
+        return [n for n in self.hub.users(room) if name_key(n) not in self.bridged]
 
     # -- Telegram -> chat -----------------------------------------------------
 
@@ -476,7 +628,8 @@ class TelegramBridge(Service):
         if chat.type == "private":
             self._answer_private(msg)
             return
-        if chat.id != self.chat_id:
+        group = self.groups.get(chat.id)
+        if group is None:
             # At info, once per chat: docs/TELEGRAM.md sends operators here
             # to learn their group's id, and a busy foreign chat cannot flood the log.
             if chat.id not in self._ignored_chats and len(self._ignored_chats) < 1000:
@@ -490,33 +643,60 @@ class TelegramBridge(Service):
         if body is None:
             return
         if not edited and self._is_users_command(body):
-            self._answer_users()
+            self._answer_users(group)
             return
         sender_chat = msg.sender_chat
         if sender_chat is not None:
-            session = self._tg_session(sender_chat.id, display_name(None, sender_chat))
+            session = self._tg_session(sender_chat.id, display_name(None, sender_chat), group)
         else:
-            session = self._tg_session(user.id if user else 0, display_name(user))
-        reply_to = None
-        edit_of = None
+            session = self._tg_session(user.id if user else 0, display_name(user), group)
         if edited:
-            text = edit_text(body)
-            refs = self.state.map_get(chat.id, msg.message_id)
-            if refs:
-                edit_of = self._usable_id(refs[-1])
-        elif msg.reply_to_message is not None and not _is_topic_root(msg.reply_to_message):
-            reply_to, text = self._reply(chat.id, msg.reply_to_message, body)
-        else:
-            text = body
-        message = self.hub.broadcast(session, text, self.config.room, reply_to=reply_to, edit_of=edit_of)
+            self._relay_edit(group, session, msg.message_id, body)
+            return
+        reply_to = None
+        if msg.reply_to_message is not None and not _is_topic_root(msg.reply_to_message):
+            reply_to = self._reply(chat.id, msg.reply_to_message)
+        message = self.hub.broadcast(session, body, group.room, reply_to=reply_to)
         self.state.map_add(chat.id, msg.message_id, [Ref(message.id, session.name, excerpt(body), self.run)])
+
+    def _relay_edit(self, group: _Group, session: Session, tg_msg: int, body: str) -> None:
+        """A Telegram edit: an ``edited`` correction of the chat message it
+        was relayed as, when the chat still knows it and allows it (within
+        the edit window); else, as before, a new message marked (editado)."""
+        refs = self.state.map_get(group.chat_id, tg_msg)
+        chat_id = self._usable_id(refs[-1]) if refs else None
+
+        def fallback(_: object = None) -> None:
+            if self.hub.find(session.name) is not session:
+                return
+            message = self.hub.broadcast(session, edit_text(body), group.room, edit_of=chat_id)
+            ref = Ref(message.id, session.name, excerpt(body), self.run)
+            self.state.map_add(group.chat_id, tg_msg, [ref])
+
+        if chat_id is None:
+            fallback()
+            return
+
+        def correct(original: ChatMessage | None) -> None:
+            try:
+                self.hub.correct(session, original, body)
+            except ChatError as e:
+                log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=str(e))
+                fallback()
+
+        def failed(failure: Any) -> None:
+            log.failure("looking up the original of a Telegram edit", failure)
+            fallback()
+
+        found = conversation.find(self.hub, self.store, chat_id, [group.room])
+        found.addCallback(correct).addErrback(failed)
 
     def _usable_id(self, ref: Ref) -> int | None:
         if ref.run == self.run or self.stable_ids:
             return ref.chat_id
         return None
 
-    def _reply(self, tg_chat: int, original: Any, body: str) -> tuple[dict[str, Any], str]:
+    def _reply(self, tg_chat: int, original: Any) -> dict[str, Any]:
         refs = self.state.map_get(tg_chat, original.message_id)
         chat_id: int | None = None
         if refs:
@@ -539,7 +719,7 @@ class TelegramBridge(Service):
         reply_to: dict[str, Any] = {"from": who, "msg": excerpt(quoted)}
         if chat_id is not None:
             reply_to["id"] = chat_id
-        return reply_to, reply_text(who, quoted, body)
+        return reply_to
 
     def _is_users_command(self, text: str) -> bool:
         word = text.strip().split(maxsplit=1)[0].lower() if text.strip() else ""
@@ -548,13 +728,13 @@ class TelegramBridge(Service):
         username = (self.bot.username or "").lower() if self.bot is not None else ""
         return bool(username) and word == f"/users@{username}"
 
-    def _answer_users(self) -> None:
-        names = self.online()
+    def _answer_users(self, group: _Group) -> None:
+        names = self.online(group.room)
         if names:
             text = f"En línea en el chat ({len(names)}): {', '.join(names)}"
         else:
             text = "Nadie en línea en el chat ahora mismo."
-        self._enqueue(None, None, text)
+        self._enqueue(group, None, None, text)
 
     def _answer_private(self, msg: Any) -> None:
         user = msg.from_user
@@ -577,25 +757,28 @@ class TelegramBridge(Service):
 
     # -- chat -> Telegram -----------------------------------------------------
 
-    def _enqueue(self, chat_id: int | None, sender: str | None, text: str) -> None:
-        if self.outbox is None:
-            if len(self._early) == self._early.maxlen:
-                self._early_dropped += 1
-                if self._early_dropped == 1:
+    def _enqueue(
+        self, group: _Group, chat_id: int | None, sender: str | None, text: str, reply_tg: int | None = None
+    ) -> None:
+        if group.outbox is None:
+            if len(group.early) == group.early.maxlen:
+                group.early_dropped += 1
+                if group.early_dropped == 1:
                     log.warn(
                         "chat lines for Telegram arrive faster than the bridge starts; dropping the oldest"
                     )
-            self._early.append((chat_id, sender, text))
+            group.early.append((chat_id, sender, text, reply_tg))
             return
-        added, dropped = self.outbox.add(chat_id, sender, text)
-        self.state.queue_add(added)
+        added, dropped = group.outbox.add(chat_id, sender, text, reply_tg)
+        self.state.queue_add(added, group.chat_id)
         if dropped:
             self.state.queue_remove(dropped)
-            if not self._overflowing:
-                self._overflowing = True
+            if not group.overflowing:
+                group.overflowing = True
                 log.warn(
-                    "Telegram outbound queue is full ({max} lines): dropping the oldest lines "
-                    "until Telegram catches up; the group will be told how many",
+                    "Telegram outbound queue is full ({max} lines) for chat {chat}: dropping the oldest "
+                    "lines until Telegram catches up; the group will be told how many",
+                    chat=group.chat_id,
                     max=self.config.queue_max,
                 )
         self._kick()
@@ -632,17 +815,26 @@ class TelegramBridge(Service):
             log.failure("the Telegram sender stopped", failure)
 
     async def _pump(self) -> None:
-        """Send queued lines and private answers, one Telegram call at a time."""
+        """Send queued lines, corrections and private answers, one Telegram
+        call at a time: private answers first, then the groups in turn, each
+        within its own pacing and all within the global one."""
         while self.running:
-            outbox = self.outbox
-            assert outbox is not None
-            if self.bot is None or (not self._direct and not outbox.entries and not outbox.dropped):
+            busy = [g for g in self.groups.values() if g.pending()]
+            if self.bot is None or (not self._direct and not busy):
                 await self._idle(None)
                 continue
             now = self.reactor.seconds()
             wait = max(self._not_before - now, self.global_pacer.delay(now))
+            group = None
             if not self._direct:
-                wait = max(wait, self.group_pacer.delay(now))
+                # Round robin over the groups that may send now, so that a
+                # busy group cannot starve a quiet one.
+                ready = [g for g in busy if g.pacer.delay(now) <= 0]
+                if ready:
+                    self._turn += 1
+                    group = ready[self._turn % len(ready)]
+                else:
+                    wait = max(wait, min(g.pacer.delay(now) for g in busy))
             if wait > 0:
                 await self._idle(wait)
                 continue
@@ -652,20 +844,31 @@ class TelegramBridge(Service):
                 if result is not _RETRY and self._direct and self._direct[0] == (chat_id, text):
                     self._direct.popleft()
                 continue
-            batch = outbox.batch()
+            assert group is not None and group.outbox is not None
+            if group.correction_due():
+                correction = group.corrections[0]
+                result = await self._correct_in_telegram(group, correction)
+                if result is not _RETRY and group.corrections and group.corrections[0] is correction:
+                    group.corrections.popleft()
+                group.batch_last = False
+                continue
+            group.batch_last = True
+            batch = group.outbox.batch()
             assert batch is not None
-            result = await self._send(self.chat_id, batch.html, html=True)
+            result = await self._send(
+                group.chat_id, batch.html, html=True, group=group, reply_tg=batch.reply_tg
+            )
             if result is _RETRY:
                 continue
-            self._sent(batch, result)
+            self._sent(group, batch, result)
 
-    def _sent(self, batch: Batch, result: Any) -> None:
-        assert self.outbox is not None
-        self.outbox.done(batch)
+    def _sent(self, group: _Group, batch: Batch, result: Any) -> None:
+        assert group.outbox is not None
+        group.outbox.done(batch)
         self.state.queue_remove(batch.entries)
         if batch.announced:
             log.warn("{n} chat lines were dropped while the Telegram queue was full", n=batch.announced)
-            self._overflowing = bool(self.outbox.dropped)
+            group.overflowing = bool(group.outbox.dropped)
         if result is _DROPPED:
             return
         refs = [
@@ -673,9 +876,91 @@ class TelegramBridge(Service):
             for e in _distinct_messages(batch.entries)
         ]
         self.state.map_add(result.chat.id, result.message_id, refs)
+        lines: list[tuple[int | None, str]] = [(e.chat_id, e.html) for e in batch.entries]
+        if batch.announced:
+            lines.insert(0, (None, dropped_notice(batch.announced)))
+        group.remember(result.message_id, lines)
 
-    async def _send(self, chat_id: int, text: str, html: bool) -> Any:
+    async def _correct_in_telegram(self, group: _Group, correction: Correction) -> Any:
+        """Apply a chat edit or deletion to the Telegram message carrying it.
+
+        A message that carries only this chat message is edited or deleted
+        (the bot may edit and delete its own messages; Telegram refuses
+        deletions after 48 hours). One carrying several chat lines gets just
+        its line changed when the bridge still holds them; otherwise, or if
+        the chat message was split over several Telegram messages, a short
+        notice answers the Telegram message instead.
+        """
+        carriers = self._carriers(group, correction.id)
+        if not carriers:
+            return None
+        sender = correction.sender
+        if len(carriers) == 1:
+            tg_msg, refs = carriers[0]
+            if len({r.chat_id for r in refs}) == 1 and tg_msg not in group.lines:
+                group.lines[tg_msg] = [(correction.id, "")]
+            lines = group.lines.get(tg_msg)
+            if lines is not None and sum(1 for c, _ in lines if c == correction.id) == 1:
+                if correction.text is None:
+                    kept = [(c, h) for c, h in lines if c != correction.id]
+                else:
+                    new = render_line(sender, correction.text)
+                    kept = [(c, new if c == correction.id else h) for c, h in lines]
+                html = "\n".join(h for _, h in kept)
+                if not kept or not any(c is not None for c, _ in kept):
+                    result = await self._telegram(group, "deleteMessage", group.chat_id, tg_msg)
+                elif utf16_len(html) <= self.config.max_length:
+                    result = await self._telegram(group, "editMessageText", group.chat_id, tg_msg, html)
+                else:
+                    result = _DROPPED
+                if result is not _RETRY and result is not _DROPPED:
+                    group.lines[tg_msg] = kept
+                if result is not _DROPPED:
+                    return result
+        # Say it in words, as an answer to the first Telegram message carrying it.
+        if correction.text is None:
+            notice = render_line(None, f"{sender} ha borrado este mensaje")
+        else:
+            notice = render_line(sender, f"(editado) {correction.text}")
+        result = await self._send(group.chat_id, notice, html=True, group=group, reply_tg=carriers[0][0])
+        if result is not _RETRY and result is not _DROPPED:
+            ref = Ref(correction.id, sender, excerpt(correction.text or ""), self.run)
+            self.state.map_add(result.chat.id, result.message_id, [ref])
+        return result
+
+    async def _send(
+        self, chat_id: int, text: str, html: bool, group: _Group | None = None, reply_tg: int | None = None
+    ) -> Any:
         """One sendMessage; returns the Message, ``_DROPPED`` or ``_RETRY``."""
+        from telegram import ReplyParameters
+        from telegram.constants import ParseMode
+
+        reply = None
+        if reply_tg is not None:
+            # If the original is gone, the line still goes out, as a plain message.
+            reply = ReplyParameters(reply_tg, allow_sending_without_reply=True)
+        return await self._telegram(
+            group,
+            "sendMessage",
+            chat_id,
+            None,
+            text,
+            parse_mode=ParseMode.HTML if html else None,
+            reply_parameters=reply,
+        )
+
+    async def _telegram(
+        self,
+        group: _Group | None,
+        method: str,
+        chat_id: int,
+        tg_msg: int | None = None,
+        text: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """One Bot API call (sendMessage, editMessageText with HTML, or
+        deleteMessage) with the bridge's fault handling: returns its result,
+        ``_DROPPED`` (refused for good) or ``_RETRY``."""
         from telegram.constants import ParseMode
         from telegram.error import (
             BadRequest,
@@ -687,9 +972,13 @@ class TelegramBridge(Service):
         )
 
         try:
-            message = await as_deferred(
-                self.bot.send_message(chat_id, text, parse_mode=ParseMode.HTML if html else None)
-            )
+            if method == "sendMessage":
+                call = self.bot.send_message(chat_id, text, **options)
+            elif method == "editMessageText":
+                call = self.bot.edit_message_text(text, chat_id, tg_msg, parse_mode=ParseMode.HTML)
+            else:
+                call = self.bot.delete_message(chat_id, tg_msg)
+            message = await as_deferred(call)
         except RetryAfter as e:
             wait = _seconds(e)
             self.api_calls["retry_after"] += 1
@@ -701,17 +990,26 @@ class TelegramBridge(Service):
             self.api_calls["error"] += 1
             log.warn(
                 "Telegram chat {old} became supergroup {new}: bridging that one now; update --telegram-chat",
-                old=self.chat_id,
+                old=chat_id,
                 new=e.new_chat_id,
             )
-            self.chat_id = e.new_chat_id
+            if group is not None and self.groups.get(group.chat_id) is group:
+                del self.groups[group.chat_id]
+                group.chat_id = e.new_chat_id
+                self.groups[group.chat_id] = group
             return _RETRY
         except BadRequest as e:
             self.api_calls["error"] += 1
             if "chat not found" in str(e).lower():
                 self._failed(e, "Telegram does not know the chat; is --telegram-chat right?")
                 return _RETRY
-            log.error("Telegram refused a message ({error}); it is dropped", error=self._redact(str(e)))
+            # Also an edit or deletion Telegram no longer allows (the message
+            # is gone, or too old to delete): nothing to retry.
+            log.error(
+                "Telegram refused {method} ({error}); it is dropped",
+                method=method,
+                error=self._redact(str(e)),
+            )
             return _DROPPED
         except (Forbidden, InvalidToken) as e:
             self.api_calls["error"] += 1
@@ -724,8 +1022,8 @@ class TelegramBridge(Service):
         self.api_calls["ok"] += 1
         now = self.reactor.seconds()
         self.global_pacer.record(now)
-        if chat_id == self.chat_id:
-            self.group_pacer.record(now)
+        if group is not None:
+            group.pacer.record(now)
         if self._failures:
             log.info("Telegram reachable again after {n} failed attempts", n=self._failures)
         self._failures = 0
@@ -733,8 +1031,11 @@ class TelegramBridge(Service):
         return message
 
     def queue_depth(self) -> int:
-        """Chat lines waiting for Telegram."""
-        return len(self.outbox.entries) if self.outbox is not None else len(self._early)
+        """Chat lines waiting for Telegram, all groups together."""
+        return sum(
+            len(group.outbox.entries) if group.outbox is not None else len(group.early)
+            for group in self.groups.values()
+        )
 
     def _failed(self, error: Exception, why: str, longest: bool = False) -> None:
         cfg = self.config

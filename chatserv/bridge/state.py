@@ -29,7 +29,7 @@ from .outbox import Entry
 
 log = Logger()
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgmap (
@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     text TEXT NOT NULL
 );
 """
+#: Version 2: several groups share the queue table (tg_chat; NULL rows from
+#: version 1 belong to the first configured group), and a queued reply
+#: remembers the Telegram message it answers.
+_UPGRADE_2 = (
+    "ALTER TABLE outbox ADD COLUMN tg_chat INTEGER",
+    "ALTER TABLE outbox ADD COLUMN reply_tg INTEGER",
+)
 
 
 class StateError(RuntimeError):
@@ -72,7 +79,8 @@ class Loaded:
     offset: int
     max_chat_id: int
     refs: list[tuple[int, int, int, Ref]]  # (n, tg_chat, tg_msg, ref)
-    outbox: list[Entry]
+    #: (telegram chat or None for version-1 rows, entry), oldest first
+    outbox: list[tuple[int | None, Entry]]
 
 
 def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
@@ -85,6 +93,11 @@ def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_SCHEMA)
+    if version < 2:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+        for statement in _UPGRADE_2:
+            if statement.split()[5] not in columns:
+                conn.execute(statement)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     row = conn.execute("SELECT value FROM meta WHERE key = 'offset'").fetchone()
     offset = int(row[0]) if row else 0
@@ -99,10 +112,10 @@ def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
         )
     ]
     outbox = []
-    for seq, chat_id, sender, text in conn.execute(
-        "SELECT seq, chat_id, sender, text FROM outbox ORDER BY seq"
+    for seq, chat_id, sender, text, tg_chat, reply_tg in conn.execute(
+        "SELECT seq, chat_id, sender, text, tg_chat, reply_tg FROM outbox ORDER BY seq"
     ):
-        outbox.append(Entry(seq, chat_id, sender, text))
+        outbox.append((tg_chat, Entry(seq, chat_id, sender, text, reply_tg)))
     return conn, Loaded(offset, max_chat_id, refs, outbox)
 
 
@@ -119,6 +132,8 @@ class BridgeState:
         #: numbers its messages on from there after a restart
         self.max_chat_id = 0
         self._map: OrderedDict[tuple[int, int], list[Ref]] = OrderedDict()
+        #: chat message id -> the Telegram messages that carry it, oldest first
+        self._by_chat: dict[int, list[tuple[int, int]]] = {}
         self._n = 0
         self._conn: sqlite3.Connection | None = None
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="chatserv-telegram-state")
@@ -131,7 +146,7 @@ class BridgeState:
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self._pool, f, *args)
 
-    async def open(self) -> list[Entry]:
+    async def open(self) -> list[tuple[int | None, Entry]]:
         """Load the file (creating it); return the queued lines it held."""
         self._pool.start()
         try:
@@ -147,6 +162,7 @@ class BridgeState:
         for n, tg_chat, tg_msg, ref in loaded.refs:
             self._n = max(self._n, n)
             self._map.setdefault((tg_chat, tg_msg), []).append(ref)
+            self._index(tg_chat, tg_msg, ref)
         return loaded.outbox
 
     # -- update offsets ---------------------------------------------------
@@ -167,8 +183,16 @@ class BridgeState:
         key = (tg_chat, tg_msg)
         self._map.setdefault(key, []).extend(refs)
         self._map.move_to_end(key)
+        for ref in refs:
+            self._index(tg_chat, tg_msg, ref)
         while len(self._map) > self.map_size:
-            self._map.popitem(last=False)
+            old, old_refs = self._map.popitem(last=False)
+            for ref in old_refs:
+                where = self._by_chat.get(ref.chat_id) if ref.chat_id is not None else None
+                if where is not None and old in where:
+                    where.remove(old)
+                    if not where:
+                        del self._by_chat[ref.chat_id]  # type: ignore[arg-type]
         for ref in refs:
             self._ops.append(
                 (
@@ -184,14 +208,31 @@ class BridgeState:
     def map_get(self, tg_chat: int, tg_msg: int) -> list[Ref]:
         return self._map.get((tg_chat, tg_msg), [])
 
+    def carriers(self, chat_id: int, tg_chat: int) -> list[tuple[int, list[Ref]]]:
+        """The Telegram messages of *tg_chat* that carry chat message
+        *chat_id*, oldest first, each with every chat message it carries."""
+        return [
+            (msg, self._map[(chat, msg)])
+            for chat, msg in self._by_chat.get(chat_id, ())
+            if chat == tg_chat and (chat, msg) in self._map
+        ]
+
+    def _index(self, tg_chat: int, tg_msg: int, ref: Ref) -> None:
+        if ref.chat_id is None:
+            return
+        where = self._by_chat.setdefault(ref.chat_id, [])
+        if (tg_chat, tg_msg) not in where:
+            where.append((tg_chat, tg_msg))
+
     # -- the outbound queue -------------------------------------------------
 
-    def queue_add(self, entries: list[Entry]) -> None:
+    def queue_add(self, entries: list[Entry], tg_chat: int | None = None) -> None:
         for e in entries:
             self._ops.append(
                 (
-                    "INSERT OR REPLACE INTO outbox (seq, chat_id, sender, text) VALUES (?,?,?,?)",
-                    (e.seq, e.chat_id, e.sender, e.text),
+                    "INSERT OR REPLACE INTO outbox (seq, chat_id, sender, text, tg_chat, reply_tg)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (e.seq, e.chat_id, e.sender, e.text, tg_chat, e.reply_tg),
                 )
             )
         if entries:
@@ -200,9 +241,10 @@ class BridgeState:
     def queue_remove(self, entries: list[Entry]) -> None:
         if not entries:
             return
-        seqs = [e.seq for e in entries]
-        # Sent and dropped lines are always a run from the head of the queue.
-        self._ops.append(("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs))))
+        # Groups share the table and its seq numbers, so a run from the head
+        # of one group's queue is not a range of seqs: delete by seq.
+        for e in entries:
+            self._ops.append(("DELETE FROM outbox WHERE seq = ?", (e.seq,)))
         self._schedule()
 
     # -- writing ------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls", action="store_true", default=None, help="connect with TLS (default: as the last time)"
     )
-    parser.add_argument("--cafile", help="PEM certificate to trust for --tls (e.g. a self-signed server's)")
+    parser.add_argument(
+        "--cafile",
+        help="PEM certificate to trust for --tls (e.g. a self-signed server's); also in the connect form",
+    )
     parser.add_argument("--lang", choices=i18n.LANGUAGES, help="interface language (default: the locale)")
     parser.add_argument("--geometry", help="initial window geometry, e.g. 900x600+0+0")
     return parser
@@ -70,12 +74,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.geometry:
         root.geometry(args.geometry)
+    elif re.fullmatch(r"\d{3,5}x\d{3,5}", defaults.geometry):
+        root.geometry(defaults.geometry)  # the size it had when last closed
     else:
         root.geometry("900x600")
     tksupport.install(root)
 
     session = ChatSession(ChatModel(reactor), reactor)
-    settings = Settings(defaults.host, defaults.port, defaults.user, defaults.tls)
+    settings = Settings(
+        defaults.host, defaults.port, defaults.user, defaults.tls, cafile=defaults.cafile,
+        geometry=defaults.geometry,
+    )
     # The command line wins over the last session's values.
     if args.host is not None:
         settings.host = args.host
@@ -83,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.port = args.port
     if args.tls:
         settings.tls = True
-    window = ChatWindow(root, session, settings, cafile=args.cafile)
+    if args.cafile:
+        settings.cafile = args.cafile
+    window = ChatWindow(root, session, settings, cafile=settings.cafile or None)
 
     def stop_reactor(_ignored: object = None) -> None:
         try:
@@ -92,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pass
 
     def quit_app() -> None:
+        window.remember_size()
         # Leave cleanly so the others see us go at once, but never hang on it.
         session.disconnect().addBoth(stop_reactor)
         reactor.callLater(2.0, stop_reactor)

@@ -21,6 +21,10 @@ class Settings:
     user: str = ""
     tls: bool = False
     register: bool = False
+    #: PEM file of a CA (or self-signed server certificate) to trust with TLS.
+    cafile: str = ""
+    #: The window's last size, "WIDTHxHEIGHT".
+    geometry: str = ""
 
 
 def config_path() -> Path:

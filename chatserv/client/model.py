@@ -86,6 +86,25 @@ class Line:
     state: SendState | None = None
     note: str = ""
     msg_id: int | None = None
+    #: The message this one answers: ``{"id", "from", "msg"}`` (PROTOCOL.md).
+    reply_to: dict[str, object] | None = None
+    #: Corrected by its author after it was sent.
+    edited: bool = False
+    #: Deleted by its author: ``text`` is then empty.
+    deleted: bool = False
+
+    @property
+    def can_reply(self) -> bool:
+        return (
+            self.kind in (LineKind.MESSAGE, LineKind.HISTORY)
+            and self.msg_id is not None
+            and not self.deleted
+        )
+
+    @property
+    def can_correct(self) -> bool:
+        """Its author may edit or delete it (the server checks the age)."""
+        return self.own and self.can_reply and self.state in (None, SendState.SENT)
 
 
 @dataclass(eq=False)
@@ -113,6 +132,19 @@ class Conversation:
     def typing_names(self) -> list[str]:
         return [name for name, _expiry in self.typing.values()]
 
+    def line_by_id(self, msg_id: int) -> Line | None:
+        for line in reversed(self.lines):
+            if line.msg_id == msg_id:
+                return line
+        return None
+
+    def last_own(self) -> Line | None:
+        """The newest message of ours the server has confirmed, for Up-to-edit."""
+        for line in reversed(self.lines):
+            if line.own and line.kind in (LineKind.MESSAGE, LineKind.HISTORY):
+                return line if line.can_correct else None
+        return None
+
 
 class ModelObserver:
     """Callbacks a view implements; every method is optional."""
@@ -121,6 +153,7 @@ class ModelObserver:
     def conversation_removed(self, conv: Conversation) -> None: ...
     def line_added(self, conv: Conversation, line: Line) -> None: ...
     def line_changed(self, conv: Conversation, line: Line) -> None: ...
+    def line_rewritten(self, conv: Conversation, line: Line) -> None: ...
     def unread_changed(self, conv: Conversation) -> None: ...
     def typing_changed(self, conv: Conversation) -> None: ...
     def members_changed(self, conv: Conversation) -> None: ...
@@ -221,6 +254,14 @@ class ChatModel:
 
     def line_changed(self, conv: Conversation, line: Line) -> None:
         self._emit("line_changed", conv, line)
+
+    def correct_line(self, conv: Conversation, line: Line, text: str | None) -> None:
+        """The author edited *line* to *text*, or deleted it (*text* None)."""
+        if text is None:
+            line.deleted, line.text = True, ""
+        else:
+            line.edited, line.text = True, text
+        self._emit("line_rewritten", conv, line)
 
     def notice(self, key: ConvKey, text: str, kind: LineKind = LineKind.INFO) -> Line:
         conv = self.conversation(key)

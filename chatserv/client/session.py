@@ -83,6 +83,8 @@ class Outgoing:
     text: str
     line: Line
     ack: int | None = None
+    #: the id of the message this one answers
+    reply_to: int | None = None
     #: written before the connection was lost: may have reached the server
     maybe_delivered: bool = False
 
@@ -90,6 +92,7 @@ class Outgoing:
 def _message_line(kind: LineKind, frame: Frame, sender: str, msg: str, own: bool = False) -> Line:
     """A chat line from a message object (a live frame or a history item)."""
     msg_id = frame.get("id")
+    reply_to = frame.get("reply_to")
     return Line(
         kind,
         msg,
@@ -97,7 +100,24 @@ def _message_line(kind: LineKind, frame: Frame, sender: str, msg: str, own: bool
         time=_str(frame, "time") or "",
         own=own,
         msg_id=msg_id if isinstance(msg_id, int) else None,
+        reply_to=reply_to if isinstance(reply_to, dict) else None,
+        edited=bool(frame.get("edited")),
+        deleted=bool(frame.get("deleted")),
     )
+
+
+#: Characters of the original a reply quotes, as the server cuts them.
+QUOTE_LENGTH = 40
+
+
+def quote_of(line: Line) -> dict[str, object]:
+    """The ``reply_to`` object a reply to *line* will carry (shown at once,
+    before the server's echo brings its own)."""
+    text = line.text.strip()
+    first = text.split("\n", 1)[0].strip()
+    if len(first) > QUOTE_LENGTH or "\n" in text:
+        first = first[:QUOTE_LENGTH].rstrip() + "…"
+    return {"id": line.msg_id, "from": line.sender or "?", "msg": first}
 
 
 def _str(frame: Frame, name: str) -> str | None:
@@ -112,6 +132,11 @@ def _str_list(value: Any) -> list[str]:
 
 
 def _identity(item: Frame) -> tuple[object, ...]:
+    # The id alone where there is one: an edited message is still the same
+    # message when history replays it with its new text.
+    msg_id = item.get("id")
+    if isinstance(msg_id, int):
+        return ("id", msg_id)
     return (item.get("id"), item.get("time"), item.get("from"), item.get("msg"))
 
 
@@ -132,6 +157,10 @@ def readable_error(code: str, msg: str, **names: str) -> str:
         "line_too_long": _("That message is too long for the server."),
         "server_full": _("The server is full; trying again later."),
         "auth_failed": _("Wrong name or password."),
+        "no_such_message": _("That message is not available any more."),
+        "not_your_message": _("Only its author can change a message."),
+        "message_deleted": _("That message has been deleted."),
+        "edit_too_late": _("That message is too old to change."),
     }
     return texts.get(code) or msg or code
 
@@ -216,10 +245,10 @@ class ChatSession:
         self.model.set_state(ConnState.DISCONNECTED)
         return stopping
 
-    def send(self, key: ConvKey, text: str) -> Line | None:
-        """Post ``text`` to a conversation: shown at once, sent now or as soon
-        as we are logged in. Returns the line, or None if there was nothing
-        to send."""
+    def send(self, key: ConvKey, text: str, reply_to: Line | None = None) -> Line | None:
+        """Post ``text`` to a conversation (as a reply to *reply_to*, a line
+        of it): shown at once, sent now or as soon as we are logged in.
+        Returns the line, or None if there was nothing to send."""
         text = clean_text(text).rstrip()
         conv = self.model.get(key)
         if not text.strip() or conv is None:
@@ -228,6 +257,9 @@ class ChatSession:
             LineKind.MESSAGE, text, sender=self.model.me, own=True, state=SendState.QUEUED
         )
         out = Outgoing(key, conv.title, text, line)
+        if reply_to is not None and reply_to.can_reply:
+            out.reply_to = reply_to.msg_id
+            line.reply_to = quote_of(reply_to)
         if len(encode_frame(self._frame_for(out))) >= MAX_MESSAGE_LINE:
             line.state = SendState.FAILED
             line.note = _("too long to send")
@@ -239,6 +271,30 @@ class ChatSession:
         self._typing_sent.pop(key, None)
         self._flush()
         return line
+
+    def edit(self, line: Line, text: str) -> bool:
+        """Ask the server to change our message *line* to *text*; the view
+        changes when the server's ``edited`` comes back. False if it cannot
+        be sent now."""
+        text = clean_text(text).rstrip()
+        if not text.strip() or text == line.text:
+            return False
+        return self._correct({"cmd": "edit", "id": line.msg_id, "msg": text}, line)
+
+    def delete(self, line: Line) -> bool:
+        """Ask the server to delete our message *line*."""
+        return self._correct({"cmd": "delete", "id": line.msg_id}, line)
+
+    def _correct(self, frame: Frame, line: Line) -> bool:
+        if not line.can_correct:
+            return False
+        if self.conn is None or self.model.state is not ConnState.ONLINE:
+            self.model.notice(
+                self.model.active, _("Not connected: the message was not changed."), LineKind.ERROR
+            )
+            return False
+        self.conn.send_frame(frame)
+        return True
 
     def user_typing(self, key: ConvKey) -> None:
         if self.conn is None or self.model.state is not ConnState.ONLINE:
@@ -349,7 +405,9 @@ class ChatSession:
                 {"cmd": "register", "user": self.creds.user, "password": self.creds.password}
             )
             return
-        frame: Frame = {"cmd": "login", "user": self.creds.user}
+        # "sent": the server tells us the id of each private message we
+        # send, so that we can edit or delete it later.
+        frame: Frame = {"cmd": "login", "user": self.creds.user, "features": ["sent"]}
         if self.creds.password:
             frame["password"] = self.creds.password
         self.conn.send_frame(frame)
@@ -440,6 +498,7 @@ class ChatSession:
                 continue
             ident = _identity(item)
             if ident in conv.seen:
+                self._catch_up_correction(conv, item, msg)
                 continue
             conv.seen.add(ident)
             if self._is_me(sender) and self._confirm_room(conv.key, item, maybe_only=True):
@@ -450,6 +509,17 @@ class ChatSession:
         conv.had_history = True
         for item, sender, msg in fresh:
             self.model.add_line(conv, _message_line(LineKind.HISTORY, item, sender, msg, self._is_me(sender)))
+
+    def _catch_up_correction(self, conv: Conversation, item: Frame, msg: str) -> None:
+        """A replayed message we show already, corrected while we were away."""
+        msg_id = item.get("id")
+        line = conv.line_by_id(msg_id) if isinstance(msg_id, int) else None
+        if line is None or line.deleted:
+            return
+        if item.get("deleted"):
+            self.model.correct_line(conv, line, None)
+        elif item.get("edited") and msg != line.text:
+            self.model.correct_line(conv, line, msg)
 
     def _on_users(self, frame: Frame) -> None:
         key = self._room_key(frame)
@@ -485,6 +555,41 @@ class ChatSession:
         conv = self.model.conversation(key, sender)
         self.model.clear_typing(key, sender)
         self.model.add_line(conv, _message_line(LineKind.MESSAGE, frame, sender, msg))
+
+    def _on_sent(self, frame: Frame) -> None:
+        """Our private message was relayed: learn its id (confirmation itself
+        stays with the ping barrier, which servers without ``sent`` share)."""
+        to, msg, msg_id = _str(frame, "to"), _str(frame, "msg"), frame.get("id")
+        conv = self.model.get(ConvKey.private(to)) if to else None
+        if conv is None or not isinstance(msg_id, int):
+            return
+        for line in conv.lines:
+            if line.own and line.msg_id is None and line.text == msg and line.kind is LineKind.MESSAGE:
+                line.msg_id = msg_id
+                line.time = _str(frame, "time") or line.time
+                self.model.line_changed(conv, line)
+                return
+
+    def _correction_conv(self, frame: Frame) -> Conversation | None:
+        if "room" in frame:
+            return self.model.get(self._room_key(frame))
+        sender, to = _str(frame, "from"), _str(frame, "to")
+        peer = to if self._is_me(sender) else sender
+        return self.model.get(ConvKey.private(peer)) if peer else None
+
+    def _on_edited(self, frame: Frame) -> None:
+        msg, msg_id = _str(frame, "msg"), frame.get("id")
+        conv = self._correction_conv(frame)
+        line = conv.line_by_id(msg_id) if conv is not None and isinstance(msg_id, int) else None
+        if conv is not None and line is not None and msg is not None:
+            self.model.correct_line(conv, line, msg)
+
+    def _on_deleted(self, frame: Frame) -> None:
+        msg_id = frame.get("id")
+        conv = self._correction_conv(frame)
+        line = conv.line_by_id(msg_id) if conv is not None and isinstance(msg_id, int) else None
+        if conv is not None and line is not None:
+            self.model.correct_line(conv, line, None)
 
     def _on_system(self, frame: Frame) -> None:
         conv = self._room_conv(frame)
@@ -610,11 +715,15 @@ class ChatSession:
 
     # -- outbox -------------------------------------------------------------------
     def _frame_for(self, out: Outgoing) -> Frame:
+        frame: Frame
         if out.key.kind == "private":
-            return {"cmd": "message", "to": out.target, "msg": out.text}
-        frame: Frame = {"cmd": "broadcast", "msg": out.text}
-        if out.key != GENERAL_KEY:
-            frame["room"] = out.target
+            frame = {"cmd": "message", "to": out.target, "msg": out.text}
+        else:
+            frame = {"cmd": "broadcast", "msg": out.text}
+            if out.key != GENERAL_KEY:
+                frame["room"] = out.target
+        if out.reply_to is not None:
+            frame["reply_to"] = out.reply_to
         return frame
 
     def _set_state(self, out: Outgoing, state: SendState, note: str = "") -> None:

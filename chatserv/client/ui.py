@@ -8,11 +8,14 @@ Tk loop and the reactor would stop turning while it is open.
 
 from __future__ import annotations
 
+import os
 import tkinter as tk
 import zlib
 from collections.abc import Callable
+from functools import partial
 from tkinter import font as tkfont
 from tkinter import ttk
+from typing import Any
 
 from twisted.internet.task import LoopingCall
 
@@ -31,10 +34,115 @@ from chatserv.client.model import (
     fold,
 )
 from chatserv.client.network import ServerAddress
-from chatserv.client.session import ChatSession, Credentials
+from chatserv.client.session import ChatSession, Credentials, quote_of
 
 SENDER_COLOURS = ("#1c71d8", "#26a269", "#c64600", "#9141ac", "#b5835a", "#e01b24", "#2190a4")
 OWN_COLOUR = "#1a5fb4"
+
+#: The palette of the flat theme built on ttk's "clam" (see apply_theme).
+WINDOW_BG = "#f6f5f4"
+SURFACE = "#ffffff"
+BORDER = "#d6d3d0"
+TEXT = "#241f31"
+MUTED = "#77767b"
+ACCENT = "#3584e4"
+ACCENT_DARK = "#1c71d8"
+QUOTE_BG = "#eef3fb"
+FLASH_BG = "#fff3bf"
+
+
+def apply_theme(master: tk.Misc) -> ttk.Style:
+    """A flat, padded look on top of ttk's "clam" theme (available on every
+    platform): light surfaces, thin borders, an accent colour for the main
+    buttons and slim scrollbars, instead of the classic bevelled widgets."""
+    style = ttk.Style(master)
+    if "clam" in style.theme_names():
+        style.theme_use("clam")
+    flat = {"bordercolor": BORDER, "lightcolor": SURFACE, "darkcolor": SURFACE}
+    style.configure(
+        ".", background=WINDOW_BG, foreground=TEXT, troughcolor=WINDOW_BG, focuscolor=ACCENT,
+        bordercolor=BORDER, lightcolor=WINDOW_BG, darkcolor=WINDOW_BG,
+    )
+    style.configure("TButton", padding=(14, 6), background=SURFACE, **flat)
+    style.map(
+        "TButton",
+        background=[("disabled", WINDOW_BG), ("pressed", "#e3e1de"), ("active", "#efeeec")],
+        foreground=[("disabled", "#a9a8a6")],
+        bordercolor=[("focus", ACCENT)],
+    )
+    style.configure(
+        "Accent.TButton", background=ACCENT, foreground="#ffffff",
+        bordercolor=ACCENT_DARK, lightcolor=ACCENT, darkcolor=ACCENT,
+    )
+    style.map(
+        "Accent.TButton",
+        background=[("pressed", ACCENT_DARK), ("active", "#4a90e8")],
+        lightcolor=[("pressed", ACCENT_DARK), ("active", "#4a90e8")],
+        darkcolor=[("pressed", ACCENT_DARK), ("active", "#4a90e8")],
+    )
+    style.configure("Tool.TButton", padding=(10, 4))
+    style.configure("Flat.TButton", padding=(6, 2), background=QUOTE_BG, bordercolor=QUOTE_BG,
+                    lightcolor=QUOTE_BG, darkcolor=QUOTE_BG)
+    for entry in ("TEntry", "TCombobox"):
+        style.configure(entry, padding=(8, 5), fieldbackground=SURFACE, **flat)
+        style.map(entry, bordercolor=[("focus", ACCENT)], lightcolor=[("focus", SURFACE)])
+    style.configure("TCombobox", background=SURFACE, arrowcolor=MUTED, arrowsize=12, padding=(6, 4))
+    style.map("TCombobox", background=[("active", "#efeeec")], fieldbackground=[("readonly", SURFACE)])
+    style.configure("TCheckbutton", padding=(0, 4))
+    style.configure("TNotebook", background=WINDOW_BG, borderwidth=0, tabmargins=(0, 0, 0, 0), **flat)
+    style.configure("TNotebook.Tab", padding=(16, 7), background=WINDOW_BG, bordercolor=BORDER,
+                    lightcolor=WINDOW_BG, darkcolor=WINDOW_BG, foreground=MUTED)
+    style.map(
+        "TNotebook.Tab",
+        background=[("selected", SURFACE)],
+        lightcolor=[("selected", SURFACE)],
+        foreground=[("selected", TEXT)],
+        padding=[("selected", (16, 7))],
+    )
+    style.configure("Card.TFrame", background=SURFACE, relief="solid", borderwidth=1, bordercolor=BORDER)
+    style.configure("Card.TLabel", background=SURFACE)
+    style.configure("Card.TCheckbutton", background=SURFACE)
+    style.map("Card.TCheckbutton", background=[("active", SURFACE)])
+    style.configure("Title.TLabel", background=SURFACE, font=("TkDefaultFont", 14, "bold"))
+    style.configure("Muted.TLabel", foreground=MUTED)
+    style.configure("CardMuted.TLabel", foreground=MUTED, background=SURFACE)
+    style.configure("Heading.TLabel", foreground=MUTED, font=("TkDefaultFont", 9, "bold"))
+    style.configure("Status.TLabel", foreground=MUTED, padding=(12, 5))
+    style.configure("Bar.TFrame", background=QUOTE_BG)
+    style.configure("Bar.TLabel", background=QUOTE_BG, foreground=TEXT)
+    # Slim scrollbars without arrows, as current desktops draw them.
+    thumb: Any = [("Vertical.Scrollbar.thumb", {"expand": "1", "sticky": "nswe"})]
+    trough: Any = [("Vertical.Scrollbar.trough", {"sticky": "ns", "children": thumb})]
+    style.layout("Slim.Vertical.TScrollbar", trough)
+    style.configure(
+        "Slim.Vertical.TScrollbar", troughcolor=SURFACE, background="#c0bfbc", bordercolor=SURFACE,
+        lightcolor="#c0bfbc", darkcolor="#c0bfbc", gripcount=0, arrowsize=9, width=9,
+    )
+    style.map("Slim.Vertical.TScrollbar", background=[("active", "#9a9996")])
+    master.configure(background=WINDOW_BG)  # type: ignore[call-arg]  # a Tk or Toplevel
+    return style
+
+
+class AutoScrollbar(ttk.Scrollbar):
+    """A scrollbar that is shown only while there is something to scroll.
+
+    Gridded in a column with a fixed minimum width, so that showing or hiding
+    it never changes how wide the text is: otherwise word wrapping could
+    make it appear and disappear for ever."""
+
+    def __init__(self, master: tk.Misc, **kw: object) -> None:
+        super().__init__(master, orient="vertical", style="Slim.Vertical.TScrollbar", **kw)  # type: ignore[arg-type]
+
+    def set(self, first: float | str, last: float | str) -> None:
+        if float(first) <= 0.0 and float(last) >= 1.0:
+            self.grid_remove()
+        else:
+            self.grid()
+        super().set(first, last)
+
+    @property
+    def shown(self) -> bool:
+        return bool(self.winfo_manager())
 
 
 def conv_title(conv: Conversation) -> str:
@@ -57,24 +165,30 @@ class ConversationView(ttk.Frame):
     def __init__(self, master: tk.Misc, conv: Conversation, fonts: dict[str, tkfont.Font]):
         super().__init__(master)
         self.conv = conv
+        self.fonts = fonts
         self.text = tk.Text(
             self,
             wrap="word",
             state="disabled",
             width=30,
             height=8,
-            padx=8,
-            pady=6,
+            padx=14,
+            pady=10,
             borderwidth=0,
             highlightthickness=0,
+            background=SURFACE,
+            foreground=TEXT,
             font=fonts["body"],
             cursor="arrow",
+            spacing1=3,
+            spacing3=3,
         )
-        scroll = ttk.Scrollbar(self, orient="vertical", command=self.text.yview)
-        self.text.configure(yscrollcommand=scroll.set)
+        self.scroll = AutoScrollbar(self, command=self.text.yview)
+        self.text.configure(yscrollcommand=self.scroll.set)
         self.text.grid(row=0, column=0, sticky="nsew")
-        scroll.grid(row=0, column=1, sticky="ns")
+        self.scroll.grid(row=0, column=1, sticky="ns")
         self.columnconfigure(0, weight=1)
+        self.columnconfigure(1, minsize=10)
         self.rowconfigure(0, weight=1)
         t = self.text
         t.tag_configure("time", foreground="#8a8a8a", font=fonts["small"])
@@ -87,8 +201,19 @@ class ConversationView(ttk.Frame):
         t.tag_configure("error", foreground="#c01c28")
         t.tag_configure("state", foreground="#8a8a8a", font=fonts["small"])
         t.tag_configure("failed", foreground="#c01c28", font=fonts["small"])
+        t.tag_configure(
+            "quote", foreground=MUTED, font=fonts["small"], lmargin1=18, lmargin2=18,
+            background=QUOTE_BG, spacing1=4, spacing3=0,
+        )
+        t.tag_configure("edited", foreground=MUTED, font=fonts["small"])
+        t.tag_configure("deleted", foreground=MUTED, font=fonts["italic"])
+        t.tag_configure("flash", background=FLASH_BG)
         t.tag_raise("history")
+        t.tag_raise("flash")
+        t.tag_bind("quote", "<Enter>", lambda _e: t.configure(cursor="hand2"))
+        t.tag_bind("quote", "<Leave>", lambda _e: t.configure(cursor="arrow"))
         self._ids: dict[Line, int] = {}
+        self._lines: dict[int, Line] = {}
         self._sender_tags: set[str] = set()
         for line in conv.lines:
             self.add(line)
@@ -114,24 +239,33 @@ class ConversationView(ttk.Frame):
         follow = self.at_bottom()
         n = len(self._ids)
         self._ids[line] = n
+        self._lines[n] = line
         t = self.text
         t.configure(state="normal")
         if t.index("end-1c") != "1.0":
             t.insert("end", "\n")
         extra = ("history",) if line.kind is LineKind.HISTORY else ()
         if line.kind in (LineKind.MESSAGE, LineKind.HISTORY):
+            start = t.index("end-1c")
+            quoted = line.reply_to
+            if quoted:
+                # The quoted line sits above the reply; a click on it scrolls
+                # to the original when it is loaded.
+                who, what = str(quoted.get("from", "?")), str(quoted.get("msg", ""))
+                t.insert("end", f"↪ {who}: {what}\n", ("quote", f"q{n}"))
+                original = quoted.get("id")
+                if isinstance(original, int):
+                    t.tag_bind(f"q{n}", "<Button-1>", partial(self._quote_clicked, original))
             t.mark_set(f"tm{n}", "end-1c")
             t.mark_gravity(f"tm{n}", "left")
             t.insert("end", f"{line.time} ", ("time", f"tmt{n}"))
             sender = line.sender or "?"
             t.insert("end", sender + ": ", ("sender", self._sender_tag(sender, line.own)) + extra)
-            first, *rest = line.text.split("\n")
-            t.insert("end", first, ("body",) + extra)
-            for more in rest:
-                t.insert("end", "\n" + more, ("cont",) + extra)
+            self._insert_body(n, line, "end")
             t.mark_set(f"st{n}", "end-1c")
             t.mark_gravity(f"st{n}", "left")
             self._insert_state(n, line)
+            t.tag_add(f"L{n}", start, "end-1c")
         else:
             tag = {
                 LineKind.SYSTEM: "system",
@@ -144,6 +278,77 @@ class ConversationView(ttk.Frame):
         t.configure(state="disabled")
         if follow:
             t.see("end")
+
+    def _insert_body(self, n: int, line: Line, where: str) -> None:
+        t = self.text
+        extra = ("history",) if line.kind is LineKind.HISTORY else ()
+        if line.deleted:
+            t.insert(where, _("(message deleted)"), ("deleted", f"b{n}"))
+            return
+        first, *rest = line.text.split("\n")
+        pieces: list[Any] = [first, ("body", f"b{n}") + extra]
+        for more in rest:
+            pieces += ["\n" + more, ("cont", f"b{n}") + extra]
+        if line.edited:
+            pieces += [" " + _("(edited)"), ("edited", f"b{n}")]
+        t.insert(where, *pieces)
+
+    def rewrite(self, line: Line) -> None:
+        """The author edited or deleted *line*: render its new body in place."""
+        n = self._ids.get(line)
+        if n is None:
+            return
+        t = self.text
+        ranges = t.tag_ranges(f"b{n}")
+        if not ranges:
+            return
+        follow = self.at_bottom()
+        t.configure(state="normal")
+        start = t.index(ranges[0])
+        t.delete(ranges[0], ranges[-1])
+        # The state mark sits right after the body: keep it after the new one.
+        t.mark_gravity(f"st{n}", "right")
+        self._insert_body(n, line, start)
+        t.mark_gravity(f"st{n}", "left")
+        t.tag_add(f"L{n}", f"tm{n}", f"st{n}")
+        t.configure(state="disabled")
+        if follow:
+            t.see("end")
+
+    def line_at(self, x: int, y: int) -> Line | None:
+        """The chat line drawn at pixel (*x*, *y*) of the transcript."""
+        for tag in self.text.tag_names(f"@{x},{y}"):
+            if tag.startswith("L") and tag[1:].isdigit():
+                return self._lines.get(int(tag[1:]))
+        return None
+
+    def bbox_of(self, line: Line) -> tuple[int, int] | None:
+        """A point inside *line*'s text on screen (for tests and menus)."""
+        n = self._ids.get(line)
+        if n is None:
+            return None
+        self.text.see(f"tm{n}")
+        self.text.update_idletasks()
+        box = self.text.bbox(f"tm{n}")
+        return (box[0] + 2, box[1] + box[3] // 2) if box else None
+
+    def _quote_clicked(self, msg_id: int, _event: tk.Event) -> None:
+        self.show_message(msg_id)
+
+    def show_message(self, msg_id: int) -> bool:
+        """Scroll to message *msg_id* and highlight it a moment; False if it
+        is not loaded in this conversation."""
+        target = self.conv.line_by_id(msg_id)
+        n = self._ids.get(target) if target is not None else None
+        if n is None:
+            self.text.bell()
+            return False
+        t = self.text
+        t.see(f"tm{n}")
+        t.tag_remove("flash", "1.0", "end")
+        t.tag_add("flash", f"tm{n}", f"st{n}")
+        self.after(1500, lambda: t.tag_remove("flash", "1.0", "end"))
+        return True
 
     def _insert_state(self, n: int, line: Line) -> None:
         text, tag = state_suffix(line)
@@ -196,39 +401,60 @@ class ConnectForm(ttk.Frame):
         self.password = tk.StringVar()
         self.register_var = tk.BooleanVar(value=False)
         self.tls = tk.BooleanVar(value=settings.tls)
+        self.cafile = tk.StringVar(value=settings.cafile)
         self.error = tk.StringVar()
-        box = ttk.Labelframe(self, text=_("Connect to a chat server"), padding=16)
-        box.place(relx=0.5, rely=0.4, anchor="center")
+        box = ttk.Frame(self, style="Card.TFrame", padding=(28, 22))
+        box.place(relx=0.5, rely=0.45, anchor="center")
+        ttk.Label(box, text=_("Connect to a chat server"), style="Title.TLabel").grid(
+            row=0, column=0, columnspan=2, sticky="w", pady=(0, 14)
+        )
         rows = [
-            (_("Server"), ttk.Entry(box, textvariable=self.host, width=28)),
+            (_("Server"), ttk.Entry(box, textvariable=self.host, width=30)),
             (_("Port"), ttk.Entry(box, textvariable=self.port, width=8)),
-            (_("Name"), ttk.Entry(box, textvariable=self.user, width=28)),
-            (_("Password (optional)"), ttk.Entry(box, textvariable=self.password, show="•", width=28)),
+            (_("Name"), ttk.Entry(box, textvariable=self.user, width=30)),
+            (_("Password (optional)"), ttk.Entry(box, textvariable=self.password, show="•", width=30)),
         ]
-        self.entries = {}
-        for row, (label, entry) in enumerate(rows):
-            ttk.Label(box, text=label).grid(row=row, column=0, sticky="w", padx=(0, 12), pady=3)
-            entry.grid(row=row, column=1, sticky="w", pady=3)
-            entry.bind("<Return>", lambda _e: self.on_submit())
-            entry.bind("<KP_Enter>", lambda _e: self.on_submit())
+        self.entries: dict[str, ttk.Entry] = {}
+        for row, (label, entry) in enumerate(rows, start=1):
+            ttk.Label(box, text=label, style="Card.TLabel").grid(
+                row=row, column=0, sticky="w", padx=(0, 16), pady=4
+            )
+            entry.grid(row=row, column=1, sticky="w", pady=4)
             self.entries[label] = entry
         self.user_entry = rows[2][1]
         ttk.Checkbutton(
-            box, text=_("Create an account with this password"), variable=self.register_var
-        ).grid(row=4, column=1, sticky="w", pady=3)
-        ttk.Checkbutton(box, text=_("Use TLS"), variable=self.tls).grid(
-            row=5, column=1, sticky="w", pady=3
+            box, text=_("Create an account with this password"), variable=self.register_var,
+            style="Card.TCheckbutton",
+        ).grid(row=5, column=1, sticky="w")
+        ttk.Checkbutton(box, text=_("Use TLS"), variable=self.tls, style="Card.TCheckbutton").grid(
+            row=6, column=1, sticky="w"
         )
-        self.button = ttk.Button(box, text=_("Connect"), command=self.on_submit)
-        self.button.grid(row=6, column=1, sticky="e", pady=(12, 0))
-        ttk.Label(box, textvariable=self.error, foreground="#c01c28", wraplength=360).grid(
-            row=7, column=0, columnspan=2, sticky="w", pady=(8, 0)
+        # A path typed in, not a file dialog: the dialog is modal and would
+        # stop the reactor (and the connection) while it is open.
+        ttk.Label(box, text=_("CA certificate (optional)"), style="Card.TLabel").grid(
+            row=7, column=0, sticky="w", padx=(0, 16), pady=4
         )
+        self.cafile_entry = ttk.Entry(box, textvariable=self.cafile, width=30)
+        self.cafile_entry.grid(row=7, column=1, sticky="w", pady=4)
+        self.entries["cafile"] = self.cafile_entry
+        ttk.Label(
+            box, text=_("PEM file of a self-signed server to trust with TLS"),
+            style="CardMuted.TLabel", wraplength=300,
+        ).grid(row=8, column=1, sticky="w")
+        for entry in self.entries.values():
+            entry.bind("<Return>", lambda _e: self.on_submit())
+            entry.bind("<KP_Enter>", lambda _e: self.on_submit())
+        self.button = ttk.Button(box, text=_("Connect"), command=self.on_submit, style="Accent.TButton")
+        self.button.grid(row=9, column=1, sticky="e", pady=(16, 0))
+        ttk.Label(
+            box, textvariable=self.error, foreground="#c01c28", wraplength=380, style="Card.TLabel"
+        ).grid(row=10, column=0, columnspan=2, sticky="w", pady=(8, 0))
 
     def values(self) -> tuple[Settings, str] | str:
         """The settings and password entered, or an error message."""
         host = self.host.get().strip()
         user = self.user.get().strip()
+        cafile = self.cafile.get().strip()
         try:
             port = int(self.port.get().strip())
         except ValueError:
@@ -241,7 +467,12 @@ class ConnectForm(ttk.Frame):
             return _("Enter a name.")
         if self.register_var.get() and not self.password.get():
             return _("Creating an account needs a password.")
-        settings = Settings(host, port, user, self.tls.get(), self.register_var.get())
+        if cafile:
+            if not self.tls.get():
+                return _("A CA certificate is only used with TLS: tick “Use TLS”.")
+            if not os.path.isfile(cafile) or not os.access(cafile, os.R_OK):
+                return _("Cannot read the CA certificate {path}.").format(path=cafile)
+        settings = Settings(host, port, user, self.tls.get(), self.register_var.get(), cafile=cafile)
         return settings, self.password.get()
 
 
@@ -271,9 +502,13 @@ class ChatWindow(ModelObserver):
             "small": tkfont.Font(master, family=base.actual("family"), size=max(size - 1, 7)),
         }
         master.minsize(560, 360)
-        style = ttk.Style(master)
-        if "clam" in style.theme_names() and style.theme_use() == "default":
-            style.theme_use("clam")
+        apply_theme(master)
+        if cafile and not settings.cafile:
+            settings.cafile = cafile
+        #: what the message box is doing besides writing a new message
+        self.replying: Line | None = None
+        self.editing: Line | None = None
+        self.menu: tk.Menu | None = None
         self.form = ConnectForm(master, settings, self._submit)
         self.chat = ttk.Frame(master)
         self._build_chat()
@@ -291,32 +526,36 @@ class ChatWindow(ModelObserver):
 
     # -- layout ----------------------------------------------------------------
     def _build_chat(self) -> None:
-        top = ttk.Frame(self.chat, padding=(8, 6, 8, 0))
+        top = ttk.Frame(self.chat, padding=(12, 10, 12, 4))
         top.pack(side="top", fill="x")
-        self.who = ttk.Label(top, text="")
+        self.who = ttk.Label(top, text="", font=self.fonts["bold"])
         self.who.pack(side="left")
-        ttk.Button(top, text=_("Disconnect"), command=self._disconnect).pack(side="right")
-        self.close_button = ttk.Button(top, text=_("Close tab"), command=self._close_current)
+        ttk.Button(top, text=_("Disconnect"), command=self._disconnect, style="Tool.TButton").pack(
+            side="right"
+        )
+        self.close_button = ttk.Button(
+            top, text=_("Close tab"), command=self._close_current, style="Tool.TButton"
+        )
         self.close_button.pack(side="right", padx=(0, 6))
         self.rooms_bar = ttk.Frame(top)
         self.room_name = tk.StringVar()
-        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=12)
+        self.room_box = ttk.Combobox(self.rooms_bar, textvariable=self.room_name, width=11)
         self.room_box.pack(side="left")
         self.room_box.bind("<Return>", lambda _e: self._join())
-        ttk.Button(self.rooms_bar, text=_("Join room"), command=self._join).pack(
-            side="left", padx=(4, 12)
+        ttk.Button(self.rooms_bar, text=_("Join room"), command=self._join, style="Tool.TButton").pack(
+            side="left", padx=(6, 10)
         )
 
         self.status = tk.StringVar()
-        status = ttk.Label(self.chat, textvariable=self.status, relief="sunken", padding=(6, 2))
+        status = ttk.Label(self.chat, textvariable=self.status, style="Status.TLabel")
         status.pack(side="bottom", fill="x")
 
         # A grid, not a paned window: the users column keeps its width and
         # the conversation takes whatever the window has left.
-        body = ttk.Frame(self.chat, padding=(8, 6))
+        body = ttk.Frame(self.chat, padding=(12, 6, 12, 0))
         body.pack(side="top", fill="both", expand=True)
         left = ttk.Frame(body)
-        right = ttk.Frame(body, padding=(8, 0, 0, 0))
+        right = ttk.Frame(body, padding=(12, 0, 0, 0))
         left.grid(row=0, column=0, sticky="nsew")
         right.grid(row=0, column=1, sticky="nsew")
         body.columnconfigure(0, weight=1)
@@ -324,18 +563,42 @@ class ChatWindow(ModelObserver):
 
         # Packed bottom-up so that a small window squeezes the transcript,
         # never the message box.
-        entry_row = ttk.Frame(left)
-        entry_row.pack(side="bottom", fill="x")
-        ttk.Button(entry_row, text=_("Send"), command=self.send_input).pack(
-            side="right", padx=(6, 0), fill="y"
+        composer = ttk.Frame(left, padding=(0, 4, 0, 0))
+        composer.pack(side="bottom", fill="x")
+        composer.columnconfigure(0, weight=1)
+        # What is being answered or edited, with a way out (Escape does too).
+        self.answer_bar = ttk.Frame(composer, style="Bar.TFrame", padding=(10, 4, 4, 4))
+        self.answer_bar.grid(row=0, column=0, columnspan=2, sticky="ew", pady=(0, 4))
+        self.answer_text = tk.StringVar()
+        ttk.Label(self.answer_bar, textvariable=self.answer_text, style="Bar.TLabel").pack(
+            side="left", fill="x", expand=True
         )
+        self.answer_cancel = ttk.Button(
+            self.answer_bar, text="✕", width=2, style="Flat.TButton", command=self.cancel_answer
+        )
+        self.answer_cancel.pack(side="right")
+        self.answer_bar.grid_remove()
+        box = tk.Frame(composer, background=SURFACE, highlightthickness=1, highlightbackground=BORDER,
+                       highlightcolor=ACCENT)
+        box.grid(row=1, column=0, sticky="nsew")
+        box.columnconfigure(0, weight=1)
         self.input = tk.Text(
-            entry_row, height=3, width=20, wrap="word", undo=True, font=self.fonts["body"]
+            box, height=3, width=20, wrap="word", undo=True, font=self.fonts["body"], borderwidth=0,
+            highlightthickness=0, padx=10, pady=8, background=SURFACE, foreground=TEXT,
+            insertbackground=TEXT,
         )
-        self.input.pack(side="left", fill="both", expand=True)
+        self.input.grid(row=0, column=0, sticky="nsew")
+        input_scroll = AutoScrollbar(box, command=self.input.yview)
+        self.input.configure(yscrollcommand=input_scroll.set)
+        input_scroll.grid(row=0, column=1, sticky="ns")
+        box.columnconfigure(1, minsize=10)
+        self.send_button = ttk.Button(
+            composer, text=_("Send"), command=self.send_input, style="Accent.TButton"
+        )
+        self.send_button.grid(row=1, column=1, sticky="nsew", padx=(8, 0))
         self.typing = tk.StringVar()
-        ttk.Label(left, textvariable=self.typing, foreground="#5e5c64", font=self.fonts["italic"]).pack(
-            side="bottom", fill="x", pady=(2, 2)
+        ttk.Label(left, textvariable=self.typing, style="Muted.TLabel", font=self.fonts["italic"]).pack(
+            side="bottom", fill="x", pady=(2, 0)
         )
         self.notebook = ttk.Notebook(left)
         self.notebook.pack(side="top", fill="both", expand=True)
@@ -346,18 +609,34 @@ class ChatWindow(ModelObserver):
         self.input.bind("<Shift-Return>", self._on_shift_return)
         self.input.bind("<Shift-KP_Enter>", self._on_shift_return)
         self.input.bind("<KeyPress>", self._on_key, add="+")
+        self.input.bind("<Up>", self._on_up)
+        self.input.bind("<Escape>", self._on_escape)
+        self.input.bind("<Control-r>", self._on_reply_key)
         for widget in (self.input, self.master):
             widget.bind("<Control-w>", self._on_close_key)
 
-        self.users_label = ttk.Label(right, text=_("Online"))
-        self.users_label.pack(side="top", anchor="w")
-        self.users = tk.Listbox(right, width=16, activestyle="none", exportselection=False)
-        self.users.pack(side="top", fill="both", expand=True)
+        self.users_label = ttk.Label(right, text=_("Online"), style="Heading.TLabel")
+        self.users_label.pack(side="top", anchor="w", pady=(4, 6))
+        users_box = tk.Frame(right, background=SURFACE, highlightthickness=1, highlightbackground=BORDER,
+                             highlightcolor=BORDER)
+        users_box.pack(side="top", fill="both", expand=True)
+        users_box.columnconfigure(0, weight=1)
+        users_box.columnconfigure(1, minsize=10)
+        users_box.rowconfigure(0, weight=1)
+        self.users = tk.Listbox(
+            users_box, width=18, activestyle="none", exportselection=False, borderwidth=0,
+            highlightthickness=0, background=SURFACE, foreground=TEXT, selectbackground=QUOTE_BG,
+            selectforeground=TEXT, font=self.fonts["body"],
+        )
+        self.users.grid(row=0, column=0, sticky="nsew", padx=(8, 0), pady=6)
+        users_scroll = AutoScrollbar(users_box, command=self.users.yview)
+        self.users.configure(yscrollcommand=users_scroll.set)
+        users_scroll.grid(row=0, column=1, sticky="ns")
         self.users.bind("<Double-Button-1>", self._user_double_click)
         self.users.bind("<Return>", self._user_double_click)
         ttk.Label(
-            right, text=_("Double-click a name to talk in private."), foreground="#8a8a8a", wraplength=160
-        ).pack(side="bottom", anchor="w", pady=(4, 0))
+            right, text=_("Double-click a name to talk in private."), style="Muted.TLabel", wraplength=170
+        ).pack(side="bottom", anchor="w", pady=(6, 0))
 
     def show_form(self, error: str = "") -> None:
         self.chat.pack_forget()
@@ -387,7 +666,9 @@ class ChatWindow(ModelObserver):
         self.settings = settings
         if self.save:
             save_settings(settings)
-        address = ServerAddress(settings.host, settings.port, settings.tls, self.cafile)
+        address = ServerAddress(
+            settings.host, settings.port, settings.tls, settings.cafile or self.cafile or None
+        )
         creds = Credentials(settings.user, password, settings.register)
         self.form.error.set("")
         self.session.connect(address, creds)
@@ -400,13 +681,130 @@ class ChatWindow(ModelObserver):
 
     def send_input(self) -> None:
         text = self.input.get("1.0", "end-1c")
+        if self.editing is not None:
+            line, self.editing = self.editing, None
+            if text.strip() and text != line.text:
+                self.session.edit(line, text)
+            self.input.delete("1.0", "end")
+            self._render_answer()
+            return
         if not text.strip():
             return
-        self.session.send(self.model.active, text)
+        self.session.send(self.model.active, text, reply_to=self.replying)
+        self.replying = None
+        self._render_answer()
         self.input.delete("1.0", "end")
         conv = self.model.get(self.model.active)
         if conv is not None:
             conv.draft = ""
+
+    # -- replies and corrections ---------------------------------------------------
+    def reply_to(self, line: Line) -> None:
+        """Answer *line*: the bar above the message box shows it until sent or cancelled."""
+        if not line.can_reply:
+            return
+        if self.editing is not None:
+            self.input.delete("1.0", "end")
+        self.editing = None
+        self.replying = line
+        self._render_answer()
+        self.input.focus_set()
+
+    def start_edit(self, line: Line) -> None:
+        """Put our message *line* in the message box to be corrected."""
+        if not line.can_correct:
+            return
+        self.replying = None
+        self.editing = line
+        self.input.delete("1.0", "end")
+        self.input.insert("1.0", line.text)
+        self._render_answer()
+        self.input.focus_set()
+
+    def delete_line(self, line: Line) -> None:
+        if line.can_correct:
+            self.session.delete(line)
+
+    def cancel_answer(self) -> None:
+        if self.editing is not None:
+            self.input.delete("1.0", "end")
+        self.replying = self.editing = None
+        self._render_answer()
+
+    def _render_answer(self) -> None:
+        if self.replying is not None:
+            quoted = quote_of(self.replying)
+            self.answer_text.set(
+                _("↪ Replying to {user}: {text}").format(user=quoted["from"], text=quoted["msg"])
+            )
+            self.answer_bar.grid()
+        elif self.editing is not None:
+            self.answer_text.set(_("✎ Editing your message (Esc to cancel)"))
+            self.answer_bar.grid()
+        else:
+            self.answer_text.set("")
+            self.answer_bar.grid_remove()
+
+    def _on_escape(self, _event: tk.Event) -> str:
+        self.cancel_answer()
+        return "break"
+
+    def _on_up(self, _event: tk.Event) -> str | None:
+        # As in most chat clients: Up in an empty box edits one's last message.
+        if self.input.get("1.0", "end-1c") or self.editing is not None:
+            return None
+        conv = self.model.get(self.model.active)
+        line = conv.last_own() if conv is not None else None
+        if line is None:
+            return None
+        self.start_edit(line)
+        return "break"
+
+    def _on_reply_key(self, _event: tk.Event) -> str:
+        """Ctrl+R answers the newest message of someone else; pressed again,
+        the one before it."""
+        conv = self.model.get(self.model.active)
+        if conv is None:
+            return "break"
+        candidates = [ln for ln in conv.lines if ln.can_reply and not ln.own]
+        if not candidates:
+            return "break"
+        target = candidates[-1]
+        if self.replying in candidates:
+            target = candidates[max(0, candidates.index(self.replying) - 1)]
+        self.reply_to(target)
+        view = self.views.get(conv.key)
+        if view is not None and target.msg_id is not None:
+            view.show_message(target.msg_id)
+        return "break"
+
+    def line_menu(self, line: Line) -> tk.Menu | None:
+        """The context menu of a chat line: reply, and edit or delete our own."""
+        if not line.can_reply:
+            return None
+        if self.menu is not None:
+            self.menu.destroy()
+        menu = self.menu = tk.Menu(self.master, tearoff=False)
+        menu.add_command(label=_("Reply"), accelerator="Ctrl+R", command=lambda: self.reply_to(line))
+        if line.can_correct:
+            menu.add_command(label=_("Edit"), accelerator="↑", command=lambda: self.start_edit(line))
+            menu.add_command(label=_("Delete"), command=lambda: self.delete_line(line))
+        return menu
+
+    def _on_right_click(self, view: ConversationView, event: tk.Event) -> str:
+        line = view.line_at(event.x, event.y)
+        menu = self.line_menu(line) if line is not None else None
+        if menu is not None:
+            menu.tk_popup(event.x_root, event.y_root)
+        return "break"
+
+    def remember_size(self) -> None:
+        """Keep the window's size for the next start (``Settings.geometry``)."""
+        width, height = self.master.winfo_width(), self.master.winfo_height()
+        if width > 1 and height > 1:
+            self.settings.geometry = f"{width}x{height}"
+            if self.save:
+                save_settings(self.settings)
 
     def _on_return(self, _event: tk.Event) -> str:
         self.send_input()
@@ -418,7 +816,10 @@ class ChatWindow(ModelObserver):
         return "break"
 
     def _on_key(self, event: tk.Event) -> None:
-        # Only keys that change the text say "typing"; arrows and modifiers don't.
+        # Only keys that change the text say "typing"; arrows and modifiers
+        # don't, and neither does correcting a message already sent.
+        if self.editing is not None:
+            return
         if (event.char and event.char.isprintable()) or event.keysym in ("BackSpace", "Delete"):
             self.session.user_typing(self.model.active)
 
@@ -456,6 +857,7 @@ class ChatWindow(ModelObserver):
     # -- model events -----------------------------------------------------------
     def conversation_added(self, conv: Conversation) -> None:
         view = ConversationView(self.notebook, conv, self.fonts)
+        view.text.bind("<Button-3>", partial(self._on_right_click, view))
         self.views[conv.key] = view
         self._tab_keys[str(view)] = conv.key
         self._syncing_tabs = True
@@ -489,6 +891,13 @@ class ChatWindow(ModelObserver):
         if view is not None:
             view.update_line(line)
 
+    def line_rewritten(self, conv: Conversation, line: Line) -> None:
+        view = self.views.get(conv.key)
+        if view is not None:
+            view.rewrite(line)
+        if line.deleted and line in (self.replying, self.editing):
+            self.cancel_answer()
+
     def unread_changed(self, conv: Conversation) -> None:
         view = self.views.get(conv.key)
         if view is not None:
@@ -507,6 +916,8 @@ class ChatWindow(ModelObserver):
 
     def active_changed(self) -> None:
         key = self.model.active
+        if self._showing is not None and self._showing != key:
+            self.cancel_answer()  # a reply or an edit belongs to the tab it started in
         # Drafts belong to their conversation: switching tabs keeps both.
         if self._showing is not None and self._showing != key:
             previous = self.model.get(self._showing)

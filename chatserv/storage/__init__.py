@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
-from ..hub import ChatMessage
+from ..hub import ChatMessage, Correction
 from .engine import Account, Engine, RoomInfo, conversation_key, is_postgres, open_engine, redact
 from .schema import LATEST, MIGRATIONS, SchemaTooNew, StorageError
 from .store import StorageClosed, StorageService, ThreadedStore, open_store
@@ -36,6 +36,13 @@ class Storage(Protocol):
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         """The same without a Deferred: call ``deliver(message)`` once durable
         (the hub's hot path); what cannot be stored is logged, not delivered."""
+
+    def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
+        """Record an edit or deletion (the original text is kept), then call
+        ``deliver(correction)``; what cannot be stored is logged, not delivered."""
+
+    def message(self, message_id: int) -> Deferred[ChatMessage | None]:
+        """Message *message_id* as it reads now (edits applied), or None."""
 
     def congested(self) -> bool:
         """True while the text of messages waiting to be committed passes

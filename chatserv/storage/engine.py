@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..hub import ChatMessage
+from ..hub import ChatMessage, Correction
 from ..logs import Logger
 from ..names import BadName, check_name, name_key, rekey
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
@@ -82,19 +82,32 @@ def _row(m: ChatMessage, body: Any) -> tuple[Any, ...]:
     return (m.id, m.ts, m.sender, None, None, m.recipient, conversation, body, _extra(m))
 
 
+def _text(body: Any) -> str:
+    return body if isinstance(body, str) else bytes(body).decode("utf-8")  # PostgreSQL's BYTEA
+
+
 def _message(row: Sequence[Any]) -> ChatMessage:
-    id_, ts, sender, room, recipient, body, extra = row
-    if not isinstance(body, str):
-        body = bytes(body).decode("utf-8")  # PostgreSQL's BYTEA
+    """A message as it reads now: corrected text, or empty when deleted."""
+    id_, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts = row
+    body = _text(body)
     message = ChatMessage(int(id_), float(ts), sender, body, room=room, recipient=recipient)
     if extra:
         for f, v in json.loads(extra).items():
             if f in _EXTRA_FIELDS:
                 setattr(message, f, v)
+    if deleted_ts is not None:
+        message.deleted = float(deleted_ts)
+        message.text = ""
+    elif edited_ts is not None:
+        message.edited = float(edited_ts)
+        message.text = _text(edited_body)
     return message
 
 
-_SELECT = "SELECT id, ts, sender, room, recipient, body, extra FROM messages"
+_SELECT = (
+    "SELECT id, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts"
+    " FROM messages"
+)
 _INSERT_HEAD = (
     "INSERT INTO messages (id, ts, sender, room, room_key, recipient, conversation, body, extra) VALUES "
 )
@@ -289,6 +302,51 @@ class Engine:
     def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
         return [_row(m, m.text) for m in messages]
 
+    def message(self, message_id: int) -> ChatMessage | None:
+        """Message *message_id* as it reads now, or None."""
+        row = self._call(lambda: self._execute(f"{_SELECT} WHERE id = ?", (message_id,)).fetchone())
+        return None if row is None else _message(row)
+
+    def correct(self, correction: Correction) -> None:
+        """Record an edit (or, with ``text`` None, a deletion) of a stored
+        message; its original text stays in ``body`` and every correction
+        in ``message_edits``."""
+        text = correction.text
+        body = None if text is None else self._body(text)
+
+        def update() -> None:
+            with self._transaction():
+                if text is None:
+                    self._execute(
+                        "UPDATE messages SET deleted_ts = ? WHERE id = ?", (correction.ts, correction.id)
+                    )
+                else:
+                    self._execute(
+                        "UPDATE messages SET edited_body = ?, edited_ts = ? WHERE id = ?",
+                        (body, correction.ts, correction.id),
+                    )
+                self._execute(
+                    "INSERT INTO message_edits (message_id, ts, body) VALUES (?, ?, ?)",
+                    (correction.id, correction.ts, body),
+                )
+
+        self._call(update, idempotent=False)
+
+    def versions(self, message_id: int) -> list[tuple[float, str | None]]:
+        """Every text message *message_id* had, oldest first, as ``(ts, text)``;
+        a deletion is ``(ts, None)``. For operators and tests."""
+
+        def read() -> list[Any]:
+            first = self._execute("SELECT ts, body FROM messages WHERE id = ?", (message_id,)).fetchall()
+            return first + self._fetchall(
+                "SELECT ts, body FROM message_edits WHERE message_id = ? ORDER BY ts", (message_id,)
+            )
+
+        return [(float(ts), None if body is None else _text(body)) for ts, body in self._call(read)]
+
+    def _body(self, text: str) -> Any:
+        return text
+
     def max_id(self) -> int:
         return self._call(
             lambda: int(self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])
@@ -335,6 +393,12 @@ class Engine:
 
         def delete() -> int:
             with self._transaction():
+                # Their earlier versions (message_edits) go with them.
+                self._execute(
+                    "DELETE FROM message_edits WHERE message_id IN"
+                    " (SELECT id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
+                    (cutoff, batch),
+                )
                 cursor = self._execute(
                     "DELETE FROM messages WHERE id IN"
                     " (SELECT id FROM messages WHERE ts < ? ORDER BY ts LIMIT ?)",
@@ -356,6 +420,11 @@ class Engine:
                 ).fetchone()
                 if row is None:
                     return 0
+                self._execute(
+                    "DELETE FROM message_edits WHERE message_id IN (SELECT id FROM messages"
+                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    (room_key, row[0], batch),
+                )
                 cursor = self._execute(
                     "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
                     " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
@@ -561,6 +630,9 @@ class PostgresEngine(Engine):
 
     def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
         return [_row(m, m.text.encode("utf-8")) for m in messages]
+
+    def _body(self, text: str) -> Any:
+        return text.encode("utf-8")
 
     def _call(self, fn: Callable[[], T], idempotent: bool = True) -> T:
         with self.lock:

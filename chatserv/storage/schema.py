@@ -126,6 +126,38 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "message corrections",
+        # body stays the text as first sent; edited_body is the text as its
+        # author last corrected it, deleted_ts marks a deletion. Every
+        # correction is also logged in message_edits, so nothing a user
+        # once sent is lost to the operator. BYTEA in PostgreSQL as body is.
+        sqlite=(
+            "ALTER TABLE messages ADD COLUMN edited_body TEXT",
+            "ALTER TABLE messages ADD COLUMN edited_ts REAL",
+            "ALTER TABLE messages ADD COLUMN deleted_ts REAL",
+            """CREATE TABLE message_edits (
+                message_id INTEGER NOT NULL REFERENCES messages (id),
+                ts REAL NOT NULL,
+                body TEXT
+            )""",
+            "CREATE INDEX message_edits_by_message ON message_edits (message_id)",
+        ),
+        postgresql=(
+            "ALTER TABLE messages ADD COLUMN edited_body BYTEA,"
+            " ADD COLUMN edited_ts DOUBLE PRECISION, ADD COLUMN deleted_ts DOUBLE PRECISION",
+            """CREATE TABLE message_edits (
+                message_id BIGINT NOT NULL REFERENCES messages (id),
+                ts DOUBLE PRECISION NOT NULL,
+                body BYTEA
+            )""",
+            "CREATE INDEX message_edits_by_message ON message_edits (message_id)",
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version
 
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS schema_version (

@@ -42,7 +42,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from ..hub import ChatMessage
+from ..hub import ChatMessage, Correction
 from ..logs import Logger
 from ..names import name_key
 from ..stats import Histogram
@@ -261,6 +261,27 @@ class ThreadedStore:
             log.error("store closed: message {id} not stored, not relayed", id=message.id)
             return
         self._commits.submit_then(message, deliver)
+
+    def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
+        """Record *correction* on the writer thread, then call
+        ``deliver(correction)``; a correction that cannot be stored is logged
+        and never delivered."""
+        if self._closed:
+            log.error("store closed: correction of {id} not stored, not relayed", id=correction.id)
+            return
+
+        def failed(failure: Failure) -> None:
+            log.failure("could not store a correction of {id}; it is not relayed", failure, id=correction.id)
+
+        # The message corrected is stored already (it was read back, or
+        # delivered, which follows its commit), so no ordering with the
+        # batches queued in _commits is needed; the one writer thread keeps
+        # corrections in the order they were made.
+        self._write(self.writer.correct, correction).addCallbacks(lambda _: deliver(correction), failed)
+
+    def message(self, message_id: int) -> Deferred[ChatMessage | None]:
+        """Message *message_id* as it reads now (edits applied), or None."""
+        return self._read(self.reader.message, message_id)
 
     def congested(self) -> bool:
         return self._commits.weight > self.max_backlog

@@ -1,7 +1,8 @@
 """A fake Telegram Bot API on loopback, for the real python-telegram-bot to talk to.
 
 It implements what the bridge uses (``getMe``, ``deleteWebhook``,
-``getUpdates`` with long polling and offsets, ``sendMessage``) as the Bot API
+``getUpdates`` with long polling and offsets, ``sendMessage`` with
+``reply_parameters``, ``editMessageText``, ``deleteMessage``) as the Bot API
 documents them, checks what a real server would refuse (bad HTML, over-long
 texts, a wrong token, too many messages into one group), and can be told to
 misbehave: answer 429 with ``retry_after``, answer 5xx, drop the connection,
@@ -124,6 +125,10 @@ class FakeBotAPI:
     calls: list[tuple[str, float, str]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     violations: int = 0
+    #: (chat id, message id, new plain text) of every editMessageText
+    edits: list[tuple[int, int, str]] = field(default_factory=list)
+    #: (chat id, message id) of every deleteMessage
+    deletions: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._update_ids = itertools.count(5000)
@@ -133,6 +138,11 @@ class FakeBotAPI:
         self._group_sends: dict[int, deque[float]] = {}
         self._sent_waiters: list[tuple[int, defer.Deferred[None]]] = []
         self._history: list[dict[str, Any]] = []
+        #: what the bot has sent and not deleted, by (chat, message id)
+        self._bot_messages: dict[tuple[int, int], dict[str, Any]] = {}
+        #: what people have posted, for the bot's replies to them
+        self._people_messages: dict[tuple[int, int], dict[str, Any]] = {}
+        self._edit_waiters: list[tuple[int, defer.Deferred[None]]] = []
         self.port: Any = None
         self.port_number = 0
         #: every connection that made a request, so down() can cut them
@@ -216,6 +226,7 @@ class FakeBotAPI:
         if reply_to is not None:
             msg["reply_to_message"] = reply_to
         msg.update(fields)
+        self._people_messages[(chat["id"], msg["message_id"])] = msg
         return msg
 
     def push(self, kind: str, message: dict[str, Any]) -> int:
@@ -407,6 +418,18 @@ class FakeBotAPI:
             "from": {k: BOT[k] for k in ("id", "is_bot", "first_name", "username")},
             "text": plain,
         }
+        reply = params.get("reply_parameters")
+        if isinstance(reply, str):
+            reply = json.loads(reply)
+        if reply:
+            key = (chat_id, int(reply["message_id"]))
+            original = self._bot_messages.get(key) or self._people_messages.get(key)
+            if original is None and not reply.get("allow_sending_without_reply"):
+                self.calls.append(("sendMessage", now, "400"))
+                return self._error(request, 400, "Bad Request: message to be replied not found")
+            if original is not None:
+                message["reply_to_message"] = original
+        self._bot_messages[(chat_id, message["message_id"])] = message
         self.sent.append(Sent(chat_id, text, plain, parse_mode, message, now))
         self.calls.append(("sendMessage", now, "ok"))
         for waiter in list(self._sent_waiters):
@@ -414,6 +437,59 @@ class FakeBotAPI:
                 self._sent_waiters.remove(waiter)
                 waiter[1].callback(None)
         return self._ok(request, message)
+
+
+    def api_editMessageText(self, request: server.Request, params: dict[str, Any]) -> bytes:
+        """Only the bot's own messages, as for a real bot (no inline ones)."""
+        now = self.reactor.seconds()
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        message = self._bot_messages.get((chat_id, message_id))
+        if message is None:
+            self.calls.append(("editMessageText", now, "400"))
+            return self._error(request, 400, "Bad Request: message to edit not found")
+        text = params.get("text", "")
+        try:
+            plain = parse_html(text) if params.get("parse_mode") == "HTML" else text
+        except EntityError as e:
+            self.calls.append(("editMessageText", now, "400"))
+            return self._error(request, 400, f"Bad Request: can't parse entities: {e}")
+        if plain == message["text"]:
+            self.calls.append(("editMessageText", now, "400"))
+            return self._error(request, 400, "Bad Request: message is not modified")
+        message["text"] = plain
+        message["edit_date"] = int(now)
+        self.edits.append((chat_id, message_id, plain))
+        self.calls.append(("editMessageText", now, "ok"))
+        self._wake(self._edit_waiters, len(self.edits) + len(self.deletions))
+        return self._ok(request, message)
+
+    def api_deleteMessage(self, request: server.Request, params: dict[str, Any]) -> bytes:
+        now = self.reactor.seconds()
+        chat_id, message_id = int(params["chat_id"]), int(params["message_id"])
+        if self._bot_messages.pop((chat_id, message_id), None) is None:
+            self.calls.append(("deleteMessage", now, "400"))
+            return self._error(request, 400, "Bad Request: message to delete not found")
+        self.deletions.append((chat_id, message_id))
+        self.calls.append(("deleteMessage", now, "ok"))
+        self._wake(self._edit_waiters, len(self.edits) + len(self.deletions))
+        return self._ok(request, True)
+
+    def wait_changed(self, count: int, timeout: float = 10.0) -> defer.Deferred[None]:
+        """Fires once at least *count* edits and deletions have been made."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if len(self.edits) + len(self.deletions) >= count:
+            d.callback(None)
+        else:
+            self._edit_waiters.append((count, d))
+        d.addTimeout(timeout, self.reactor)
+        return d
+
+    @staticmethod
+    def _wake(waiters: list[tuple[int, defer.Deferred[None]]], have: int) -> None:
+        for waiter in list(waiters):
+            if have >= waiter[0]:
+                waiters.remove(waiter)
+                waiter[1].callback(None)
 
 
 class _API(Resource):

@@ -242,8 +242,8 @@ async def test_restart_keeps_offsets_map_and_queue(rig):
     frame = await ana.expect("broadcast", **{"from": "Luis (TG)"})
     assert frame["reply_to"] == {"id": asked["id"], "from": "Ana", "msg": "pregunta"}
     rig.fake.edit(first, "uno (corregido)")
-    frame = await ana.expect("broadcast", **{"from": "Luis (TG)"})
-    assert frame["msg"] == "(editado) uno (corregido)" and "edit_of" in frame
+    frame = await ana.expect("edited", **{"from": "Luis (TG)"})
+    assert frame["msg"] == "uno (corregido)"
     await sleep(0.1)
     assert [f for f in await ana.quiet(0.05) if b'"msg":"uno"' in f] == []
 

@@ -207,3 +207,41 @@ def test_fake_bot_identity():
     from telegram import User
 
     assert User.de_json(BOT, None).username == "chatserv_bridge_bot"
+
+
+def test_several_chats_on_the_command_line(monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "1:env")
+    config = parse(["--telegram-chat", "-100", "--telegram-chat", "-200=cine"]).config().telegram
+    assert config.chats() == [(-100, "general"), (-200, "cine")]
+    args = ["--telegram-room", "sala", "--telegram-chat", "-1", "--telegram-chat", "-2=b"]
+    config = parse(args).config().telegram
+    assert config.chats() == [(-1, "sala"), (-2, "b")]
+    for args, why in (
+        (["--telegram-chat", "-1", "--telegram-chat", "-1=otra"], "same chat"),
+        (["--telegram-chat", "-1", "--telegram-chat", "-2"], "room of its own"),
+        (["--telegram-chat", "-1=Cine", "--telegram-chat", "-2=cine"], "room of its own"),
+        (["--telegram-chat", "grupo"], "not a chat id"),
+        (["--telegram-chat", "-1="], "room is empty"),
+        (["--telegram-chat", "-1=dos palabras"], "ID=dos palabras"),
+    ):
+        with pytest.raises(SystemExit, match=why):
+            parse(args)
+
+
+def test_a_corrected_line_changes_in_the_queue():
+    outbox = Outbox(10, 4096)
+    outbox.add(1, "Ana", "uno")
+    outbox.add(2, "Ana", "dos")
+    assert outbox.replace(1, "Ana", "uno, corregido") == ([], [outbox.entries[0]])
+    assert outbox.entries[0].text == "uno, corregido"
+    removed, added = outbox.replace(2, "Ana", None)
+    assert [e.text for e in removed] == ["dos"] and added == []
+    assert outbox.replace(3, "Ana", "x") is None
+    # A reply to a Telegram message goes out as a message of its own.
+    outbox.add(4, "Ana", "cuatro", reply_tg=77)
+    outbox.add(5, "Ana", "cinco")
+    first = outbox.batch()
+    assert [e.chat_id for e in first.entries] == [1] and first.reply_tg is None
+    outbox.done(first)
+    second = outbox.batch()
+    assert [e.chat_id for e in second.entries] == [4] and second.reply_tg == 77

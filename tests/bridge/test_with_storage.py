@@ -82,9 +82,11 @@ async def test_full_restart_with_storage_keeps_ids(fakebot, tmp_path):
         fakebot.say(LUIS, "y yo también", reply_to=bot_message)
         frame = await bea.expect("broadcast", **{"from": "Luis (TG)"})
         assert frame["reply_to"] == {"id": asked["id"], "from": "Ana", "msg": "¿quién viene?"}
+        # An edit in Telegram corrects the stored message, found in the
+        # database after the restart.
         fakebot.edit(said, "yo, seguro")
-        frame = await bea.expect("broadcast", **{"from": "Luis (TG)"})
-        assert frame["edit_of"] == luis_frame["id"]
+        frame = await bea.expect("edited", **{"from": "Luis (TG)"})
+        assert frame["id"] == luis_frame["id"] and frame["msg"] == "yo, seguro"
         # The stored history keeps the reference too.
         await app.stop()
         await app.start()
@@ -93,5 +95,7 @@ async def test_full_restart_with_storage_keeps_ids(fakebot, tmp_path):
         history, _ = await cid.login("Cid")
         replies = [item for item in history["items"] if "reply_to" in item]
         assert replies and replies[0]["reply_to"]["id"] == asked["id"]
+        corrected = [item for item in history["items"] if item["id"] == luis_frame["id"]]
+        assert corrected[0]["msg"] == "yo, seguro" and "edited" in corrected[0]
     finally:
         await app.stop()

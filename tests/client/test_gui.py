@@ -316,3 +316,188 @@ async def test_entry_point_with_user_connects_at_once_and_takes_keyboard_input(
             proc.kill()
         await watcher.disconnect()
     assert proc.returncode in (0, -15), proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+
+
+# -- replies, corrections, the connect form's CA file, the window's size ---------
+
+
+def right_click(client: GuiClient, key: ConvKey, line) -> None:
+    """Right-click *line* in the transcript, as a mouse would."""
+    view = client.window.views[key]
+    client.top.update()
+    point = view.bbox_of(line)
+    assert point is not None, "the line is on screen"
+    x, y = point
+    text = view.text
+    text.event_generate(
+        "<Button-3>", x=x, y=y, rootx=text.winfo_rootx() + x, rooty=text.winfo_rooty() + y
+    )
+    client.top.update()
+
+
+def choose(client: GuiClient, label: str) -> None:
+    """Pick *label* in the context menu that is open, and close it."""
+    menu = client.window.menu
+    assert menu is not None, "a context menu opened"
+    labels = [menu.entrycget(i, "label") for i in range(menu.index("end") + 1)]
+    menu.invoke(labels.index(label))
+    menu.unpost()
+    menu.grab_release()
+    client.top.update()
+
+
+def message_line(client: GuiClient, text: str, key: ConvKey = GENERAL_KEY):
+    conv = client.model.conversations[key]
+    return next((ln for ln in conv.lines if ln.text == text and ln.msg_id is not None), None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reply_from_the_menu_and_the_keyboard(tk_root, chat_server):
+    ana = GuiClient(tk_root, chat_server.port, "Ana")
+    luis = GuiClient(tk_root, chat_server.port, "Luis", x=400)
+    try:
+        await ana.online()
+        await luis.online()
+        luis.session.send(GENERAL_KEY, "¿Vamos al cine?")
+        original = await wait_for(lambda: message_line(ana, "¿Vamos al cine?"), "Luis's message")
+
+        right_click(ana, GENERAL_KEY, original)
+        choose(ana, "Reply")
+        assert ana.window.answer_bar.winfo_manager() == "grid"
+        assert ana.window.answer_text.get() == "↪ Replying to Luis: ¿Vamos al cine?"
+        ana.type("yes")
+        ana.press("<Return>")
+        assert ana.window.answer_bar.winfo_manager() == ""  # gone once sent
+
+        # Luis sees the quoted line above the reply.
+        await wait_for(lambda: "↪ Luis: ¿Vamos al cine?\n" in luis.view_text(), "the quote")
+        reply = await wait_for(lambda: message_line(luis, "yes"), "the reply")
+        assert reply.reply_to == {"id": original.msg_id, "from": "Luis", "msg": "¿Vamos al cine?"}
+        assert luis.view_text().splitlines()[-1].endswith("Ana: yes")
+
+        # Clicking the quote scrolls to the original and highlights it.
+        view = luis.window.views[GENERAL_KEY]
+        view.text.yview_moveto(1.0)
+        luis.top.update()
+        start = view.text.tag_ranges("quote")[0]
+        x, y, _w, h = view.text.bbox(start)
+        # The pointer moves onto the quote, then clicks (Tk picks the tag
+        # under the pointer on motion, as with a real mouse).
+        view.text.event_generate("<Motion>", x=x + 4, y=y + h // 2)
+        view.text.event_generate("<Button-1>", x=x + 4, y=y + h // 2)
+        luis.top.update()
+        flashed = view.text.tag_ranges("flash")
+        assert flashed and "¿Vamos al cine?" in view.text.get(flashed[0], flashed[1])
+
+        # Ctrl+R answers the newest message of someone else; Escape cancels.
+        luis.press("<Control-r>")
+        assert luis.window.replying is reply
+        assert luis.window.answer_text.get() == "↪ Replying to Ana: yes"
+        luis.press("<Escape>")
+        assert luis.window.replying is None and luis.window.answer_bar.winfo_manager() == ""
+    finally:
+        await ana.close()
+        await luis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_edit_with_up_and_delete_from_the_menu_in_spanish(tk_root, chat_server):
+    i18n.install("es")
+    ana = GuiClient(tk_root, chat_server.port, "Ana")
+    luis = GuiClient(tk_root, chat_server.port, "Luis", x=400)
+    try:
+        await ana.online()
+        await luis.online()
+        ana.type("a las 8")
+        ana.press("<Return>")
+        await wait_for(lambda: message_line(ana, "a las 8"), "confirmed with its id")
+        await wait_for(lambda: "Ana: a las 8" in luis.view_text(), "Luis reads it")
+
+        # Up in the empty box puts the last own message there for editing.
+        ana.press("<Up>")
+        assert ana.input_text() == "a las 8"
+        assert ana.window.answer_text.get() == "✎ Editando tu mensaje (Esc para cancelar)"
+        ana.press("<BackSpace>")
+        ana.type("9")
+        ana.press("<Return>")
+        for client in (ana, luis):
+            await wait_for(lambda c=client: "Ana: a las 9 (editado)" in c.view_text(), "edited mark")
+            assert "a las 8" not in client.view_text()
+        assert ana.input_text() == ""
+
+        # The context menu of someone else's message has no Edit or Delete.
+        mine = message_line(luis, "a las 9")
+        right_click(luis, GENERAL_KEY, mine)
+        menu = luis.window.menu
+        assert [menu.entrycget(i, "label") for i in range(menu.index("end") + 1)] == ["Responder"]
+        menu.unpost()
+        menu.grab_release()
+
+        right_click(ana, GENERAL_KEY, message_line(ana, "a las 9"))
+        choose(ana, "Borrar")
+        for client in (ana, luis):
+            await wait_for(lambda c=client: "Ana: (mensaje borrado)" in c.view_text(), "deleted")
+    finally:
+        await ana.close()
+        await luis.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_form_reaches_a_self_signed_tls_server_with_a_ca_file(tk_root, tmp_path):
+    from twisted.internet import reactor
+
+    from chatserv.protocol import Limits
+    from chatserv.service import ChatServer, ServerConfig
+    from tests.support import make_certificate
+
+    key_pem, cert_pem = make_certificate(tmp_path)
+    server = ChatServer(
+        ServerConfig(
+            listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
+            limits=Limits(rate_limit=0),
+        ),
+        reactor,
+    )
+    server.startService()
+    port = (await server.listening)[0].getHost().port
+    client = GuiClient(tk_root, port, None)
+    form = client.window.form
+    try:
+        form.host.set("localhost")
+        form.user.set("Ana")
+        form.cafile.set(str(tmp_path / "missing.pem"))
+        form.tls.set(True)
+        form.button.invoke()
+        assert form.error.get() == f"Cannot read the CA certificate {tmp_path / 'missing.pem'}."
+        form.cafile.set(str(cert_pem))
+        form.tls.set(False)
+        form.button.invoke()
+        assert form.error.get().startswith("A CA certificate is only used with TLS")
+        assert client.model.state is ConnState.DISCONNECTED
+
+        form.tls.set(True)
+        form.button.invoke()
+        await client.online()
+        assert client.window.settings.cafile == str(cert_pem)
+        assert client.session.address is not None and client.session.address.cafile == str(cert_pem)
+    finally:
+        await client.close()
+        await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_window_remembers_its_size(tk_root):
+    from twisted.internet import reactor
+
+    from chatserv.client.config import load_settings
+
+    top = tk.Toplevel(tk_root)
+    top.geometry("777x555+0+0")
+    window = ChatWindow(top, ChatSession(ChatModel(reactor), reactor), Settings(), save=True)
+    try:
+        await wait_for(lambda: (top.update() or top.winfo_width()) == 777, "the window is mapped")
+        window.remember_size()
+        assert load_settings().geometry == "777x555"
+    finally:
+        window.close()
+        top.destroy()

@@ -152,9 +152,12 @@ def test_language_from_the_locale(monkeypatch, env, expected):
 
 def test_settings_round_trip_without_password(tmp_path):
     path = tmp_path / "chatserv" / "client.json"
-    save_settings(Settings("chat.example", 2443, "Ana", True, True), path)
+    save_settings(Settings("chat.example", 2443, "Ana", True, True, "/etc/ca.pem", "900x700"), path)
     data = json.loads(path.read_text())
-    assert data == {"host": "chat.example", "port": 2443, "user": "Ana", "tls": True}
-    assert load_settings(path) == Settings("chat.example", 2443, "Ana", True, False)
+    assert data == {
+        "host": "chat.example", "port": 2443, "user": "Ana", "tls": True,
+        "cafile": "/etc/ca.pem", "geometry": "900x700",
+    }
+    assert load_settings(path) == Settings("chat.example", 2443, "Ana", True, False, "/etc/ca.pem", "900x700")
     path.write_text("{broken")
     assert load_settings(path) == Settings()

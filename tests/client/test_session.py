@@ -66,7 +66,7 @@ class Harness:
 
     def login(self, users: list[str] | None = None, items: list[dict[str, Any]] | None = None) -> None:
         self.connect()
-        assert self.sent() == [{"cmd": "login", "user": self.model.me}]
+        assert self.sent() == [{"cmd": "login", "user": self.model.me, "features": ["sent"]}]
         self.recv(cmd="history", room="general", items=items or [])
         self.recv(cmd="users", room="general", list=users or [self.model.me])
         assert self.model.state is ConnState.ONLINE
@@ -160,7 +160,7 @@ def test_offline_outbox_kept_and_sent_after_relogin_without_duplicates():
     assert ("info", None, "Connection to the server lost.") in h.general()
 
     h.connect()
-    assert h.sent() == [{"cmd": "login", "user": "Ana"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
     # the server got "en vuelo" before the drop: history says so
     h.recv(cmd="history", room="general", items=[
         {"id": 7, "time": "11:00:00", "room": "general", "from": "Ana", "msg": "en vuelo"},
@@ -220,7 +220,7 @@ def test_name_taken_after_reconnect_is_retried():
     h.recv(cmd="error", code="name_taken", msg="en uso", ref="login")
     assert h.recorder.failures == []
     h.clock.advance(2.5)
-    assert h.sent() == [{"cmd": "login", "user": "Ana"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
 
 
 def test_server_pings_are_answered():
@@ -244,7 +244,7 @@ def test_a_busy_server_is_asked_again_later():
     h.sent()
     h.recv(cmd="error", code="server_busy", msg="ocupado", ref="login")
     h.clock.advance(BUSY_RETRY)
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "password": "secreto123"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
 
 
 def test_register_then_login_and_servers_without_accounts():
@@ -252,7 +252,7 @@ def test_register_then_login_and_servers_without_accounts():
     h.connect()
     assert h.sent() == [{"cmd": "register", "user": "Ana", "password": "secreto123"}]
     h.recv(cmd="registered", user="Ana")
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "password": "secreto123"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
 
     old = Harness(password="secreto123", register=True)
     old.connect()
@@ -369,3 +369,48 @@ def test_language_switch(lang: str, expected: str) -> None:
         assert i18n._("Send") == expected
     finally:
         i18n.install("en")
+
+
+def test_replies_edits_and_deletes_from_the_session():
+    h = Harness()
+    h.login(users=["Ana", "Luis"])
+    h.sent()
+    h.recv(cmd="broadcast", id=7, time="10:00:00", room="general", msg="¿Vamos al cine?", **{"from": "Luis"})
+    original = h.model.conversations[GENERAL_KEY].line_by_id(7)
+    line = h.session.send(GENERAL_KEY, "¡Sí!", reply_to=original)
+    assert h.sent() == [{"cmd": "broadcast", "msg": "¡Sí!", "reply_to": 7}]
+    assert line.reply_to == {"id": 7, "from": "Luis", "msg": "¿Vamos al cine?"}
+    h.recv(cmd="broadcast", id=8, time="10:00:01", room="general", msg="¡Sí!", **{"from": "Ana"},
+           reply_to={"id": 7, "from": "Luis", "msg": "¿Vamos al cine?"})
+    assert line.msg_id == 8 and line.can_correct and not original.can_correct
+
+    assert h.session.edit(line, "¡Sí, claro!")
+    assert h.sent() == [{"cmd": "edit", "id": 8, "msg": "¡Sí, claro!"}]
+    assert line.text == "¡Sí!"  # changed when the server says so
+    h.recv(cmd="edited", id=8, time="10:00:05", room="general", msg="¡Sí, claro!", **{"from": "Ana"})
+    assert line.text == "¡Sí, claro!" and line.edited
+    h.recv(cmd="deleted", id=7, time="10:00:06", room="general", **{"from": "Luis"})
+    assert original.deleted and original.text == "" and not original.can_reply
+
+    # After a reconnect, history replays the corrected message: no second line.
+    h.drop()
+    h.connect()
+    h.sent()
+    h.recv(cmd="history", room="general", items=[
+        {"id": 8, "time": "10:00:01", "room": "general", "from": "Ana", "msg": "¡Sí, claro! (bis)",
+         "edited": "2026-11-29T10:01:00.000Z"},
+    ])
+    shown = [ln.text for ln in h.model.conversations[GENERAL_KEY].lines if ln.msg_id == 8]
+    assert shown == ["¡Sí, claro! (bis)"]
+
+
+def test_own_private_messages_learn_their_id_from_sent():
+    h = Harness()
+    h.login(users=["Ana", "Luis"])
+    h.sent()
+    key = h.session.open_private("Luis")
+    line = h.session.send(key, "te espero")
+    h.recv(cmd="sent", id=12, time="10:00:00", to="Luis", msg="te espero")
+    assert line.msg_id == 12
+    h.recv(cmd="edited", id=12, time="10:00:09", to="Luis", msg="te espero dentro", **{"from": "Ana"})
+    assert line.text == "te espero dentro" and line.edited

@@ -199,3 +199,21 @@ def test_accounts(engine):
     assert engine.delete_account("ana")
     assert not engine.delete_account("ana")
     assert engine.account("Ana") is None
+
+
+def test_corrections_keep_every_version_and_retention_takes_them_too(engine):
+    from chatserv.hub import Correction
+
+    engine.insert_messages([ChatMessage(1, 100.0, "Ana", "hola a todso", room="general"),
+                            ChatMessage(2, 200.0, "Ana", "quedo", room="general")])
+    engine.correct(Correction(1, 110.0, "Ana", "hola a todos", room="general"))
+    engine.correct(Correction(2, 210.0, "Ana", None, room="general"))
+    first, second = engine.room_page("general", None, 10)
+    assert (first.text, first.edited, first.deleted) == ("hola a todos", 110.0, None)
+    assert (second.text, second.deleted) == ("", 210.0)
+    assert engine.versions(1) == [(100.0, "hola a todso"), (110.0, "hola a todos")]
+    assert engine.versions(2) == [(200.0, "quedo"), (210.0, None)]
+    assert engine.delete_older(150.0, 100) == 1
+    assert engine.versions(1) == []
+    count = engine._call(lambda: engine._execute("SELECT count(*) FROM message_edits").fetchone()[0])
+    assert count == 1  # only message 2's deletion is left

@@ -247,6 +247,9 @@ class Silent:
     def receive_typing(self, typing) -> None:
         pass
 
+    def receive_correction(self, correction) -> None:
+        pass
+
 
 @pytest_twisted.ensureDeferred
 async def test_private_history_with_an_in_process_participant(durable):
