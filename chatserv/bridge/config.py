@@ -219,10 +219,9 @@ class TelegramOptions:
         options["telegram-chat"] = None
 
     def opt_telegram_chat(self, value: str) -> None:
-        """Bridge this Telegram chat id (e.g. -1001234567890) with ROOM
-        (default: --telegram-room, itself general by default). Repeatable:
-        each chat its own room. Enables the bridge; needs the bot token in
-        $TELEGRAM_BOT_TOKEN or --telegram-token-file."""
+        """Bridge the Telegram chat ID (e.g. -1001234567890) into ROOM; needs
+        the bot token in $TELEGRAM_BOT_TOKEN or in a token file. Repeatable,
+        each chat its own room; ROOM defaults to the --telegram-room option."""
         options: Any = self
         if options["telegram-chat"] is None:
             options["telegram-chat"] = []
