@@ -4,7 +4,7 @@ A message id may name a message in a room's in-memory history window, or
 one only storage still holds (older, or private: the hub keeps no private
 messages). This module answers "which message is N?" without blocking; the
 hub then decides whether the session may use it (:meth:`Hub.reply_quote`,
-:meth:`Hub.correct`). Like :mod:`chatserv.storage.paging`, it knows the hub
+:meth:`Hub.correct`). Like :mod:`chatserv.dialects.paging`, it knows the hub
 and the store's interface, and no SQL.
 """
 

@@ -11,7 +11,8 @@ import resource
 
 import pytest
 
-from chatserv.protocol import SWEEP_INTERVAL, _host
+from chatserv.addresses import host as _host
+from chatserv.protocol import SWEEP_INTERVAL
 from chatserv.service import FD_RESERVE, fit_file_limit
 from tests.test_hub import Recorder
 from tests.test_protocol_unit import World

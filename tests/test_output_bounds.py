@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet.testing import StringTransport
 
 from chatserv import wire
-from chatserv.protocol import HANDOVER
+from chatserv.output import HANDOVER
 from tests.support import connect, sleep, start_server
 from tests.test_protocol_unit import Conn, World
 

@@ -3,7 +3,7 @@ to log in to a name that has an account."""
 
 from __future__ import annotations
 
-from chatserv.protocol import PLAIN_HELP
+from chatserv.dialects.plain import PLAIN_HELP
 from tests.test_protocol_unit import World
 
 

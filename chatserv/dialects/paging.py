@@ -1,4 +1,4 @@
-"""The ``history`` command and lazy loading of room windows, for the protocol.
+"""The ``history`` command and lazy loading of room windows, for the JSON dialect.
 
 ``{"cmd": "history", "room": R, "before": ID, "limit": N}`` pages back through
 a room the session is in; ``{"cmd": "history", "with": U, ...}`` through the
@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from .. import wire
 from ..hub import ChatError, ChatMessage, Hub, InvalidName, Session
 from ..names import MAX_NAME_LENGTH, BadName, check_name
-from . import MAX_PAGE
+from ..storage import MAX_PAGE
 
 DEFAULT_PAGE = 50
 #: The largest ``before`` or ``limit`` a request may carry: 2**63 - 1.

@@ -1,0 +1,196 @@
+"""A connection's output: gathered per reactor turn, bounded, written straight to the socket.
+
+A broadcast's bytes reach a client in three steps, none of which encodes
+anything (the dialect hands over bytes the event encoded once):
+
+1. :meth:`OutputQueue.send` appends them to the connection's list and, the
+   first time in a turn, schedules the connection with the factory's
+   :class:`OutputFlusher`;
+2. at the end of the turn the flusher calls every scheduled connection's
+   :meth:`OutputQueue.flush`, once, however many frames it gathered;
+3. :meth:`OutputQueue._write_out` joins them and sends them straight to the
+   socket when the transport has nothing queued (see :func:`socket_of`),
+   otherwise through the transport, a :data:`HANDOVER` slice at a time.
+
+Every queued byte counts against ``--max-output``: a client that stops
+reading is cut off rather than growing server memory.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .addresses import source
+from .logs import Logger
+
+if TYPE_CHECKING:
+    from .hub import Session
+    from .protocol import ChatFactory
+
+log = Logger()
+
+#: Most bytes handed to a transport in one write: a transport buffers all it
+#: is given, so larger output is handed over in slices while it takes them.
+HANDOVER = 64 * 1024
+
+
+class OutputFlusher:
+    """Writes every connection's gathered output once, at the end of the reactor turn.
+
+    One delayed call serves all connections, so a broadcast to N clients costs
+    N list appends during the turn and N ``write`` calls after it, however many
+    messages each client received in that turn.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._pending: list[OutputQueue] = []
+        self._call: IDelayedCall | None = None
+
+    def schedule(self, protocol: OutputQueue) -> None:
+        self._pending.append(protocol)
+        if self._call is None:
+            self._call = self.clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        for protocol in pending:
+            protocol.flush()
+
+
+class OutputQueue:
+    """The output half of a connection: its queue, its bound, and the
+    ``IPushProducer`` methods the transport calls.
+
+    A mixin rather than an object of its own: ``send`` is called once per
+    recipient of every broadcast, and a delegating call there would cost
+    every delivery one more Python call.
+    """
+
+    factory: ChatFactory
+    transport: Any
+    session: Session | None
+    _peer: str
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._scheduled = False
+        self._writable = True
+        self._closing = False
+        self._socket: Any = None
+
+    def send(self, data: bytes) -> None:
+        """Queue *data* for the end of this reactor turn.
+
+        Every queued byte counts against ``--max-output``, the frame being
+        queued included: past the bound, a connection whose transport is
+        paused (the kernel and the transport hold all they will) is dropped,
+        and one that is still writable hands its output over at once, so
+        that only what the client really leaves unread is held (see flush).
+        """
+        if self._closing:
+            return
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > self.factory.limits.max_output:
+            if not self._writable:
+                self._drop()
+                return
+            self._write_out()
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            self.factory.flusher.schedule(self)
+
+    def _drop(self) -> None:
+        self.factory.stats.slow_dropped += 1
+        self.factory.log_budget.line(
+            "slow consumers dropped",
+            source(self._peer),
+            "dropping {who}: {n} bytes of unread output",
+            emit=log.warn,
+            who=self.session.name if self.session else self._peer,
+            n=self._out_bytes,
+        )
+        self._closing = True
+        self._out = []
+        self._out_bytes = 0
+        self.transport.abortConnection()
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        if not self._writable or not self._out:
+            return
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self._out = []
+        self._out_bytes = 0
+        transport = self.transport
+        sock = self._socket
+        if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+            # See socket_of. Whatever the kernel does not take, or any error,
+            # goes through the transport, which then owns ordering,
+            # back-pressure and error reporting as usual.
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        if len(data) <= HANDOVER:
+            transport.write(data)
+            return
+        # A transport buffers whatever it is given, without bound: hand a
+        # large output over a slice at a time, while the transport has not
+        # paused us (it does so synchronously past its 64 KiB buffer). What
+        # it did not take stays queued here and counts against the bound.
+        view = memoryview(data)
+        pos = 0
+        while pos < len(data) and self._writable:
+            transport.write(view[pos : pos + HANDOVER].tobytes())
+            pos += HANDOVER
+        if pos < len(data):
+            self._out = [data[pos:]]
+            self._out_bytes = len(data) - pos
+            if self._out_bytes > self.factory.limits.max_output:
+                self._drop()
+
+    # IPushProducer, called by the transport. These replace LineReceiver's own
+    # pause methods on purpose: a full output buffer must not stop us reading.
+    def pauseProducing(self) -> None:
+        self._writable = False
+
+    def resumeProducing(self) -> None:
+        self._writable = True
+        self.flush()
+
+    def stopProducing(self) -> None:
+        self._writable = False
+
+
+def socket_of(transport: Any) -> Any:
+    """The socket *transport* writes to, if writing to it directly is safe.
+
+    ``OutputQueue._write_out`` sends straight to this socket when the transport
+    has nothing queued. ``transport.write`` only queues: the bytes go out on
+    the next poll, after the transport has registered itself for writability
+    and before it unregisters again, two extra epoll calls and a buffer copy
+    per write. Fan-out is nearly all small writes the kernel takes whole, so
+    sending at once halves the server's CPU per delivery (docs/PERFORMANCE.md).
+    TLS and other wrapped transports get None and always take the plain path:
+    they are not socket FileDescriptors, though a wrapper forwards ``socket``
+    lookups to the TCP transport beneath it (sending there would bypass TLS).
+    """
+    if isinstance(transport, FileDescriptor) and hasattr(transport, "_tempDataBuffer"):
+        return getattr(transport, "socket", None)
+    return None
+
