@@ -2,19 +2,8 @@
 into frames, logs in (again, after every reconnect), and keeps what the user
 wrote until the server has confirmed it.
 
-Delivery rules (PROTOCOL.md gives no acknowledgements, so we build them from
-what it does promise):
-
-* a room message is confirmed by its own ``broadcast`` echo, which the server
-  sends to the sender too;
-* private messages are confirmed by a ``ping`` sent after them: the server
-  handles one connection's frames in order, so by the time its ``pong`` (or,
-  on a server without ``ping``, its ``unknown_cmd`` error) arrives, every
-  earlier ``message`` has been relayed or refused with an error;
-* on a lost connection, unconfirmed messages go back to the queue. Room
-  messages that may have reached the server are looked for in the history
-  sent after the next login, so they are not posted twice; the rest is sent
-  again once logged in. Nothing is dropped without the user seeing why.
+What the user wrote waits in the outbox until the server has confirmed it
+(see :mod:`chatserv.client.outbox` for how).
 """
 
 from __future__ import annotations
@@ -27,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from chatserv.client.errors import _str, readable_error, with_detail
 from chatserv.client.i18n import _, join_names, ngettext
 from chatserv.client.model import (
     GENERAL,
@@ -49,18 +39,10 @@ from chatserv.client.network import (
     clean_text,
     encode_frame,
 )
+from chatserv.client.outbox import MAX_MESSAGE_LINE, RATE_LIMIT_RETRY, Delivery, Outgoing
 
 #: Send ``typing`` at most this often per conversation (seconds).
 TYPING_EVERY = 3.0
-#: Wait before re-sending a message the server refused with rate_limited.
-RATE_LIMIT_RETRY = 1.5
-#: The server's default line limit; longer messages fail here, visibly, rather
-#: than get the connection closed with ``line_too_long``.
-MAX_MESSAGE_LINE = 65_536
-#: Messages sent per flush: stays inside the server's default burst (20 lines)
-#: so a long offline queue is not turned away by the rate limit.
-FLUSH_BATCH = 8
-FLUSH_PAUSE = 2.0
 #: After a reconnect our old session may not be gone yet on the server side;
 #: ``name_taken`` then is retried this many times, this far apart.
 NAME_RETRIES = 5
@@ -74,19 +56,6 @@ class Credentials:
     user: str
     password: str = ""
     register: bool = False
-
-
-@dataclass(eq=False)
-class Outgoing:
-    key: ConvKey
-    target: str  # room or peer name as written
-    text: str
-    line: Line
-    ack: int | None = None
-    #: the id of the message this one answers
-    reply_to: int | None = None
-    #: written before the connection was lost: may have reached the server
-    maybe_delivered: bool = False
 
 
 def _message_line(kind: LineKind, frame: Frame, sender: str, msg: str, own: bool = False) -> Line:
@@ -120,11 +89,6 @@ def quote_of(line: Line) -> dict[str, object]:
     return {"id": line.msg_id, "from": line.sender or "?", "msg": first}
 
 
-def _str(frame: Frame, name: str) -> str | None:
-    value = frame.get(name)
-    return value if isinstance(value, str) else None
-
-
 def _str_list(value: Any) -> list[str]:
     if not isinstance(value, list):
         return []
@@ -140,41 +104,7 @@ def _identity(item: Frame) -> tuple[object, ...]:
     return (item.get("id"), item.get("time"), item.get("from"), item.get("msg"))
 
 
-def readable_error(code: str, msg: str, **names: str) -> str:
-    """A sentence for the user in the interface language; the server's own
-    text (in Spanish) where we have nothing better."""
-    texts = {
-        "bad_json": _("The server could not read what this client sent."),
-        "unknown_cmd": _("The server does not support this action."),
-        "not_logged_in": _("You are not logged in yet."),
-        "name_taken": _("That name is already in use."),
-        "bad_name": _(
-            "That name is not valid: 1 to 32 characters, no spaces or control characters."
-        ),
-        "no_such_user": _("{user} is not online.").format(user=names.get("user", "?")),
-        "not_in_room": _("You are not in that room."),
-        "rate_limited": _("You are sending too fast; slow down a little."),
-        "line_too_long": _("That message is too long for the server."),
-        "server_full": _("The server is full; trying again later."),
-        "auth_failed": _("Wrong name or password."),
-        "no_such_message": _("That message is not available any more."),
-        "not_your_message": _("Only its author can change a message."),
-        "message_deleted": _("That message has been deleted."),
-        "edit_too_late": _("That message is too old to change."),
-    }
-    return texts.get(code) or msg or code
-
-
-def with_detail(text: str, server_text: str) -> str:
-    """Our sentence plus the server's own words when they add something: a
-    ``bad_request`` or ``auth_failed`` at login can mean several things (a
-    wrong password, or a server without accounts)."""
-    if server_text and server_text != text:
-        return _("{text} (server: {detail})").format(text=text, detail=server_text)
-    return text
-
-
-class ChatSession:
+class ChatSession(Delivery):
     log = Logger()
 
     def __init__(
@@ -712,127 +642,3 @@ class ChatSession:
             )
         self.model.remove(key)
         self.model.notice(GENERAL_KEY, text, LineKind.ERROR)
-
-    # -- outbox -------------------------------------------------------------------
-    def _frame_for(self, out: Outgoing) -> Frame:
-        frame: Frame
-        if out.key.kind == "private":
-            frame = {"cmd": "message", "to": out.target, "msg": out.text}
-        else:
-            frame = {"cmd": "broadcast", "msg": out.text}
-            if out.key != GENERAL_KEY:
-                frame["room"] = out.target
-        if out.reply_to is not None:
-            frame["reply_to"] = out.reply_to
-        return frame
-
-    def _set_state(self, out: Outgoing, state: SendState, note: str = "") -> None:
-        out.line.state = state
-        out.line.note = note
-        conv = self.model.get(out.key)
-        if conv is not None:
-            self.model.line_changed(conv, out.line)
-
-    def _flush(self) -> None:
-        if self.conn is None or self.model.state is not ConnState.ONLINE:
-            return
-        if "flush" in self._timers:
-            return  # pacing: the timer will carry on
-        sent: list[Outgoing] = []
-        budget = FLUSH_BATCH
-        for out in list(self.outbox):
-            if out.line.state not in (SendState.QUEUED, SendState.HELD):
-                continue
-            if out.key.kind == "room" and out.key not in self.ready:
-                continue
-            if out.key.kind == "private" and not self.model.is_online(out.target):
-                if out.line.state is not SendState.HELD:
-                    self._set_state(
-                        out,
-                        SendState.HELD,
-                        _("{user} is offline; it will be sent when they are back").format(
-                            user=out.target
-                        ),
-                    )
-                continue
-            if budget == 0:
-                self._later("flush", FLUSH_PAUSE, self._flush)
-                break
-            budget -= 1
-            self.conn.send_frame(self._frame_for(out))
-            out.maybe_delivered = False
-            self._set_state(out, SendState.SENDING)
-            if out.key.kind == "private":
-                sent.append(out)
-        if sent:
-            self._ack_seq += 1
-            for out in sent:
-                out.ack = self._ack_seq
-            self._acks.append(self._ack_seq)
-            self.conn.send_frame({"cmd": "ping", "data": f"ack:{self._ack_seq}"})
-
-    def _oldest_sending(self, kind: str | None) -> Outgoing | None:
-        for out in self.outbox:
-            if out.line.state is SendState.SENDING and kind in (None, out.key.kind):
-                return out
-        return None
-
-    def _done(self, out: Outgoing) -> None:
-        if out in self.outbox:
-            self.outbox.remove(out)
-
-    def _fail(self, out: Outgoing, note: str) -> None:
-        self._done(out)
-        self._set_state(out, SendState.FAILED, note)
-
-    def _refused(self, out: Outgoing, code: str, msg: str) -> None:
-        if code == "rate_limited":
-            self._set_state(out, SendState.QUEUED, _("server busy, retrying"))
-            self._later("flush", RATE_LIMIT_RETRY, self._flush)
-        elif code == "no_such_user":
-            self._set_state(
-                out,
-                SendState.HELD,
-                _("{user} is offline; it will be sent when they are back").format(
-                    user=out.target
-                ),
-            )
-        else:
-            self._fail(out, readable_error(code, msg, user=out.target))
-
-    def _confirm_room(self, key: ConvKey, item: Frame, maybe_only: bool = False) -> bool:
-        """Match a message of ours the server relayed (or replayed) with the
-        line we showed when it was typed."""
-        msg = item.get("msg")
-        for out in self.outbox:
-            if out.key != key or out.text != msg:
-                continue
-            if maybe_only:
-                if not (out.maybe_delivered and out.line.state is SendState.QUEUED):
-                    continue
-            elif out.line.state is not SendState.SENDING:
-                continue
-            self._done(out)
-            out.line.time = _str(item, "time") or out.line.time
-            if isinstance(item.get("id"), int):
-                out.line.msg_id = item["id"]
-            self._set_state(out, SendState.SENT)
-            return True
-        return False
-
-    def _acked(self, seq: int) -> None:
-        self._acks = [a for a in self._acks if a > seq]
-        for out in list(self.outbox):
-            if out.ack is not None and out.ack <= seq and out.line.state is SendState.SENDING:
-                self._done(out)
-                self._set_state(out, SendState.SENT)
-
-    def _requeue_unconfirmed(self) -> None:
-        self._acks.clear()
-        for out in self.outbox:
-            if out.line.state is SendState.SENDING:
-                out.maybe_delivered = out.key.kind == "room"
-                out.ack = None
-                self._set_state(out, SendState.QUEUED, _("not sent yet"))
-            elif out.line.state is SendState.QUEUED and not out.line.note:
-                self._set_state(out, SendState.QUEUED, _("not sent yet"))

@@ -25,7 +25,8 @@ from chatserv.client.model import (
     SendState,
 )
 from chatserv.client.network import ChatLineProtocol
-from chatserv.client.session import BUSY_RETRY, FLUSH_BATCH, ChatSession, Credentials
+from chatserv.client.outbox import FLUSH_BATCH
+from chatserv.client.session import BUSY_RETRY, ChatSession, Credentials
 from tests.client.support import FailureLog
 
 
