@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import workloads
+from . import ramp, workloads
 from .peers import PEERS, SUITE_PEERS, available, raise_nofile, start_server
 from .report import print_result, suite_markdown
+from .runner import Target
 
 Log = Callable[[str], None]
 
@@ -79,11 +80,11 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
     srv = None
     extra = list(args.chatserv_arg or [])
     if args.port:
-        target = workloads.Target(peer=peer, port=args.port, pid=args.pid, irc=peer != "chatserv",
+        target = Target(peer=peer, port=args.port, pid=args.pid, irc=peer != "chatserv",
                                   password="x" if peer == "words" else args.irc_pass)
     else:
         srv = start_server(peer, core=args.server_core, users=users, chatserv_args=extra)
-        target = workloads.Target(peer=peer, port=srv.port, pid=srv.pid, irc=srv.irc,
+        target = Target(peer=peer, port=srv.port, pid=srv.pid, irc=srv.irc,
                                   password=srv.password or args.irc_pass, db=srv.db_path())
     if args.no_presence:
         target.features = ()
@@ -172,9 +173,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-time", type=float, default=600.0,
                    help="hard limit on one workload's run time, s")
     p.add_argument("--json-only", action="store_true", help="print only the JSON line")
-    p.add_argument("--noise-retries", type=int, default=workloads.NOISY_RETRIES,
+    p.add_argument("--noise-retries", type=int, default=ramp.NOISY_RETRIES,
                    help="times a step is measured again when other processes took over "
-                        f"{workloads.NOISY * 100:.0f}%% of a core meanwhile (default %(default)s)")
+                        f"{ramp.NOISY * 100:.0f}%% of a core meanwhile (default %(default)s)")
     p.add_argument("--py-spy", metavar="OUT", default="",
                    help="profile the server with py-spy during the workload (OUT.txt: collapsed "
                         "stacks, else speedscope JSON)")
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     # started is stopped by run_one's finally rather than left running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     raise_nofile()
-    workloads.NOISY_RETRIES = max(0, a.noise_retries)
+    ramp.NOISY_RETRIES = max(0, a.noise_retries)
     gen_core = pin_generator(a.gen_core)
     meta = {"python": platform.python_version(), "loop": loop_name(), "gen_core": gen_core,
             "server_core": a.server_core, "cpus": os.cpu_count(), "kernel": platform.release()}

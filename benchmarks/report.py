@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .workloads import P99_LIMIT_MS
+from .runner import P99_LIMIT_MS
 
 
 def _f(v: Any, unit: str = "", digits: int = 1) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from benchmarks.client import Phase, make_text
-from benchmarks.workloads import percentile, pick_probes
+from benchmarks.runner import percentile, pick_probes
 
 ROOT = Path(__file__).resolve().parent.parent
 
