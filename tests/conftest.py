@@ -2,7 +2,23 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tests.support import LineClient, connect, start_server
+from tests.support import LineClient, TestServer, connect, start_server
+
+
+@pytest_twisted.async_yield_fixture
+async def service():
+    """A factory of real services (``makeService`` on a temporary SQLite
+    database, on loopback), each with its options; all stopped after the test."""
+    started: list[TestServer] = []
+
+    async def start(**options) -> TestServer:
+        srv = await start_server(**options)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        await srv.stop()
 
 
 @pytest_twisted.async_yield_fixture

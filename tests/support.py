@@ -1,4 +1,4 @@
-"""Helpers shared by the test suite: a real server on loopback and a line client.
+"""Helpers shared by the test suite: the real service on loopback and a line client.
 
 The reactor is imported inside functions: pytest-twisted installs the asyncio
 reactor after conftest modules are imported.
@@ -7,6 +7,7 @@ reactor after conftest modules are imported.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +16,118 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from chatserv.protocol import Limits
-from chatserv.service import ChatServer, ServerConfig
+from chatserv.service import ChatServer, ServerConfig, makeService
+
+_databases = tempfile.TemporaryDirectory(prefix="chatserv-tests-")
 
 
-async def start_server(**limits: Any) -> ChatServer:
-    """A real :class:`ChatServer` on 127.0.0.1, port chosen by the kernel."""
-    history = limits.pop("history", 50)
-    limits.setdefault("rate_limit", 0)
-    config = ServerConfig(
-        listen=["tcp:0:interface=127.0.0.1"], history=history, limits=Limits(**limits)
-    )
-    from twisted.internet import reactor
+class TestServer:
+    """The production service, as twistd builds it (``makeService``), on a
+    database and a loopback port: a temporary SQLite file unless *db* names
+    one (or a PostgreSQL DSN). It can be stopped and started again on the same
+    database and the same port, as an operator restarting it would.
 
-    server = ChatServer(config, reactor)
-    server.startService()
-    await server.listening
-    return server
+    It stands in for the :class:`ChatServer` it runs (``factory``, ``hub``,
+    ``ports``, ``listening``, ``stopService``), so a test need not know
+    whether it holds the service or the server.
+    """
+
+    __test__ = False  # not a test class, whatever its name
+
+    def __init__(
+        self,
+        db: str | None = None,
+        history: int = 50,
+        require_accounts: bool = False,
+        listen: str | list[str] = "tcp:0:interface=127.0.0.1",
+        history_memory: int | None = None,
+        **limits: Any,
+    ) -> None:
+        if db is None:
+            db = str(Path(tempfile.mkdtemp(dir=_databases.name)) / "chat.sqlite3")
+        limits.setdefault("rate_limit", 0)
+        self.config = ServerConfig(
+            listen=[listen] if isinstance(listen, str) else listen,
+            history=history,
+            limits=Limits(**limits),
+            db=db,
+            require_accounts=require_accounts,
+        )
+        if history_memory is not None:
+            self.config.history_memory = history_memory
+        self.app: Any = None
+        self.server: ChatServer | None = None
+        self.clients: list[LineClient] = []
+        #: The port it listens on; kept while it is stopped (0 before it started).
+        self.port = 0
+
+    async def start(self) -> TestServer:
+        from twisted.internet import reactor
+
+        self.app = makeService(self.config, reactor)
+        self.server = self.app.getServiceNamed("chat-server")
+        self.app.startService()
+        ports = await self.server.listening
+        self.port = int(ports[0].getHost().port)
+        if self.config.listen == ["tcp:0:interface=127.0.0.1"]:
+            # Started again, it listens where its clients know to find it.
+            self.config.listen = [f"tcp:{self.port}:interface=127.0.0.1"]
+        return self
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        for client in self.clients:
+            if client.connected:
+                await client.closed
+        self.clients = []
+        if self.app is not None:
+            app, self.app = self.app, None
+            await app.stopService()
+
+    async def stopService(self) -> None:
+        await self.stop()
+
+    async def client(self) -> LineClient:
+        """A connected line client, closed when the server stops."""
+        client = await connect(self)
+        self.clients.append(client)
+        return client
+
+    def _running(self) -> ChatServer:
+        assert self.server is not None, "the server is not running"
+        return self.server
+
+    @property
+    def factory(self) -> Any:
+        return self._running().factory
+
+    @property
+    def hub(self) -> Any:
+        return self._running().hub
+
+    @property
+    def ports(self) -> list[Any]:
+        return self._running().ports
+
+    @property
+    def listening(self) -> Any:
+        return self._running().listening
+
+    @property
+    def store(self) -> Any:
+        return self.factory.store
 
 
-def server_port(server: ChatServer) -> int:
-    return server.ports[0].getHost().port
+
+async def start_server(**options: Any) -> TestServer:
+    """A running :class:`TestServer` with *options* (its arguments and
+    :class:`Limits` fields); stop it with ``stop()``."""
+    return await TestServer(**options).start()
+
+
+def server_port(server: Any) -> int:
+    return int(server.ports[0].getHost().port)
 
 
 class LineClient(Protocol):
@@ -104,7 +197,7 @@ class LineClient(Protocol):
             self.transport.loseConnection()
 
 
-async def connect(server: ChatServer) -> LineClient:
+async def connect(server: Any) -> LineClient:
     from twisted.internet import reactor
 
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server_port(server))

@@ -575,20 +575,14 @@ async def test_tls_listener_next_to_tcp(tls_files):
     from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-    from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
-
     key, cert = tls_files
-    config = ServerConfig(
+    srv = await start_server(
         listen=[
             f"ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1",
             "tcp:0:interface=127.0.0.1",
-        ],
-        limits=Limits(rate_limit=0),
+        ]
     )
-    srv = ChatServer(config, reactor)
-    srv.startService()
-    ports = await srv.listening
+    ports = srv.ports
     tls_port, tcp_port = (p.getHost().port for p in ports)
     with open(cert, "rb") as f:
         trust = Certificate.loadPEM(f.read())

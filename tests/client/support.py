@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatserv.client.model import ModelObserver
-from chatserv.protocol import Limits
-from chatserv.service import ChatServer, ServerConfig
+from tests.support import TestServer
 
 
 def fast_retry(attempt: int) -> float:
@@ -17,29 +16,9 @@ def fast_retry(attempt: int) -> float:
     return 0.3
 
 
-class RestartableServer:
-    """The real chat service on 127.0.0.1, which can be stopped and started
-    again on the same port, as an operator restarting it would."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.server: ChatServer | None = None
-
-    async def start(self) -> None:
-        from twisted.internet import reactor
-
-        config = ServerConfig(
-            listen=[f"tcp:{self.port}:interface=127.0.0.1"], limits=Limits(rate_limit=0)
-        )
-        self.server = ChatServer(config, reactor)
-        self.server.startService()
-        ports = await self.server.listening
-        self.port = ports[0].getHost().port
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            await server.stopService()
+#: The one server harness (tests/support.py): the real service on a temporary
+#: database, started again on the same port and database after ``stop()``.
+RestartableServer = TestServer
 
 
 async def sleep(seconds: float) -> None:

@@ -444,22 +444,12 @@ async def test_edit_with_up_and_delete_from_the_menu_in_spanish(tk_root, chat_se
 
 @pytest_twisted.ensureDeferred
 async def test_connect_form_reaches_a_self_signed_tls_server_with_a_ca_file(tk_root, tmp_path):
-    from twisted.internet import reactor
 
-    from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
-    from tests.support import make_certificate
+    from tests.support import make_certificate, start_server
 
     key_pem, cert_pem = make_certificate(tmp_path)
-    server = ChatServer(
-        ServerConfig(
-            listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
-            limits=Limits(rate_limit=0),
-        ),
-        reactor,
-    )
-    server.startService()
-    port = (await server.listening)[0].getHost().port
+    server = await start_server(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    port = server.port
     client = GuiClient(tk_root, port, None)
     form = client.window.form
     try:

@@ -172,21 +172,12 @@ async def test_taken_name_is_reported_not_retried(chat_server: RestartableServer
 
 @pytest_twisted.ensureDeferred
 async def test_tls_with_a_throwaway_certificate(tmp_path):
-    from twisted.internet import reactor
 
-    from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
+    from tests.support import start_server
 
     key_pem, cert_pem = make_certificate(tmp_path)
-    server = ChatServer(
-        ServerConfig(
-            listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
-            limits=Limits(rate_limit=0),
-        ),
-        reactor,
-    )
-    server.startService()
-    port = (await server.listening)[0].getHost().port
+    server = await start_server(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    port = server.port
     ana = Client(port, "Ana", host="localhost", tls=True, cafile=str(cert_pem))
     luis = Client(port, "Luis", host="localhost", tls=True, cafile=str(cert_pem))
     try:

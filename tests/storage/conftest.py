@@ -67,19 +67,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 @pytest_twisted.async_yield_fixture
-async def durable(db_url):
-    """A factory of real servers on *db_url*; all stopped after the test."""
-    started: list[DurableServer] = []
+async def durable(db_url, service):
+    """The ``service`` fixture (tests/conftest.py) on *db_url*."""
 
     async def start(**options) -> DurableServer:
-        server = DurableServer(db_url, **options)
-        await server.start()
-        started.append(server)
-        return server
+        return await service(db=db_url, **options)
 
     yield start
-    for server in started:
-        await server.stop()
 
 
 @pytest.fixture

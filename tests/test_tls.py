@@ -33,11 +33,11 @@ async def tls_client(port: int, cert_pem: Path, hostname: str = "localhost") -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_chat_over_tls(durable, tmp_path):
+async def test_chat_over_tls(service, tmp_path):
     import service_identity  # noqa: F401 - without it Twisted skips hostname checks
 
     key_pem, cert_pem = make_certificate(tmp_path)
-    srv = await durable(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    srv = await service(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
     ana = await tls_client(srv.port, cert_pem)
     luis = await tls_client(srv.port, cert_pem)
     try:
@@ -57,9 +57,9 @@ async def test_chat_over_tls(durable, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_client_rejects_a_certificate_for_another_name(durable, tmp_path):
+async def test_the_client_rejects_a_certificate_for_another_name(service, tmp_path):
     key_pem, cert_pem = make_certificate(tmp_path, hostname="otro.example")
-    srv = await durable(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
+    srv = await service(listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}")
     client = await tls_client(srv.port, cert_pem, hostname="localhost")
     client.send(cmd="login", user="Ana")
     await client.closed
@@ -71,9 +71,9 @@ async def test_the_client_rejects_a_certificate_for_another_name(durable, tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_stalled_tls_handshake_is_cut_off(durable, tmp_path):
+async def test_a_stalled_tls_handshake_is_cut_off(service, tmp_path):
     key_pem, cert_pem = make_certificate(tmp_path)
-    srv = await durable(
+    srv = await service(
         listen=f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}",
         handshake_timeout=0.5,
     )
