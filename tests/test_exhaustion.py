@@ -14,8 +14,8 @@ import pytest
 from chatserv.addresses import host as _host
 from chatserv.protocol import SWEEP_INTERVAL
 from chatserv.service import FD_RESERVE, fit_file_limit
+from tests.protocol_support import World
 from tests.test_hub import Recorder
-from tests.test_protocol_unit import World
 
 
 def tick(world: World, seconds: float) -> None:

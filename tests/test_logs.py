@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from chatserv import logs
-from tests.test_protocol_unit import World
+from tests.protocol_support import World
 
 
 @pytest.fixture

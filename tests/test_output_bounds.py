@@ -16,8 +16,8 @@ from twisted.internet.testing import StringTransport
 
 from chatserv import wire
 from chatserv.output import HANDOVER
+from tests.protocol_support import Conn, World
 from tests.support import connect, sleep, start_server
-from tests.test_protocol_unit import Conn, World
 
 HUGE = "\x01" * 65_000
 BIG = "x" * 60_000

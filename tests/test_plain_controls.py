@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from chatserv import wire
-from tests.test_protocol_unit import World
+from tests.protocol_support import World
 
 TRICKS = "\u0085\u009b31m\u2028\u2029\x1b[2K\x7f"
 

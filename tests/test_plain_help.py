@@ -4,7 +4,7 @@ to log in to a name that has an account."""
 from __future__ import annotations
 
 from chatserv.dialects.plain import PLAIN_HELP
-from tests.test_protocol_unit import World
+from tests.protocol_support import World
 
 
 def test_welcome_line_mentions_help_and_help_lists_the_commands():
