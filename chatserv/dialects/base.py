@@ -20,6 +20,9 @@ class Dialect:
     the idle ping) lives in the dialect, so nothing else asks which one it is.
     """
 
+    # One per connection: slots keep it to a few words (RSS per connection).
+    __slots__ = ("connection", "factory", "send", "history_since")
+
     #: What the connection sends a logged-in client that has gone quiet.
     ping: bytes
 

@@ -75,6 +75,8 @@ class JsonDialect(Dialect):
     """A connection speaking JSON frames; also the dialect of a connection
     that has not sent a line yet (its errors are JSON)."""
 
+    __slots__ = ("features",)
+
     ping = PING
 
     def __init__(self, connection: ChatProtocol) -> None:

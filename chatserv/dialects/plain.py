@@ -23,6 +23,8 @@ PLAIN_PING = "* ¿Sigues ahí? Escribe cualquier línea (o pulsa Enter) para seg
 class PlainDialect(Dialect):
     """A connection speaking plain text lines."""
 
+    __slots__ = ("plain_ids",)
+
     ping = wire.plain_line(PLAIN_PING)
 
     def __init__(self, connection: Any) -> None:
