@@ -35,8 +35,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from .hashing import BUSY, HASH_THREADS, HIGH, LOW, HashQueue, ServerBusy
-from .hub import ChatError, InvalidName, NameTaken
+from .errors import AuthFailed, ChatError, InvalidName, NameTaken, RateLimited, ServerBusy
+from .hashing import BUSY, HASH_THREADS, HIGH, LOW, HashQueue
 from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import Allowance
@@ -61,14 +61,6 @@ REGISTER_BURST = 30
 REGISTER_RATE = 1.0
 
 WRONG = "usuario o contraseña incorrectos"
-
-
-class AuthFailed(ChatError):
-    code = "auth_failed"
-
-
-class RateLimited(ChatError):
-    code = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +247,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            return fail(InvalidName(str(e)))
+            return fail(InvalidName("name_rules", detail=str(e)))
 
         def decide(registered: bool) -> Identity:
             if registered:
@@ -278,7 +270,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
         key = name_key(name)
         pair = f"{key} {address}"  # names hold no white space
         wait = self._wait(key, address, pair)
@@ -337,7 +329,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
         if len(password) < MIN_PASSWORD:
             raise ChatError(f"la contraseña debe tener al menos {MIN_PASSWORD} caracteres")
         if len(password) > MAX_PASSWORD:

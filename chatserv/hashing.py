@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from .hub import ChatError
+from .errors import ServerBusy
 
 #: Argon2 hashes running at once, server-wide (each takes 64 MiB).
 HASH_THREADS = 2
@@ -40,11 +40,8 @@ HIGH = 0
 LOW = 1
 
 
-class ServerBusy(ChatError):
-    code = "server_busy"
-
-
-BUSY = "el servidor está ocupado comprobando contraseñas; vuelve a intentarlo en unos segundos"
+#: The reason of the refusal (rendered by chatserv.wire).
+BUSY = "hashing_busy"
 
 
 class _Job:

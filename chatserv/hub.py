@@ -15,11 +15,24 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from .errors import (
+    ChatError,
+    Congested,
+    EditTooLate,
+    InvalidName,
+    MessageDeleted,
+    NameTaken,
+    NoSuchMessage,
+    NoSuchUser,
+    NotInRoom,
+    NotYourMessage,
+    TooFast,
+)
+from .events import ChatMessage, Correction, MessageIds, PresenceChange, Typing, corrected
 from .logs import Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
@@ -38,129 +51,6 @@ ROOM_CREATE_BURST = 10
 ROOMS_PAGE = 100
 
 log = Logger()
-
-
-class ChatError(Exception):
-    """A request the hub refuses; ``code`` is the protocol's error code."""
-
-    code = "bad_request"
-
-
-class NameTaken(ChatError):
-    code = "name_taken"
-
-
-class NoSuchUser(ChatError):
-    code = "no_such_user"
-
-
-class NotInRoom(ChatError):
-    code = "not_in_room"
-
-
-class InvalidName(ChatError):
-    code = "bad_name"
-
-
-class NoSuchMessage(ChatError):
-    """The id names no message the session can see: unknown, in a room it is
-    not in or not the one it writes to, or someone else's private
-    conversation. One code for all, so that nothing is learnt by probing."""
-
-    code = "no_such_message"
-
-
-class NotYourMessage(ChatError):
-    code = "not_your_message"
-
-
-class MessageDeleted(ChatError):
-    code = "message_deleted"
-
-
-class EditTooLate(ChatError):
-    code = "edit_too_late"
-
-
-class TooFast(ChatError):
-    code = "rate_limited"
-
-
-class Congested(ChatError):
-    """The store is behind: accepting more would hold unbounded memory."""
-
-    code = "server_busy"
-
-
-@dataclass(slots=True, eq=False)
-class ChatMessage:
-    """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
-
-    id: int
-    ts: float
-    sender: str
-    text: str
-    room: str | None = None
-    recipient: str | None = None
-    #: The message this one answers: ``{"id", "from", "msg"}`` (``id`` absent when
-    #: unknown); set by the Telegram bridge, see docs/PROTOCOL.md.
-    reply_to: dict[str, Any] | None = None
-    #: The id of the message this one corrects (a Telegram edit), when known.
-    edit_of: int | None = None
-    #: When the text was last corrected by its author (``text`` is the
-    #: corrected one; storage keeps the original), or None.
-    edited: float | None = None
-    #: When its author deleted it (``text`` is then empty), or None.
-    deleted: float | None = None
-    #: Encoded forms, filled lazily by transports, keyed by their format name.
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: A private message's two ends, the sessions that held the names when it
-    #: was accepted; it is delivered to them only, never to a later session
-    #: under the same name. Cleared once delivered.
-    to_session: Session | None = field(default=None, repr=False)
-    from_session: Session | None = field(default=None, repr=False)
-
-    @property
-    def is_private(self) -> bool:
-        return self.room is None
-
-
-@dataclass(slots=True, eq=False)
-class PresenceChange:
-    """Who joined and left *room* during one presence window, and who is in it now."""
-
-    room: str
-    joined: tuple[str, ...]
-    left: tuple[str, ...]
-    members: tuple[str, ...]
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(slots=True, eq=False)
-class Typing:
-    """*user* is typing in *room*, or privately to the recipient when ``room`` is None."""
-
-    user: str
-    room: str | None
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(slots=True, eq=False)
-class Correction:
-    """The author of message ``id`` edited it (``text`` set) or deleted it
-    (``text`` None) at ``ts``; ``room``/``recipient`` say where it was posted."""
-
-    id: int
-    ts: float
-    sender: str
-    text: str | None
-    room: str | None = None
-    recipient: str | None = None
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def deleted(self) -> bool:
-        return self.text is None
 
 
 class Participant(Protocol):
@@ -294,7 +184,8 @@ class Hub:
         self.room_burst = room_burst
         #: Keys that client names may not end with (see reserve_suffix).
         self._reserved: list[str] = []
-        self._next_id = first_id
+        #: Message ids; :attr:`MessageIds.upcoming` is the next one.
+        self.ids = MessageIds(first_id)
         #: The memory bound on all rooms' history windows together.
         self.windows = Windows(history_memory, reloadable=store is not None)
         #: Counts for the metrics (chatserv.metrics); plain integers.
@@ -311,17 +202,17 @@ class Hub:
         """
         if trusted:
             if not isinstance(name, str) or not name.strip() or not name.isprintable():
-                raise InvalidName("nombre vacío o con caracteres de control")
+                raise InvalidName("trusted_name")
         else:
             try:
                 name = check_name(name)
             except BadName as e:
-                raise InvalidName(str(e)) from None
+                raise InvalidName("name_rules", detail=str(e)) from None
             if any(name_key(name).endswith(suffix) for suffix in self._reserved):
-                raise InvalidName(f"el nombre {name} se parece a uno reservado para Telegram")
+                raise InvalidName("reserved_name", name=name)
         key = name_key(name)
         if key in self.sessions:
-            raise NameTaken(f"el nombre {name} ya está en uso")
+            raise NameTaken("name_taken", name=name)
         session = Session(name, key, participant, trusted)
         self.sessions[key] = session
         self.stats.logins += 1
@@ -382,22 +273,22 @@ class Hub:
         try:
             return check_name(room_name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
 
     def _check_join(self, session: Session, creates: bool) -> None:
         if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
-            raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+            raise ChatError("too_many_rooms", limit=MAX_ROOMS_PER_SESSION)
         if creates and self.room_rate > 0:
             if session.creations is None:
                 session.creations = TokenBucket(self.room_rate, self.room_burst, self.clock.seconds)
             if not session.creations.allow():
-                raise TooFast("demasiadas salas nuevas; espera un momento")
+                raise TooFast("room_creation")
 
     def leave(self, session: Session, room_name: str) -> str:
         """Take *session* out of the room; return the room's name as it is shown."""
         room = self._member_room(session, room_name)
         if room.name == GENERAL:
-            raise NotInRoom("no se puede salir de la sala general")
+            raise NotInRoom("leave_general")
         self._exit(session, room)
         return room.name
 
@@ -428,7 +319,7 @@ class Hub:
     def _member_room(self, session: Session, room_name: str) -> Room:
         room = self.rooms.get(name_key(room_name))
         if room is None or room.name not in session.rooms:
-            raise NotInRoom(f"no estás en la sala {room_name}")
+            raise NotInRoom("not_in_room", room=room_name)
         return room
 
     def _enter(self, session: Session, room: Room) -> None:
@@ -508,7 +399,7 @@ class Hub:
         room = self.member_room(session, room_name)
         self._check_backlog(session)
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
+            self.ids.take(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
         )
         self.stats.received_room += 1
@@ -521,10 +412,10 @@ class Hub:
         """Send *text* to the online user *to*, and a copy to the sender."""
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
-            raise NoSuchUser(f"{to} no está conectado")
+            raise NoSuchUser("not_online", name=to)
         self._check_backlog(session)
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
+            self.ids.take(), self.clock.seconds(), session.name, text, recipient=target.name,
             reply_to=reply_to,
             to_session=target, from_session=session,
         )
@@ -537,7 +428,7 @@ class Hub:
         if to is not None:
             target = self.find(to)
             if target is None:
-                raise NoSuchUser(f"{to} no está conectado")
+                raise NoSuchUser("not_online", name=to)
             if target is not session:
                 self.stats.delivered_typing += 1
                 target.participant.receive_typing(Typing(session.name, None))
@@ -563,7 +454,7 @@ class Hub:
         by_room: dict[str, list[ChatMessage]] = {}
         for message in messages:
             # Private messages are not history, but their ids are taken.
-            self._next_id = max(self._next_id, message.id + 1)
+            self.ids.seen(message.id)
             if message.room is not None:
                 by_room.setdefault(message.room, []).append(message)
         for room_name, found in by_room.items():
@@ -587,7 +478,7 @@ class Hub:
         merged = {m.id: m for m in room.history}
         for message in messages:
             merged.setdefault(message.id, message)
-            self._next_id = max(self._next_id, message.id + 1)
+            self.ids.seen(message.id)
         window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
         self.windows.evict(room)
         room.partial = False
@@ -603,12 +494,7 @@ class Hub:
     def _check_backlog(self, session: Session) -> None:
         store = self.store
         if store is not None and store.congested() and not session.trusted:
-            raise Congested("el servidor va con retraso guardando mensajes; reenvía en unos segundos")
-
-    def _take_id(self) -> int:
-        message_id = self._next_id
-        self._next_id += 1
-        return message_id
+            raise Congested("store_behind")
 
     def _commit(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         if self.store is None:
@@ -683,7 +569,7 @@ class Hub:
         :class:`MessageDeleted`) otherwise, before anything is relayed.
         """
         if original is None or not self.can_see(session, original, since):
-            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+            raise NoSuchMessage("not_visible")
         if to is not None:
             same = original.room is None and {
                 name_key(original.sender),
@@ -693,9 +579,9 @@ class Hub:
             room = self.member_room(session, room_name)
             same = original.room is not None and name_key(original.room) == name_key(room.name)
         if not same:
-            raise NoSuchMessage("ese mensaje no es de esta conversación")
+            raise NoSuchMessage("other_conversation")
         if original.deleted is not None:
-            raise MessageDeleted("ese mensaje se ha borrado")
+            raise MessageDeleted("quoted_deleted")
         return {"id": original.id, "from": original.sender, "msg": quote(original.text)}
 
     def correct(
@@ -705,16 +591,14 @@ class Hub:
         behalf of its author *session*; everyone who can read it is told
         once storage has recorded it (the original text stays stored)."""
         if original is None or not self.can_see(session, original, since):
-            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+            raise NoSuchMessage("not_visible")
         if original.deleted is not None:
-            raise MessageDeleted("ese mensaje ya se ha borrado")
+            raise MessageDeleted("already_deleted")
         if name_key(original.sender) != session.key or original.ts < since:
-            raise NotYourMessage("solo su autor puede editar o borrar un mensaje")
+            raise NotYourMessage("not_author")
         now = self.clock.seconds()
         if now - original.ts > EDIT_WINDOW:
-            raise EditTooLate(
-                f"solo se puede editar o borrar un mensaje durante {EDIT_WINDOW / 3600:g} horas"
-            )
+            raise EditTooLate("edit_window", hours=EDIT_WINDOW / 3600)
         correction = Correction(
             original.id, now, original.sender, text, room=original.room, recipient=original.recipient
         )
@@ -764,18 +648,3 @@ def quote(text: str, length: int = QUOTE_LENGTH) -> str:
     if len(line) > length or "\n" in text.strip():
         return line[:length].rstrip() + "…"
     return line
-
-
-def corrected(message: ChatMessage, correction: Correction) -> ChatMessage:
-    """*message* as it reads after *correction* (a new object: encodings of
-    the old one may still be queued)."""
-    copy = ChatMessage(
-        message.id, message.ts, message.sender, correction.text or "", room=message.room,
-        recipient=message.recipient, reply_to=message.reply_to, edit_of=message.edit_of,
-        edited=message.edited, deleted=message.deleted,
-    )
-    if correction.text is None:
-        copy.deleted = correction.ts
-    else:
-        copy.edited = correction.ts
-    return copy

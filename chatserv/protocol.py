@@ -38,20 +38,10 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import conversation, wire
-from .accounts import AuthFailed, Identity
-from .hub import (
-    GENERAL,
-    ROOMS_PAGE,
-    ChatError,
-    ChatMessage,
-    Correction,
-    Hub,
-    InvalidName,
-    NameTaken,
-    PresenceChange,
-    Session,
-    Typing,
-)
+from .accounts import Identity
+from .errors import AuthFailed, ChatError, InvalidName, NameTaken
+from .events import ChatMessage, Correction, PresenceChange, Typing
+from .hub import GENERAL, ROOMS_PAGE, Hub, Session
 from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
@@ -544,9 +534,9 @@ class ChatProtocol(LineReceiver):
                 raise BadRequest("primero inicia sesión con 'login'", "not_logged_in")
             handler(self, frame)
         except BadRequest as e:
-            self.error(e.code, str(e), ref)
+            self.error(e.code, wire.error_text(e), ref)
         except ChatError as e:
-            self.error(e.code, str(e), ref)
+            self.error(e.code, wire.error_text(e), ref)
 
     def _hold(self, d: Deferred[Any], then: Callable[[Any], None], ref: str | None) -> None:
         """Read no further input until *d* fires, then call *then* with its result.
@@ -571,13 +561,13 @@ class ChatProtocol(LineReceiver):
             try:
                 then(result)
             except (BadRequest, ChatError) as e:
-                self.error(e.code, str(e), ref)
+                self.error(e.code, wire.error_text(e), ref)
 
         def failed(failure: Any) -> None:
             if self._closing:
                 return
             if failure.check(ChatError, BadRequest):
-                self.error(failure.value.code, str(failure.value), ref)
+                self.error(failure.value.code, wire.error_text(failure.value), ref)
             else:
                 log.failure("{ref} failed for {peer}", failure, ref=ref, peer=self._peer)
                 self.error("server_error", "el servidor no ha podido atender la petición", ref)
@@ -834,7 +824,7 @@ class ChatProtocol(LineReceiver):
             else:
                 self._plain_text(text)
         except ChatError as e:
-            self.error(e.code, str(e))
+            self.error(e.code, wire.error_text(e))
 
     def _plain_login(self, text: str) -> None:
         accounts = self.factory.accounts

@@ -54,7 +54,7 @@ def test_windows_of_many_rooms_stay_within_the_budget():
     # 300 messages of 60 KB were posted to 100 rooms in turn: the windows of
     # the rooms written last hold the newest, the others were evicted.
     last = hub.room("sala9x9")
-    assert last is not None and [m.id for m in last.history] == [hub._next_id - 1]
+    assert last is not None and [m.id for m in last.history] == [hub.ids.upcoming - 1]
     assert 10 <= sum(bool(room.history) for room in hub.rooms.values()) <= 17
     assert [m.text for m in hub.recent(GENERAL)] == ["hola"]
     assert consistent(hub)

@@ -9,20 +9,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
-from chatserv.hub import (
-    GENERAL,
-    MAX_ROOMS_PER_SESSION,
-    ChatError,
-    ChatMessage,
-    Hub,
-    InvalidName,
-    NameTaken,
-    NoSuchUser,
-    NotInRoom,
-    PresenceChange,
-    Typing,
-    presence_window,
-)
+from chatserv.errors import ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
+from chatserv.events import ChatMessage, PresenceChange, Typing
+from chatserv.hub import GENERAL, MAX_ROOMS_PER_SESSION, Hub, presence_window
 
 
 class Recorder:
@@ -705,7 +694,8 @@ def test_message_stamps_match_datetime_formatting():
 
 
 def test_corrections_are_for_their_author_within_the_window(hub, clock):
-    from chatserv.hub import EDIT_WINDOW, EditTooLate, MessageDeleted, NoSuchMessage, NotYourMessage
+    from chatserv.errors import EditTooLate, MessageDeleted, NoSuchMessage, NotYourMessage
+    from chatserv.hub import EDIT_WINDOW
 
     (ana, ana_r), (luis, luis_r) = online(hub, clock, "Ana", "Luis")
     message = hub.broadcast(ana, "hola")

@@ -52,21 +52,13 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
 
 from .. import conversation
-from ..hub import (
-    GENERAL,
-    ChatError,
-    ChatMessage,
-    Correction,
-    Hub,
-    NameTaken,
-    PresenceChange,
-    Session,
-    Typing,
-)
+from ..errors import ChatError, NameTaken
+from ..events import ChatMessage, Correction, PresenceChange, Typing
+from ..hub import GENERAL, Hub, Session
 from ..logs import Logger
 from ..names import name_key
 from ..storage import Storage
-from ..wire import join_text, leave_text
+from ..wire import error_text, join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
 from .config import BridgeConfig
 from .format import display_name, edit_text, excerpt, message_body, render_line, reply_text, utf16_len
@@ -295,7 +287,7 @@ class TelegramBridge(Service):
         # missed, even while Telegram is still being reached.
         self.session = self._login(_Listener(self), BRIDGE_USER, [g.room for g in self.groups.values()])
         # The id the hub gives its next message, read before anything is said.
-        self._first_id = getattr(self.hub, "_next_id", None)
+        self._first_id = self.hub.ids.upcoming
         self._starting = ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
         for group in self.groups.values():
@@ -681,7 +673,8 @@ class TelegramBridge(Service):
             try:
                 self.hub.correct(session, original, body)
             except ChatError as e:
-                log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=str(e))
+                why = error_text(e)
+                log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=why)
                 fallback()
 
         def failed(failure: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
-from ..hub import ChatMessage, Correction
+from ..events import ChatMessage, Correction
 from .engine import Account, Engine, RoomInfo, conversation_key, is_postgres, open_engine, redact
 from .schema import LATEST, MIGRATIONS, SchemaTooNew, StorageError
 from .store import StorageClosed, StorageService, ThreadedStore, open_store

@@ -42,7 +42,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from ..hub import ChatMessage, Correction
+from ..events import ChatMessage, Correction
 from ..logs import Logger
 from ..names import name_key
 from ..stats import Histogram

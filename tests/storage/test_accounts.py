@@ -16,11 +16,10 @@ from chatserv.accounts import (
     REGISTER_RATE,
     WRONG,
     Accounts,
-    AuthFailed,
-    RateLimited,
     Throttle,
 )
-from chatserv.hashing import HashQueue, ServerBusy
+from chatserv.errors import AuthFailed, RateLimited, ServerBusy
+from chatserv.hashing import HashQueue
 from chatserv.storage import open_store
 from tests.support import sleep
 
