@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from .cluster import Cluster
 from .errors import (
     ChatError,
     Congested,
@@ -32,7 +33,8 @@ from .errors import (
     NotYourMessage,
     TooFast,
 )
-from .events import ChatMessage, Correction, MessageIds, PresenceChange, Typing, corrected
+from .events import ChatMessage, Correction, PresenceChange, Typing, corrected
+from .local import LocalCluster, MemoryLog
 from .logs import Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
@@ -91,6 +93,10 @@ class MessageLog(Protocol):
     def congested(self) -> bool:
         """True while the messages waiting to be committed hold more than the
         store's bound: clients' new messages are refused until it catches up."""
+
+    #: Whether history is kept beyond the hub's windows, so that an evicted
+    #: window can be read back (False for the in-memory log).
+    keeps_history: bool
 
 
 class Session:
@@ -170,10 +176,15 @@ class Hub:
         room_rate: float = ROOM_CREATE_RATE,
         room_burst: int = ROOM_CREATE_BURST,
         history_memory: int = HISTORY_MEMORY,
+        cluster: Cluster | None = None,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
-        self.store = store
+        #: Where messages are committed before they are relayed; without a
+        #: database, a log that commits with the same timing (chatserv.local).
+        self.store: MessageLog = store if store is not None else MemoryLog(clock)
+        #: Ids, names, membership and delivery as shared with other nodes.
+        self.cluster: Cluster = cluster if cluster is not None else LocalCluster(first_id)
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
         #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
@@ -184,12 +195,16 @@ class Hub:
         self.room_burst = room_burst
         #: Keys that client names may not end with (see reserve_suffix).
         self._reserved: list[str] = []
-        #: Message ids; :attr:`MessageIds.upcoming` is the next one.
-        self.ids = MessageIds(first_id)
+        #: Message ids, owned by the cluster; ``ids.upcoming`` is the next one.
+        self.ids = self.cluster.ids
         #: The memory bound on all rooms' history windows together.
-        self.windows = Windows(history_memory, reloadable=store is not None)
+        self.windows = Windows(history_memory, reloadable=self.store.keeps_history)
         #: Counts for the metrics (chatserv.metrics); plain integers.
         self.stats = HubStats()
+        self.cluster.attach(self)
+        # Taken once: the per-message path pays no look-up for the seam.
+        self._publish_room = self.cluster.publish_room
+        self._publish_private = self.cluster.publish_private
 
     # -- sessions ---------------------------------------------------------
 
@@ -211,7 +226,7 @@ class Hub:
             if any(name_key(name).endswith(suffix) for suffix in self._reserved):
                 raise InvalidName("reserved_name", name=name)
         key = name_key(name)
-        if key in self.sessions:
+        if key in self.sessions or not self.cluster.claim_name(key):
             raise NameTaken("name_taken", name=name)
         session = Session(name, key, participant, trusted)
         self.sessions[key] = session
@@ -236,6 +251,7 @@ class Hub:
         self.stats.logouts += 1
         for room_name in list(session.rooms):
             self._exit(session, self.rooms[name_key(room_name)])
+        self.cluster.release_name(session.key)
         log.debug("logout {name}", name=session.name)
 
     def find(self, name: str) -> Session | None:
@@ -325,12 +341,12 @@ class Hub:
     def _enter(self, session: Session, room: Room) -> None:
         room.members[session.key] = session
         session.rooms.add(room.name)
-        self._note_presence(room, joined=session.name)
+        self.cluster.membership(room.name, joined=session.name)
 
     def _exit(self, session: Session, room: Room) -> None:
         room.members.pop(session.key, None)
         session.rooms.discard(room.name)
-        self._note_presence(room, left=session.name)
+        self.cluster.membership(room.name, left=session.name)
         if not room.members and room.name != GENERAL and not room.joined:
             self._drop_room(room)
 
@@ -347,6 +363,14 @@ class Hub:
             del self._room_order[i]
 
     # -- presence ---------------------------------------------------------
+
+    def note_presence(self, room_name: str, joined: str | None = None, left: str | None = None) -> None:
+        """*joined* entered, or *left* left, the room *room_name*: its members
+        here hear of it at the end of its presence window (the entry point
+        for membership changes, from this node or another)."""
+        room = self.rooms.get(name_key(room_name))
+        if room is not None:
+            self._note_presence(room, joined, left)
 
     def _note_presence(self, room: Room, joined: str | None = None, left: str | None = None) -> None:
         # A leave and a later join of the same name in one window are both
@@ -403,7 +427,7 @@ class Hub:
             reply_to=reply_to, edit_of=edit_of,
         )
         self.stats.received_room += 1
-        self._commit(message, self._deliver_to_room)
+        self.store.append_then(message, self._publish_room)
         return message
 
     def private(
@@ -420,7 +444,7 @@ class Hub:
             to_session=target, from_session=session,
         )
         self.stats.received_private += 1
-        self._commit(message, self._deliver_private)
+        self.store.append_then(message, self._publish_private)
         return message
 
     def typing(self, session: Session, to: str | None = None, room_name: str | None = None) -> None:
@@ -430,15 +454,28 @@ class Hub:
             if target is None:
                 raise NoSuchUser("not_online", name=to)
             if target is not session:
-                self.stats.delivered_typing += 1
-                target.participant.receive_typing(Typing(session.name, None))
+                self.cluster.publish_typing(Typing(session.name, None), target.key)
             return
         room = self.member_room(session, room_name)
-        event = Typing(session.name, room.name)
-        self.stats.delivered_typing += len(room.members) - 1
+        self.cluster.publish_typing(Typing(session.name, room.name), name_key(room.name))
+
+    def deliver_typing(self, typing: Typing, key: str) -> None:
+        """Hand *typing* to this node's members of the room whose key is
+        *key*, its typist aside, or (``typing.room`` None) to the session
+        whose name key is *key*."""
+        if typing.room is None:
+            target = self.sessions.get(key)
+            if target is not None:
+                self.stats.delivered_typing += 1
+                target.participant.receive_typing(typing)
+            return
+        room = self.rooms.get(key)
+        if room is None:
+            return
         for member in list(room.members.values()):
-            if member is not session:
-                member.participant.receive_typing(event)
+            if member.name != typing.user:
+                self.stats.delivered_typing += 1
+                member.participant.receive_typing(typing)
 
     def users(self, room_name: str | None = None) -> tuple[str, ...]:
         room = self.rooms.get(name_key(room_name or GENERAL))
@@ -492,17 +529,13 @@ class Hub:
         return self.windows.frame(room, key, encode)
 
     def _check_backlog(self, session: Session) -> None:
-        store = self.store
-        if store is not None and store.congested() and not session.trusted:
+        if self.store.congested() and not session.trusted:
             raise Congested("store_behind")
 
-    def _commit(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
-        if self.store is None:
-            deliver(message)
-        else:
-            self.store.append_then(message, deliver)
-
-    def _deliver_to_room(self, message: ChatMessage) -> None:
+    def deliver_to_room(self, message: ChatMessage) -> None:
+        """Hand a committed room message to this node's members of its room,
+        and keep it in the room's history window: the end of every room
+        message's path, whichever node it was sent on."""
         assert message.room is not None
         room = self.rooms.get(name_key(message.room))
         if room is None:
@@ -519,7 +552,8 @@ class Hub:
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()
 
-    def _deliver_private(self, message: ChatMessage) -> None:
+    def deliver_private(self, message: ChatMessage) -> None:
+        """Hand a committed private message to its two ends."""
         # The sessions bound when the message was accepted, not whoever holds
         # the names after the commit: a guest name may have changed hands
         # meanwhile, and the next holder must never read the message (nor its
@@ -602,10 +636,7 @@ class Hub:
         correction = Correction(
             original.id, now, original.sender, text, room=original.room, recipient=original.recipient
         )
-        if self.store is None:
-            self._deliver_correction(correction)
-        else:
-            self.store.correct_then(correction, self._deliver_correction)
+        self.store.correct_then(correction, self.cluster.publish_correction)
         return correction
 
     def window_message(self, message_id: int, room_name: str | None) -> ChatMessage | None:
@@ -618,7 +649,9 @@ class Hub:
                 return message
         return None
 
-    def _deliver_correction(self, correction: Correction) -> None:
+    def deliver_correction(self, correction: Correction) -> None:
+        """Tell this node's sessions that can read it of a recorded correction,
+        and correct the history window."""
         if correction.room is not None:
             room = self.rooms.get(name_key(correction.room))
             if room is None:

@@ -203,6 +203,9 @@ class ThreadedStore:
     """The server's storage: implements :class:`chatserv.hub.MessageLog` and
     the history and account queries, without ever blocking the reactor."""
 
+    #: History outlives the hub's windows: an evicted window is read back.
+    keeps_history = True
+
     def __init__(self, reactor: Any, writer: Engine, reader: Engine | None = None) -> None:
         self.reactor = reactor
         self.writer = writer
