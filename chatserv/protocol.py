@@ -38,7 +38,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import conversation, wire
-from .accounts import Identity
+from .accounts import Accounts, Identity
 from .errors import AuthFailed, ChatError, InvalidName, NameTaken
 from .events import ChatMessage, Correction, PresenceChange, Typing
 from .hub import GENERAL, ROOMS_PAGE, Hub, Session
@@ -46,7 +46,7 @@ from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
 from .stats import ConnectionStats
-from .storage import paging
+from .storage import MessageStore, paging
 
 log = Logger()
 
@@ -637,13 +637,13 @@ class ChatProtocol(LineReceiver):
         holder = self.factory.hub.find(user)
         if holder is not None and holder.participant is not self:
             # Online names are not up for grabs; a guest may register its own.
-            raise NameTaken(f"el nombre {holder.name} ya está en uso")
+            raise NameTaken("name_taken", name=holder.name)
         d = accounts.register(user, password, _host(self.transport.getPeer()))
         self._hold(d, lambda name: self.send(wire.frame({"cmd": "registered", "user": name})), "register")
 
     def _cmd_history(self, frame: dict[str, Any]) -> None:
         assert self.session is not None
-        d = paging.history(self.factory.hub, self.factory.store, self.session, frame, self.history_since)
+        d = paging.history(self.factory.hub, self.factory.history, self.session, frame, self.history_since)
         self._hold(d, self.send, "history")
 
     def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
@@ -687,7 +687,7 @@ class ChatProtocol(LineReceiver):
             else:
                 hub.private(session, to, text, reply_to=quote)
 
-        self._hold(conversation.find(hub, self.factory.store, wanted, rooms), post, ref)
+        self._hold(conversation.find(hub, self.factory.history, wanted, rooms), post, ref)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")
@@ -704,7 +704,7 @@ class ChatProtocol(LineReceiver):
     def _correct(self, wanted: int, text: str | None, ref: str) -> None:
         assert self.session is not None
         session, hub = self.session, self.factory.hub
-        found = conversation.find(hub, self.factory.store, wanted, sorted(session.rooms))
+        found = conversation.find(hub, self.factory.history, wanted, sorted(session.rooms))
 
         def correct(original: ChatMessage | None) -> None:
             hub.correct(session, original, text, self.history_since)
@@ -725,7 +725,7 @@ class ChatProtocol(LineReceiver):
         )
 
     def _cmd_join(self, frame: dict[str, Any]) -> None:
-        hub, store = self.factory.hub, self.factory.store
+        hub, store = self.factory.hub, self.factory.history
         room_name = frame.get("room")
         if isinstance(room_name, str) and paging.needs_loading(hub, store, room_name):
             # Not in memory, but storage may hold its history: read the
@@ -847,9 +847,9 @@ class ChatProtocol(LineReceiver):
                 return
             holder = self.factory.hub.find(user)
             if holder is not None:
-                raise NameTaken(f"el nombre {holder.name} ya está en uso")
-            d = accounts.register(user, password, host)
-            self._hold(d, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
+                raise NameTaken("name_taken", name=holder.name)
+            made = accounts.register(user, password, host)
+            self._hold(made, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
             return
         name, colon, rest = text.partition(":")
         first = rest if colon else ""
@@ -1067,15 +1067,22 @@ class ChatFactory(Factory):
 
     protocol = ChatProtocol  # type: ignore[assignment]
     noisy = False
-    #: Set by the server when it runs on a database (chatserv.storage): the
-    #: store for history pages, and the accounts for register and passwords.
-    store: Any = None
-    accounts: Any = None
-
-    def __init__(self, hub: Hub, clock: IReactorTime, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        *,
+        accounts: Accounts | None = None,
+        history: MessageStore | None = None,
+    ) -> None:
         self.hub = hub
         self.clock = clock
         self.limits = limits or Limits()
+        #: With a database (chatserv.storage): the accounts for register and
+        #: passwords, and the stored messages for history pages and look-ups.
+        self.accounts = accounts
+        self.history = history
         self.flusher = OutputFlusher(clock)
         self.connections: set[ChatProtocol] = set()
         #: open connections per client address (see _host)

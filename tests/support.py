@@ -15,7 +15,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from chatserv.protocol import Limits
-from chatserv.service import ChatServer, ServerConfig
+from chatserv.service import ChatServer, ServerConfig, build_server
 
 
 async def start_server(**limits: Any) -> ChatServer:
@@ -27,7 +27,7 @@ async def start_server(**limits: Any) -> ChatServer:
     )
     from twisted.internet import reactor
 
-    server = ChatServer(config, reactor)
+    server = build_server(config, reactor)
     server.startService()
     await server.listening
     return server

@@ -576,7 +576,7 @@ async def test_tls_listener_next_to_tcp(tls_files):
     from twisted.internet.ssl import Certificate, optionsForClientTLS
 
     from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
+    from chatserv.service import ServerConfig, build_server
 
     key, cert = tls_files
     config = ServerConfig(
@@ -586,7 +586,7 @@ async def test_tls_listener_next_to_tcp(tls_files):
         ],
         limits=Limits(rate_limit=0),
     )
-    srv = ChatServer(config, reactor)
+    srv = build_server(config, reactor)
     srv.startService()
     ports = await srv.listening
     tls_port, tcp_port = (p.getHost().port for p in ports)

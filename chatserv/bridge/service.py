@@ -57,7 +57,7 @@ from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, Hub, Session
 from ..logs import Logger
 from ..names import name_key
-from ..storage import Storage
+from ..storage import MessageStore
 from ..wire import error_text, join_text, leave_text
 from .aio import as_deferred, require_asyncio_reactor
 from .config import BridgeConfig
@@ -222,7 +222,9 @@ class TelegramBridge(Service):
 
     name = "telegram-bridge"  # type: ignore[assignment]
 
-    def __init__(self, config: BridgeConfig, hub: Hub, reactor: Any, store: Any = None) -> None:
+    def __init__(
+        self, config: BridgeConfig, hub: Hub, reactor: Any, store: MessageStore | None = None
+    ) -> None:
         self.config = config
         self.hub = hub
         self.reactor = reactor
@@ -238,7 +240,7 @@ class TelegramBridge(Service):
         self._rooms = {g.room_key: g for g in self.groups.values()}
         self._turn = 0
         #: The server's store (for the originals of Telegram edits), if any.
-        self.store = store if isinstance(store, Storage) else None
+        self.store = store
         # No client may take a name that looks like one of ours.
         hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]

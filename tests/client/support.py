@@ -9,7 +9,7 @@ from typing import Any
 
 from chatserv.client.model import ModelObserver
 from chatserv.protocol import Limits
-from chatserv.service import ChatServer, ServerConfig
+from chatserv.service import ChatServer, ServerConfig, build_server
 
 
 def fast_retry(attempt: int) -> float:
@@ -31,7 +31,7 @@ class RestartableServer:
         config = ServerConfig(
             listen=[f"tcp:{self.port}:interface=127.0.0.1"], limits=Limits(rate_limit=0)
         )
-        self.server = ChatServer(config, reactor)
+        self.server = build_server(config, reactor)
         self.server.startService()
         ports = await self.server.listening
         self.port = ports[0].getHost().port

@@ -447,11 +447,11 @@ async def test_connect_form_reaches_a_self_signed_tls_server_with_a_ca_file(tk_r
     from twisted.internet import reactor
 
     from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
+    from chatserv.service import ServerConfig, build_server
     from tests.support import make_certificate
 
     key_pem, cert_pem = make_certificate(tmp_path)
-    server = ChatServer(
+    server = build_server(
         ServerConfig(
             listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
             limits=Limits(rate_limit=0),

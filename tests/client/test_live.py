@@ -175,10 +175,10 @@ async def test_tls_with_a_throwaway_certificate(tmp_path):
     from twisted.internet import reactor
 
     from chatserv.protocol import Limits
-    from chatserv.service import ChatServer, ServerConfig
+    from chatserv.service import ServerConfig, build_server
 
     key_pem, cert_pem = make_certificate(tmp_path)
-    server = ChatServer(
+    server = build_server(
         ServerConfig(
             listen=[f"ssl:0:interface=127.0.0.1:privateKey={key_pem}:certKey={cert_pem}"],
             limits=Limits(rate_limit=0),

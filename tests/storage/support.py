@@ -48,7 +48,7 @@ class DurableServer:
     @property
     def store(self) -> Any:
         assert self.server is not None
-        return self.server.factory.store
+        return self.server.factory.history
 
     @property
     def port(self) -> int:
