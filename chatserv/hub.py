@@ -8,6 +8,21 @@ gets the very same object, so a transport can encode it once (into
 
 Time comes from the injected clock, never from the wall, so tests drive the hub
 with a fake clock.
+
+One room message's path (the hot path)::
+
+    ChatProtocol._cmd_broadcast            (protocol: frame -> hub call)
+      Hub.broadcast                        checks, ChatMessage(ids.take(), ...)
+        MessageLog.append_then             (storage.store group commit, or
+                                            local.MemoryLog: end of the turn)
+          Cluster.publish_room             (local: Hub.deliver_to_room itself)
+            Hub.deliver_to_room            presence first, window, fan-out
+              Participant.receive_message  (protocol: wire.broadcast_frame,
+                                            encoded once, queued per connection)
+
+Everything that another node would share (ids, names, membership, delivery)
+goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
+``note_presence`` methods are where events from elsewhere come in.
 """
 
 from __future__ import annotations

@@ -837,3 +837,31 @@ def test_events_from_elsewhere_arrive_through_the_public_entry_points(clock):
     here.logout(luis)
     there.flush_all_presence()
     assert [c.left for c in re.take("presence")] == [("Luis",)]
+
+
+def test_refusals_are_codes_that_wire_renders(hub, clock):
+    """The hub raises a code and its arguments, no sentence; the text
+    clients read comes from chatserv.wire."""
+    from chatserv.wire import ERROR_TEXTS, error_text
+
+    ((ana, _),) = online(hub, clock, "Ana")
+    with pytest.raises(NoSuchUser) as info:
+        hub.private(ana, "Nadie", "hola")
+    assert (info.value.code, info.value.reason, info.value.params) == (
+        "no_such_user", "not_online", {"name": "Nadie"}
+    )
+    assert error_text(info.value) == "Nadie no está conectado"
+    with pytest.raises(NotInRoom) as info:
+        hub.broadcast(ana, "hola", "cine")
+    assert error_text(info.value) == "no estás en la sala cine"
+    with pytest.raises(NameTaken) as info:
+        hub.login(Recorder(), "ANA")
+    assert error_text(info.value) == "el nombre ANA ya está en uso"
+    # Every reason the hub can raise has its text.
+    import inspect
+    import re
+
+    import chatserv.hub
+
+    raised = set(re.findall(r'raise \w+\("(\w+)"', inspect.getsource(chatserv.hub)))
+    assert raised and raised <= set(ERROR_TEXTS)
