@@ -222,7 +222,7 @@ async def run_server(args: argparse.Namespace) -> dict[str, object]:
 
 
 def run_engine(args: argparse.Namespace) -> dict[str, object]:
-    from chatserv.hub import ChatMessage
+    from chatserv.events import ChatMessage
     from chatserv.storage import open_engine
 
     workdir = Path(tempfile.mkdtemp(prefix="storage-bench-"))

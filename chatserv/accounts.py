@@ -28,18 +28,19 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
 
-from .hashing import BUSY, HASH_THREADS, HIGH, LOW, HashQueue, ServerBusy
-from .hub import ChatError, InvalidName, NameTaken
+from .errors import AuthFailed, ChatError, InvalidName, NameTaken, RateLimited, ServerBusy
+from .hashing import BUSY, HIGH, LOW, HashQueue
 from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import Allowance
+
+if TYPE_CHECKING:
+    from .storage import AccountStore
 
 log = Logger()
 
@@ -61,14 +62,6 @@ REGISTER_BURST = 30
 REGISTER_RATE = 1.0
 
 WRONG = "usuario o contraseña incorrectos"
-
-
-class AuthFailed(ChatError):
-    code = "auth_failed"
-
-
-class RateLimited(ChatError):
-    code = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,41 +177,24 @@ class Recent:
         return seen is not None and self._now() - seen < self.forget
 
 
-_pool: ThreadPool | None = None
-
-
-def _hash_pool(reactor: Any) -> ThreadPool:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPool(0, HASH_THREADS, name="chatserv-argon2")
-        _pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", _stop_hash_pool)
-    return _pool
-
-
-def _stop_hash_pool() -> None:
-    global _pool
-    if _pool is not None:
-        _pool.stop()
-        _pool = None
-
-
 class Accounts:
-    """Account operations for the protocol, on a :class:`chatserv.storage.Storage`."""
+    """Account operations for the protocol, on a :class:`chatserv.storage.AccountStore`.
+
+    Every hash goes through *hashes*, the queue of the application's
+    :class:`chatserv.hashing.HashPool`.
+    """
 
     def __init__(
         self,
-        store: Any,
-        reactor: Any,
+        store: AccountStore,
+        clock: IReactorTime,
+        hashes: HashQueue,
         *,
-        clock: IReactorTime | None = None,
         require_accounts: bool = False,
         hasher: Any = None,
-        hashes: HashQueue | None = None,
     ) -> None:
         self.store = store
-        self.reactor = reactor
-        self.clock = clock if clock is not None else reactor
+        self.clock = clock
         self.require_accounts = require_accounts
         if hasher is None:
             try:
@@ -240,7 +216,7 @@ class Accounts:
         self.known = Recent(now, KNOWN_FOR)
         self.registrations = Allowance(1.0 / REGISTER_EVERY, REGISTER_BURST_PER_ADDRESS, now)
         self.all_registrations = Allowance(REGISTER_RATE, REGISTER_BURST, now, max_keys=1)
-        self.hashes = hashes if hashes is not None else HashQueue(self._in_pool)
+        self.hashes = hashes
         self._dummy: str | None = None
         #: Guessers and registration floods write a bounded log (chatserv.logs).
         self.log_budget = LogBudget(self.clock, log)
@@ -255,7 +231,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            return fail(InvalidName(str(e)))
+            return fail(InvalidName("name_rules", detail=str(e)))
 
         def decide(registered: bool) -> Identity:
             if registered:
@@ -278,7 +254,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
         key = name_key(name)
         pair = f"{key} {address}"  # names hold no white space
         wait = self._wait(key, address, pair)
@@ -337,7 +313,7 @@ class Accounts:
         try:
             check_name(name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
         if len(password) < MIN_PASSWORD:
             raise ChatError(f"la contraseña debe tener al menos {MIN_PASSWORD} caracteres")
         if len(password) > MAX_PASSWORD:
@@ -373,9 +349,6 @@ class Accounts:
             address=address,
         )
         return name
-
-    def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, _hash_pool(self.reactor), fn, *args)
 
     def _verify(self, stored: str | None, password: str) -> tuple[bool, bool]:
         """(password matches, hash needs upgrading); runs in the hash pool."""

@@ -15,7 +15,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from .hub import ChatError, ChatMessage, Hub
+from .errors import ChatError
+from .events import ChatMessage
+from .hub import Hub
 
 
 def message_id(frame: dict[str, Any], field: str) -> int | None:

@@ -22,10 +22,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
-from .hub import ChatError
+from .errors import ServerBusy
 
 #: Argon2 hashes running at once, server-wide (each takes 64 MiB).
 HASH_THREADS = 2
@@ -40,11 +43,8 @@ HIGH = 0
 LOW = 1
 
 
-class ServerBusy(ChatError):
-    code = "server_busy"
-
-
-BUSY = "el servidor está ocupado comprobando contraseñas; vuelve a intentarlo en unos segundos"
+#: The reason of the refusal (rendered by chatserv.wire).
+BUSY = "hashing_busy"
 
 
 class _Job:
@@ -155,3 +155,32 @@ class HashQueue:
             else:
                 job.result.callback(result)
         self._pump()
+
+
+class HashPool(Service):
+    """The hashing threads, as a service: a pool of their own (the reactor's
+    shared pool also serves DNS look-ups), and the :class:`HashQueue` in
+    front of it. Threads start at the first hash; the pool stops, waiting
+    for a hash in progress, when the service (the application) stops.
+    """
+
+    name = "hash-pool"  # type: ignore[assignment]
+
+    def __init__(self, reactor: Any, threads: int = HASH_THREADS) -> None:
+        self.reactor = reactor
+        self.pool = ThreadPool(0, threads, name="chatserv-argon2")
+        self.queue = HashQueue(self.run, threads=threads)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Fire with ``fn(*args)`` as run in one of the pool's threads."""
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def startService(self) -> None:
+        super().startService()
+        # Not earlier: twistd builds services before it daemonizes, and
+        # threads do not survive the fork.
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()

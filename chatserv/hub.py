@@ -8,6 +8,21 @@ gets the very same object, so a transport can encode it once (into
 
 Time comes from the injected clock, never from the wall, so tests drive the hub
 with a fake clock.
+
+One room message's path (the hot path)::
+
+    ChatProtocol._cmd_broadcast            (protocol: frame -> hub call)
+      Hub.broadcast                        checks, ChatMessage(ids.take(), ...)
+        MessageLog.append_then             (storage.store group commit, or
+                                            local.MemoryLog: end of the turn)
+          Cluster.publish_room             (local: Hub.deliver_to_room itself)
+            Hub.deliver_to_room            presence first, window, fan-out
+              Participant.receive_message  (protocol: wire.broadcast_frame,
+                                            encoded once, queued per connection)
+
+Everything that another node would share (ids, names, membership, delivery)
+goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
+``note_presence`` methods are where events from elsewhere come in.
 """
 
 from __future__ import annotations
@@ -15,11 +30,26 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from .cluster import Cluster
+from .errors import (
+    ChatError,
+    Congested,
+    EditTooLate,
+    InvalidName,
+    MessageDeleted,
+    NameTaken,
+    NoSuchMessage,
+    NoSuchUser,
+    NotInRoom,
+    NotYourMessage,
+    TooFast,
+)
+from .events import ChatMessage, Correction, PresenceChange, Typing, corrected
+from .local import LocalCluster, MemoryLog
 from .logs import Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import TokenBucket
@@ -38,129 +68,6 @@ ROOM_CREATE_BURST = 10
 ROOMS_PAGE = 100
 
 log = Logger()
-
-
-class ChatError(Exception):
-    """A request the hub refuses; ``code`` is the protocol's error code."""
-
-    code = "bad_request"
-
-
-class NameTaken(ChatError):
-    code = "name_taken"
-
-
-class NoSuchUser(ChatError):
-    code = "no_such_user"
-
-
-class NotInRoom(ChatError):
-    code = "not_in_room"
-
-
-class InvalidName(ChatError):
-    code = "bad_name"
-
-
-class NoSuchMessage(ChatError):
-    """The id names no message the session can see: unknown, in a room it is
-    not in or not the one it writes to, or someone else's private
-    conversation. One code for all, so that nothing is learnt by probing."""
-
-    code = "no_such_message"
-
-
-class NotYourMessage(ChatError):
-    code = "not_your_message"
-
-
-class MessageDeleted(ChatError):
-    code = "message_deleted"
-
-
-class EditTooLate(ChatError):
-    code = "edit_too_late"
-
-
-class TooFast(ChatError):
-    code = "rate_limited"
-
-
-class Congested(ChatError):
-    """The store is behind: accepting more would hold unbounded memory."""
-
-    code = "server_busy"
-
-
-@dataclass(slots=True, eq=False)
-class ChatMessage:
-    """A message posted to a room (``room`` set) or to one user (``recipient`` set)."""
-
-    id: int
-    ts: float
-    sender: str
-    text: str
-    room: str | None = None
-    recipient: str | None = None
-    #: The message this one answers: ``{"id", "from", "msg"}`` (``id`` absent when
-    #: unknown); set by the Telegram bridge, see docs/PROTOCOL.md.
-    reply_to: dict[str, Any] | None = None
-    #: The id of the message this one corrects (a Telegram edit), when known.
-    edit_of: int | None = None
-    #: When the text was last corrected by its author (``text`` is the
-    #: corrected one; storage keeps the original), or None.
-    edited: float | None = None
-    #: When its author deleted it (``text`` is then empty), or None.
-    deleted: float | None = None
-    #: Encoded forms, filled lazily by transports, keyed by their format name.
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-    #: A private message's two ends, the sessions that held the names when it
-    #: was accepted; it is delivered to them only, never to a later session
-    #: under the same name. Cleared once delivered.
-    to_session: Session | None = field(default=None, repr=False)
-    from_session: Session | None = field(default=None, repr=False)
-
-    @property
-    def is_private(self) -> bool:
-        return self.room is None
-
-
-@dataclass(slots=True, eq=False)
-class PresenceChange:
-    """Who joined and left *room* during one presence window, and who is in it now."""
-
-    room: str
-    joined: tuple[str, ...]
-    left: tuple[str, ...]
-    members: tuple[str, ...]
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(slots=True, eq=False)
-class Typing:
-    """*user* is typing in *room*, or privately to the recipient when ``room`` is None."""
-
-    user: str
-    room: str | None
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-
-@dataclass(slots=True, eq=False)
-class Correction:
-    """The author of message ``id`` edited it (``text`` set) or deleted it
-    (``text`` None) at ``ts``; ``room``/``recipient`` say where it was posted."""
-
-    id: int
-    ts: float
-    sender: str
-    text: str | None
-    room: str | None = None
-    recipient: str | None = None
-    wire: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def deleted(self) -> bool:
-        return self.text is None
 
 
 class Participant(Protocol):
@@ -201,6 +108,10 @@ class MessageLog(Protocol):
     def congested(self) -> bool:
         """True while the messages waiting to be committed hold more than the
         store's bound: clients' new messages are refused until it catches up."""
+
+    #: Whether history is kept beyond the hub's windows, so that an evicted
+    #: window can be read back (False for the in-memory log).
+    keeps_history: bool
 
 
 class Session:
@@ -280,10 +191,15 @@ class Hub:
         room_rate: float = ROOM_CREATE_RATE,
         room_burst: int = ROOM_CREATE_BURST,
         history_memory: int = HISTORY_MEMORY,
+        cluster: Cluster | None = None,
     ) -> None:
         self.clock = clock
         self.history_size = history_size
-        self.store = store
+        #: Where messages are committed before they are relayed; without a
+        #: database, a log that commits with the same timing (chatserv.local).
+        self.store: MessageLog = store if store is not None else MemoryLog(clock)
+        #: Ids, names, membership and delivery as shared with other nodes.
+        self.cluster: Cluster = cluster if cluster is not None else LocalCluster(first_id)
         self.sessions: dict[str, Session] = {}
         self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
         #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
@@ -294,11 +210,16 @@ class Hub:
         self.room_burst = room_burst
         #: Keys that client names may not end with (see reserve_suffix).
         self._reserved: list[str] = []
-        self._next_id = first_id
+        #: Message ids, owned by the cluster; ``ids.upcoming`` is the next one.
+        self.ids = self.cluster.ids
         #: The memory bound on all rooms' history windows together.
-        self.windows = Windows(history_memory, reloadable=store is not None)
+        self.windows = Windows(history_memory, reloadable=self.store.keeps_history)
         #: Counts for the metrics (chatserv.metrics); plain integers.
         self.stats = HubStats()
+        self.cluster.attach(self)
+        # Taken once: the per-message path pays no look-up for the seam.
+        self._publish_room = self.cluster.publish_room
+        self._publish_private = self.cluster.publish_private
 
     # -- sessions ---------------------------------------------------------
 
@@ -311,17 +232,17 @@ class Hub:
         """
         if trusted:
             if not isinstance(name, str) or not name.strip() or not name.isprintable():
-                raise InvalidName("nombre vacío o con caracteres de control")
+                raise InvalidName("trusted_name")
         else:
             try:
                 name = check_name(name)
             except BadName as e:
-                raise InvalidName(str(e)) from None
+                raise InvalidName("name_rules", detail=str(e)) from None
             if any(name_key(name).endswith(suffix) for suffix in self._reserved):
-                raise InvalidName(f"el nombre {name} se parece a uno reservado para Telegram")
+                raise InvalidName("reserved_name", name=name)
         key = name_key(name)
-        if key in self.sessions:
-            raise NameTaken(f"el nombre {name} ya está en uso")
+        if key in self.sessions or not self.cluster.claim_name(key):
+            raise NameTaken("name_taken", name=name)
         session = Session(name, key, participant, trusted)
         self.sessions[key] = session
         self.stats.logins += 1
@@ -345,6 +266,7 @@ class Hub:
         self.stats.logouts += 1
         for room_name in list(session.rooms):
             self._exit(session, self.rooms[name_key(room_name)])
+        self.cluster.release_name(session.key)
         log.debug("logout {name}", name=session.name)
 
     def find(self, name: str) -> Session | None:
@@ -382,22 +304,22 @@ class Hub:
         try:
             return check_name(room_name)
         except BadName as e:
-            raise InvalidName(str(e)) from None
+            raise InvalidName("name_rules", detail=str(e)) from None
 
     def _check_join(self, session: Session, creates: bool) -> None:
         if len(session.rooms) >= MAX_ROOMS_PER_SESSION:
-            raise ChatError(f"no se puede estar en más de {MAX_ROOMS_PER_SESSION} salas")
+            raise ChatError("too_many_rooms", limit=MAX_ROOMS_PER_SESSION)
         if creates and self.room_rate > 0:
             if session.creations is None:
                 session.creations = TokenBucket(self.room_rate, self.room_burst, self.clock.seconds)
             if not session.creations.allow():
-                raise TooFast("demasiadas salas nuevas; espera un momento")
+                raise TooFast("room_creation")
 
     def leave(self, session: Session, room_name: str) -> str:
         """Take *session* out of the room; return the room's name as it is shown."""
         room = self._member_room(session, room_name)
         if room.name == GENERAL:
-            raise NotInRoom("no se puede salir de la sala general")
+            raise NotInRoom("leave_general")
         self._exit(session, room)
         return room.name
 
@@ -428,18 +350,18 @@ class Hub:
     def _member_room(self, session: Session, room_name: str) -> Room:
         room = self.rooms.get(name_key(room_name))
         if room is None or room.name not in session.rooms:
-            raise NotInRoom(f"no estás en la sala {room_name}")
+            raise NotInRoom("not_in_room", room=room_name)
         return room
 
     def _enter(self, session: Session, room: Room) -> None:
         room.members[session.key] = session
         session.rooms.add(room.name)
-        self._note_presence(room, joined=session.name)
+        self.cluster.membership(room.name, joined=session.name)
 
     def _exit(self, session: Session, room: Room) -> None:
         room.members.pop(session.key, None)
         session.rooms.discard(room.name)
-        self._note_presence(room, left=session.name)
+        self.cluster.membership(room.name, left=session.name)
         if not room.members and room.name != GENERAL and not room.joined:
             self._drop_room(room)
 
@@ -456,6 +378,14 @@ class Hub:
             del self._room_order[i]
 
     # -- presence ---------------------------------------------------------
+
+    def note_presence(self, room_name: str, joined: str | None = None, left: str | None = None) -> None:
+        """*joined* entered, or *left* left, the room *room_name*: its members
+        here hear of it at the end of its presence window (the entry point
+        for membership changes, from this node or another)."""
+        room = self.rooms.get(name_key(room_name))
+        if room is not None:
+            self._note_presence(room, joined, left)
 
     def _note_presence(self, room: Room, joined: str | None = None, left: str | None = None) -> None:
         # A leave and a later join of the same name in one window are both
@@ -508,11 +438,11 @@ class Hub:
         room = self.member_room(session, room_name)
         self._check_backlog(session)
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, room=room.name,
+            self.ids.take(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
         )
         self.stats.received_room += 1
-        self._commit(message, self._deliver_to_room)
+        self.store.append_then(message, self._publish_room)
         return message
 
     def private(
@@ -521,15 +451,15 @@ class Hub:
         """Send *text* to the online user *to*, and a copy to the sender."""
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
-            raise NoSuchUser(f"{to} no está conectado")
+            raise NoSuchUser("not_online", name=to)
         self._check_backlog(session)
         message = ChatMessage(
-            self._take_id(), self.clock.seconds(), session.name, text, recipient=target.name,
+            self.ids.take(), self.clock.seconds(), session.name, text, recipient=target.name,
             reply_to=reply_to,
             to_session=target, from_session=session,
         )
         self.stats.received_private += 1
-        self._commit(message, self._deliver_private)
+        self.store.append_then(message, self._publish_private)
         return message
 
     def typing(self, session: Session, to: str | None = None, room_name: str | None = None) -> None:
@@ -537,17 +467,30 @@ class Hub:
         if to is not None:
             target = self.find(to)
             if target is None:
-                raise NoSuchUser(f"{to} no está conectado")
+                raise NoSuchUser("not_online", name=to)
             if target is not session:
-                self.stats.delivered_typing += 1
-                target.participant.receive_typing(Typing(session.name, None))
+                self.cluster.publish_typing(Typing(session.name, None), target.key)
             return
         room = self.member_room(session, room_name)
-        event = Typing(session.name, room.name)
-        self.stats.delivered_typing += len(room.members) - 1
+        self.cluster.publish_typing(Typing(session.name, room.name), name_key(room.name))
+
+    def deliver_typing(self, typing: Typing, key: str) -> None:
+        """Hand *typing* to this node's members of the room whose key is
+        *key*, its typist aside, or (``typing.room`` None) to the session
+        whose name key is *key*."""
+        if typing.room is None:
+            target = self.sessions.get(key)
+            if target is not None:
+                self.stats.delivered_typing += 1
+                target.participant.receive_typing(typing)
+            return
+        room = self.rooms.get(key)
+        if room is None:
+            return
         for member in list(room.members.values()):
-            if member is not session:
-                member.participant.receive_typing(event)
+            if member.name != typing.user:
+                self.stats.delivered_typing += 1
+                member.participant.receive_typing(typing)
 
     def users(self, room_name: str | None = None) -> tuple[str, ...]:
         room = self.rooms.get(name_key(room_name or GENERAL))
@@ -563,7 +506,7 @@ class Hub:
         by_room: dict[str, list[ChatMessage]] = {}
         for message in messages:
             # Private messages are not history, but their ids are taken.
-            self._next_id = max(self._next_id, message.id + 1)
+            self.ids.seen(message.id)
             if message.room is not None:
                 by_room.setdefault(message.room, []).append(message)
         for room_name, found in by_room.items():
@@ -587,7 +530,7 @@ class Hub:
         merged = {m.id: m for m in room.history}
         for message in messages:
             merged.setdefault(message.id, message)
-            self._next_id = max(self._next_id, message.id + 1)
+            self.ids.seen(message.id)
         window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
         self.windows.evict(room)
         room.partial = False
@@ -601,22 +544,13 @@ class Hub:
         return self.windows.frame(room, key, encode)
 
     def _check_backlog(self, session: Session) -> None:
-        store = self.store
-        if store is not None and store.congested() and not session.trusted:
-            raise Congested("el servidor va con retraso guardando mensajes; reenvía en unos segundos")
+        if self.store.congested() and not session.trusted:
+            raise Congested("store_behind")
 
-    def _take_id(self) -> int:
-        message_id = self._next_id
-        self._next_id += 1
-        return message_id
-
-    def _commit(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
-        if self.store is None:
-            deliver(message)
-        else:
-            self.store.append_then(message, deliver)
-
-    def _deliver_to_room(self, message: ChatMessage) -> None:
+    def deliver_to_room(self, message: ChatMessage) -> None:
+        """Hand a committed room message to this node's members of its room,
+        and keep it in the room's history window: the end of every room
+        message's path, whichever node it was sent on."""
         assert message.room is not None
         room = self.rooms.get(name_key(message.room))
         if room is None:
@@ -633,7 +567,8 @@ class Hub:
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()
 
-    def _deliver_private(self, message: ChatMessage) -> None:
+    def deliver_private(self, message: ChatMessage) -> None:
+        """Hand a committed private message to its two ends."""
         # The sessions bound when the message was accepted, not whoever holds
         # the names after the commit: a guest name may have changed hands
         # meanwhile, and the next holder must never read the message (nor its
@@ -683,7 +618,7 @@ class Hub:
         :class:`MessageDeleted`) otherwise, before anything is relayed.
         """
         if original is None or not self.can_see(session, original, since):
-            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+            raise NoSuchMessage("not_visible")
         if to is not None:
             same = original.room is None and {
                 name_key(original.sender),
@@ -693,9 +628,9 @@ class Hub:
             room = self.member_room(session, room_name)
             same = original.room is not None and name_key(original.room) == name_key(room.name)
         if not same:
-            raise NoSuchMessage("ese mensaje no es de esta conversación")
+            raise NoSuchMessage("other_conversation")
         if original.deleted is not None:
-            raise MessageDeleted("ese mensaje se ha borrado")
+            raise MessageDeleted("quoted_deleted")
         return {"id": original.id, "from": original.sender, "msg": quote(original.text)}
 
     def correct(
@@ -705,23 +640,18 @@ class Hub:
         behalf of its author *session*; everyone who can read it is told
         once storage has recorded it (the original text stays stored)."""
         if original is None or not self.can_see(session, original, since):
-            raise NoSuchMessage("no hay ningún mensaje con ese id a la vista")
+            raise NoSuchMessage("not_visible")
         if original.deleted is not None:
-            raise MessageDeleted("ese mensaje ya se ha borrado")
+            raise MessageDeleted("already_deleted")
         if name_key(original.sender) != session.key or original.ts < since:
-            raise NotYourMessage("solo su autor puede editar o borrar un mensaje")
+            raise NotYourMessage("not_author")
         now = self.clock.seconds()
         if now - original.ts > EDIT_WINDOW:
-            raise EditTooLate(
-                f"solo se puede editar o borrar un mensaje durante {EDIT_WINDOW / 3600:g} horas"
-            )
+            raise EditTooLate("edit_window", hours=EDIT_WINDOW / 3600)
         correction = Correction(
             original.id, now, original.sender, text, room=original.room, recipient=original.recipient
         )
-        if self.store is None:
-            self._deliver_correction(correction)
-        else:
-            self.store.correct_then(correction, self._deliver_correction)
+        self.store.correct_then(correction, self.cluster.publish_correction)
         return correction
 
     def window_message(self, message_id: int, room_name: str | None) -> ChatMessage | None:
@@ -734,7 +664,9 @@ class Hub:
                 return message
         return None
 
-    def _deliver_correction(self, correction: Correction) -> None:
+    def deliver_correction(self, correction: Correction) -> None:
+        """Tell this node's sessions that can read it of a recorded correction,
+        and correct the history window."""
         if correction.room is not None:
             room = self.rooms.get(name_key(correction.room))
             if room is None:
@@ -764,18 +696,3 @@ def quote(text: str, length: int = QUOTE_LENGTH) -> str:
     if len(line) > length or "\n" in text.strip():
         return line[:length].rstrip() + "…"
     return line
-
-
-def corrected(message: ChatMessage, correction: Correction) -> ChatMessage:
-    """*message* as it reads after *correction* (a new object: encodings of
-    the old one may still be queued)."""
-    copy = ChatMessage(
-        message.id, message.ts, message.sender, correction.text or "", room=message.room,
-        recipient=message.recipient, reply_to=message.reply_to, edit_of=message.edit_of,
-        edited=message.edited, deleted=message.deleted,
-    )
-    if correction.text is None:
-        copy.deleted = correction.ts
-    else:
-        copy.edited = correction.ts
-    return copy

@@ -118,7 +118,7 @@ class ServerCollector(Collector):
             "chatserv_rate_limited_lines", "Lines refused by the rate limit.", value=conn.rate_limited
         )
         yield _counter("chatserv_errors", "Error frames sent to clients, by code.", "code", conn.errors)
-        store = factory.store
+        store = factory.history
         if store is not None:
             latency, sizes = store.commit_stats
             yield _histogram(

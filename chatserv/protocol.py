@@ -39,15 +39,18 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import wire
+from .accounts import Accounts
 from .addresses import describe, host, source
 from .dialects.base import Dialect
 from .dialects.jsonlines import BadRequest, JsonDialect
 from .dialects.plain import PlainDialect
-from .hub import ChatError, Hub, Session
+from .errors import ChatError
+from .hub import Hub, Session
 from .logs import LogBudget, Logger
 from .output import OutputFlusher, OutputQueue, socket_of
 from .ratelimit import TokenBucket
 from .stats import ConnectionStats
+from .storage import MessageStore
 
 log = Logger()
 
@@ -365,13 +368,13 @@ class ChatProtocol(OutputQueue, LineReceiver):
             try:
                 then(result)
             except (BadRequest, ChatError) as e:
-                self.error(e.code, str(e), ref)
+                self.error(e.code, wire.error_text(e), ref)
 
         def failed(failure: Any) -> None:
             if self._closing:
                 return
             if failure.check(ChatError, BadRequest):
-                self.error(failure.value.code, str(failure.value), ref)
+                self.error(failure.value.code, wire.error_text(failure.value), ref)
             else:
                 log.failure("{ref} failed for {peer}", failure, ref=ref, peer=self._peer)
                 self.error("server_error", "el servidor no ha podido atender la petición", ref)
@@ -395,15 +398,23 @@ class ChatFactory(Factory):
 
     protocol = ChatProtocol  # type: ignore[assignment]
     noisy = False
-    #: Set by the server when it runs on a database (chatserv.storage): the
-    #: store for history pages, and the accounts for register and passwords.
-    store: Any = None
-    accounts: Any = None
 
-    def __init__(self, hub: Hub, clock: IReactorTime, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        limits: Limits | None = None,
+        *,
+        accounts: Accounts | None = None,
+        history: MessageStore | None = None,
+    ) -> None:
         self.hub = hub
         self.clock = clock
         self.limits = limits or Limits()
+        #: With a database (chatserv.storage): the accounts for register and
+        #: passwords, and the stored messages for history pages and look-ups.
+        self.accounts = accounts
+        self.history = history
         self.flusher = OutputFlusher(clock)
         self.connections: set[ChatProtocol] = set()
         #: open connections per client address (see _host)

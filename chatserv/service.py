@@ -14,7 +14,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
 from .accounts import Accounts
-from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub, MessageLog
+from .hashing import HashPool
+from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub
+from .local import LocalCluster, MemoryLog
 from .logs import Logger
 from .protocol import ChatFactory, Limits
 from .storage import Storage, StorageService, open_store
@@ -99,71 +101,108 @@ class ServerConfig:
     metrics: str | None = None
 
 
-class ChatServer(Service):
-    """Listens on every configured strports description with one shared factory.
+class Listener(Service):
+    """One ``--listen`` description: listens with *factory* while running.
 
-    ``listening`` fires with the bound ports once all of them listen, which is
-    how tests learn the port behind ``tcp:0``.
+    ``listening`` fires with the bound port (how tests learn the port behind
+    ``tcp:0``). A listener that cannot listen stops start-up with one line
+    (:func:`cannot_listen`). Like ``strports.service``, but with the port
+    and the failure in public hands.
+    """
+
+    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+        self.description = description
+        self.factory = factory
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+        self.listening: Deferred[IListeningPort] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        attempt = serverFromString(self.reactor, with_backlog(self.description)).listen(self.factory)
+        failures: list[Any] = []
+        attempt.addCallbacks(self._listening, failures.append)
+        if failures:
+            # TCP and SSL listeners fail synchronously: exiting here makes
+            # twistd stop with one line and a non-zero status instead of idling.
+            cannot_listen(self.description, failures[0].value)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info("listening on {where} ({address})", where=self.description, address=port.getHost())
+        self.listening.callback(port)
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None  # type: ignore[no-any-return]
+
+
+class ChatServer(MultiService):
+    """The chat server: one :class:`Listener` per ``--listen`` over one
+    factory, built by :func:`build_server` and handed everything it uses.
+
+    ``listening`` fires with the bound ports once all of them listen.
     """
 
     name = "chat-server"  # type: ignore[assignment]
 
-    def __init__(self, config: ServerConfig, reactor: Any, store: MessageLog | None = None) -> None:
-        self.config = config
-        self.reactor = reactor
-        durable = store if isinstance(store, Storage) else None
-        if config.require_accounts and durable is None:
-            raise ValueError("require_accounts needs a database for the accounts")
-        first_id = durable.next_id() if durable is not None else 1  # ids never repeat across restarts
-        self.hub = Hub(
-            reactor,
-            history_size=config.history,
-            store=store,
-            first_id=first_id,
-            room_rate=config.room_rate,
-            room_burst=config.room_burst,
-            history_memory=config.history_memory,
-        )
-        limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
-        self.factory = ChatFactory(self.hub, reactor, limits)
-        if durable is not None:
-            # Login history comes from the database, and the accounts live there.
-            self.hub.remember(durable.recent_now(GENERAL, config.history))
-            self.factory.store = durable
-            self.factory.accounts = Accounts(durable, reactor, require_accounts=config.require_accounts)
-        self.ports: list[IListeningPort] = []
-        self.listening: Deferred[list[IListeningPort]] = Deferred()
+    def __init__(self, factory: ChatFactory, listen: list[str], reactor: Any) -> None:
+        super().__init__()
+        self.factory = factory
+        self.hub = factory.hub
+        self.listeners = [Listener(description, factory, reactor) for description in listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self.listening: Deferred[list[IListeningPort]] = DeferredList(
+            [listener.listening for listener in self.listeners], fireOnOneErrback=True, consumeErrors=True
+        ).addCallback(lambda results: [port for _, port in results])
 
-    def startService(self) -> None:
-        super().startService()
-        attempts = [
-            serverFromString(self.reactor, with_backlog(d)).listen(self.factory) for d in self.config.listen
-        ]
-        for description, attempt in zip(self.config.listen, attempts, strict=True):
-            attempt.addCallback(self._listening, description)
-        gathered = DeferredList(attempts, fireOnOneErrback=True, consumeErrors=True)
-        failures: list[tuple[str, Any]] = []
-        gathered.addCallbacks(
-            lambda results: self.listening.callback([port for _, port in results]),
-            lambda f: failures.append((self.config.listen[f.value.index], f.value.subFailure)),
-        )
-        if failures:
-            # TCP and SSL listeners fail synchronously: exiting here makes
-            # twistd stop with one line and a non-zero status instead of idling.
-            description, failure = failures[0]
-            cannot_listen(description, failure.value)
-
-    def _listening(self, port: IListeningPort, description: str) -> IListeningPort:
-        self.ports.append(port)
-        log.info("listening on {description} ({address})", description=description, address=port.getHost())
-        return port
+    @property
+    def ports(self) -> list[IListeningPort]:
+        return [listener.port for listener in self.listeners if listener.port is not None]
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()
         self.factory.disconnect_all()
         self.factory.log_budget.stop()
-        ports, self.ports = self.ports, []
-        return DeferredList([port.stopListening() for port in ports])  # type: ignore[misc]
+        return super().stopService()  # type: ignore[no-any-return]
+
+
+def build_server(
+    config: ServerConfig, reactor: Any, store: Storage | None = None, hashing: HashPool | None = None
+) -> ChatServer:
+    """The chat server over *store* (None: no database, messages in memory).
+
+    With a store, accounts hash passwords in *hashing*'s threads; without
+    one given, the server gets a :class:`HashPool` of its own, which starts
+    and stops with it.
+    """
+    if config.require_accounts and store is None:
+        raise ValueError("require_accounts needs a database for the accounts")
+    hub = Hub(
+        reactor,
+        history_size=config.history,
+        store=store if store is not None else MemoryLog(reactor),
+        # Ids never repeat across restarts.
+        cluster=LocalCluster(store.next_id() if store is not None else 1),
+        room_rate=config.room_rate,
+        room_burst=config.room_burst,
+        history_memory=config.history_memory,
+    )
+    limits = replace(config.limits, max_connections=fit_file_limit(config.limits.max_connections))
+    accounts = None
+    own_pool = None
+    if store is not None:
+        # Login history comes from the database, and the accounts live there.
+        hub.remember(store.recent_now(GENERAL, config.history))
+        if hashing is None:
+            hashing = own_pool = HashPool(reactor)
+        accounts = Accounts(store, reactor, hashing.queue, require_accounts=config.require_accounts)
+    factory = ChatFactory(hub, reactor, limits, accounts=accounts, history=store)
+    server = ChatServer(factory, config.listen, reactor)
+    if own_pool is not None:
+        own_pool.setServiceParent(server)
+    return server
 
 
 class StartError(Exception):
@@ -210,8 +249,9 @@ def listen_reason(error: BaseException) -> str:
     return text[0].lower() + text[1:] if text else type(error).__name__
 
 
-def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | None = None) -> MultiService:
-    """Build the application: the chat server, and later services beside it.
+def makeService(config: ServerConfig, reactor: Any = None, store: Storage | None = None) -> MultiService:
+    """Build the application: storage, the hashing threads, the chat server
+    and its listeners, and the services beside it, each handed what it uses.
 
     *reactor* and *store* are injected so that tests run the real service on a
     fake clock or a temporary database.
@@ -225,7 +265,12 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         # Blocking connect and migration: this runs before the server serves.
         store = open_store(config.db, reactor)
         StorageService(store).setServiceParent(application)
-    server = ChatServer(config, reactor, store)
+    hashing = None
+    if store is not None:
+        # After storage, before the server: stops once no login waits on it.
+        hashing = HashPool(reactor)
+        hashing.setServiceParent(application)
+    server = build_server(config, reactor, store, hashing)
     server.setServiceParent(application)
     bridge = None
     if config.telegram is not None:
@@ -239,7 +284,7 @@ def makeService(config: ServerConfig, reactor: Any = None, store: MessageLog | N
         # the process, and must do so before a service below starts threads
         # the interpreter would wait for.
         MetricsService(config.metrics, reactor, server, bridge).setServiceParent(application)
-    if isinstance(store, Storage) and config.db is not None:
+    if store is not None and config.db is not None:
         # After the server: it starts only once the server listens (a server
         # that cannot listen exits at once, with no storage threads to wait
         # for), and it stops, finishing its batch, before the store closes.

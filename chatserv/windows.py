@@ -26,7 +26,8 @@ from .logs import Logger
 from .names import name_key
 
 if TYPE_CHECKING:
-    from .hub import ChatMessage, Room
+    from .events import ChatMessage
+    from .hub import Room
 
 log = Logger()
 

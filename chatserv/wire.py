@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .hub import ChatMessage, Correction, PresenceChange, Room, Typing
+from .errors import ChatError
+from .events import ChatMessage, Correction, PresenceChange, Typing
+
+if TYPE_CHECKING:
+    from .hub import Room
 
 # allow_nan=False: NaN and Infinity are not JSON; no client could parse them.
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -34,6 +38,42 @@ def error_frame(code: str, msg: str, ref: str | None = None) -> bytes:
         return _dumps(obj).encode("utf-8") + b"\n"
     except UnicodeEncodeError:
         return _dumps_ascii(obj).encode("ascii") + b"\n"
+
+
+#: The sentence each refusal reads as (``ChatError.reason`` -> template over
+#: its ``params``). Clients see these texts; tests compare many of them.
+ERROR_TEXTS: dict[str, str] = {
+    # names and rooms (chatserv.hub)
+    "name_rules": "{detail}",
+    "trusted_name": "nombre vacío o con caracteres de control",
+    "reserved_name": "el nombre {name} se parece a uno reservado para Telegram",
+    "name_taken": "el nombre {name} ya está en uso",
+    "too_many_rooms": "no se puede estar en más de {limit} salas",
+    "room_creation": "demasiadas salas nuevas; espera un momento",
+    "leave_general": "no se puede salir de la sala general",
+    "not_in_room": "no estás en la sala {room}",
+    # messages
+    "not_online": "{name} no está conectado",
+    "store_behind": "el servidor va con retraso guardando mensajes; reenvía en unos segundos",
+    "not_visible": "no hay ningún mensaje con ese id a la vista",
+    "other_conversation": "ese mensaje no es de esta conversación",
+    "quoted_deleted": "ese mensaje se ha borrado",
+    "already_deleted": "ese mensaje ya se ha borrado",
+    "not_author": "solo su autor puede editar o borrar un mensaje",
+    "edit_window": "solo se puede editar o borrar un mensaje durante {hours:g} horas",
+    # password hashing (chatserv.hashing)
+    "hashing_busy": "el servidor está ocupado comprobando contraseñas; vuelve a intentarlo en unos segundos",
+}
+
+
+def error_text(error: BaseException) -> str:
+    """The sentence a client reads for *error*: a :class:`ChatError`'s
+    template filled with its params, or the text of any other refusal."""
+    if isinstance(error, ChatError):
+        template = ERROR_TEXTS.get(error.reason)
+        if template is not None:
+            return template.format(**error.params)
+    return str(error)
 
 
 def clock_time(ts: float) -> str:

@@ -248,7 +248,7 @@ def stored(db: Path, seconds: float) -> dict:
 
 def seed_old_messages(db: Path, count: int) -> None:
     """*count* messages of 1 KB, 10 days old, written before the server starts."""
-    from chatserv.hub import ChatMessage
+    from chatserv.events import ChatMessage
     from chatserv.storage import open_engine
 
     engine = open_engine(str(db))

@@ -116,7 +116,7 @@ class TestServer:
 
     @property
     def store(self) -> Any:
-        return self.factory.store
+        return self.factory.history
 
 
 

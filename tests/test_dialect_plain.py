@@ -41,6 +41,7 @@ def test_plain_history_on_login(world):
     luis = world.user("Luis")
     luis.send(cmd="broadcast", msg="uno")
     luis.send(cmd="broadcast", msg="dos\ntres")
+    world.clock.advance(0)
     lines = plain(world, b"Ana\n").text()
     assert lines[1].startswith("[") and lines[1][9:] == "] Luis: uno"
     assert lines[2][9:] == "] Luis: dos" and lines[3] == "  tres"

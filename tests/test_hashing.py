@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred
 
-from chatserv.hashing import HIGH, LOW, HashQueue, ServerBusy
+from chatserv.errors import ServerBusy
+from chatserv.hashing import HIGH, LOW, HashQueue
 
 
 class Threads:

@@ -9,20 +9,9 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 
-from chatserv.hub import (
-    GENERAL,
-    MAX_ROOMS_PER_SESSION,
-    ChatError,
-    ChatMessage,
-    Hub,
-    InvalidName,
-    NameTaken,
-    NoSuchUser,
-    NotInRoom,
-    PresenceChange,
-    Typing,
-    presence_window,
-)
+from chatserv.errors import ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
+from chatserv.events import ChatMessage, PresenceChange, Typing
+from chatserv.hub import GENERAL, MAX_ROOMS_PER_SESSION, Hub, presence_window
 
 
 class Recorder:
@@ -227,6 +216,7 @@ def test_broadcast_reaches_every_member_with_the_same_object(hub, clock):
     (ana, ra), (luis, rl), (eva, re) = online(hub, clock, "Ana", "Luis", "Eva")
     clock.advance(12.5)
     message = hub.broadcast(luis, "hola\nqué tal 😀")
+    clock.advance(0)
     got = [r.take("message") for r in (ra, rl, re)]
     assert got == [[message]] * 3
     assert message.sender == "Luis" and message.text == "hola\nqué tal 😀"
@@ -247,6 +237,7 @@ def test_message_ids_grow(hub, clock):
 def test_private_reaches_the_recipient_and_a_copy_to_the_sender_only(hub, clock):
     (ana, ra), (luis, rl), (eva, re) = online(hub, clock, "Ana", "Luis", "Eva")
     message = hub.private(ana, "LUIS", "secreto")
+    clock.advance(0)
     assert message.recipient == "Luis"  # as Luis wrote it
     assert message.is_private and message.room is None
     assert rl.take() == [message]
@@ -257,6 +248,7 @@ def test_private_reaches_the_recipient_and_a_copy_to_the_sender_only(hub, clock)
 def test_private_to_self_is_delivered_once(hub, clock):
     ((ana, ra),) = online(hub, clock, "Ana")
     message = hub.private(ana, "ana", "nota")
+    clock.advance(0)
     assert ra.take() == [message]
 
 
@@ -398,6 +390,7 @@ def test_pending_presence_is_flushed_before_a_message_to_the_room(hub, clock):
     members = crowd(hub, clock, 60)
     late = hub.login(Recorder(), "late")
     message = hub.broadcast(late, "hola")
+    clock.advance(0)
     # No time passed, yet every member hears of "late" before reading it.
     watcher = members[0][1]
     assert watcher.kinds() == ["presence", "message"]
@@ -438,6 +431,7 @@ def test_reconnect_with_the_same_name_inside_the_window_still_gets_the_member_li
 def test_history_is_bounded_and_oldest_first(hub, clock):
     ((ana, _),) = online(hub, clock, "Ana")
     sent = [hub.broadcast(ana, f"m{i}") for i in range(8)]
+    clock.advance(0)
     assert hub.recent() == sent[-5:]
     assert [m.text for m in hub.recent(GENERAL)] == ["m3", "m4", "m5", "m6", "m7"]
 
@@ -446,7 +440,9 @@ def test_history_is_per_room(hub, clock):
     ((ana, _),) = online(hub, clock, "Ana")
     hub.join(ana, "Cocina")
     a = hub.broadcast(ana, "en general")
+    clock.advance(0)
     b = hub.broadcast(ana, "en cocina", "cocina")
+    clock.advance(0)
     assert hub.recent() == [a]
     assert hub.recent("COCINA") == [b]
     assert hub.recent("nowhere") == []
@@ -481,6 +477,7 @@ def test_join_creates_a_room_and_keeps_its_first_spelling(hub, clock):
     assert hub.users("cocina") == ("Ana", "Luis")
     assert ("Cocina", 2) in hub.room_list() and (GENERAL, 2) in hub.room_list()
     message = hub.broadcast(luis, "hola", "cocina")
+    clock.advance(0)
     assert message.room == "Cocina"
     assert ra.take("message") == [message] and rl.take("message") == [message]
 
@@ -493,6 +490,7 @@ def test_room_messages_stay_in_the_room(hub, clock):
     for r in (ra, rl, re):
         r.take()
     hub.broadcast(ana, "solo cocina", "cocina")
+    clock.advance(0)
     hub.typing(ana, room_name="cocina")
     assert re.take() == []
     assert [k for k in rl.kinds()] == ["message", "typing"]
@@ -651,6 +649,7 @@ def test_a_participant_leaving_during_delivery_does_not_break_the_others(hub, cl
     leaver.session = hub.login(leaver, "Leaver")
     (luis, rl), (eva, re) = online(hub, clock, "Luis", "Eva")
     message = hub.broadcast(luis, "hola")
+    clock.advance(0)
     assert rl.take("message") == [message] and re.take("message") == [message]
     assert hub.find("Leaver") is None
 
@@ -659,6 +658,8 @@ def test_a_participant_leaving_during_delivery_does_not_break_the_others(hub, cl
 
 
 class SlowLog:
+    keeps_history = True
+
     def __init__(self) -> None:
         self.pending: list[tuple[ChatMessage, Deferred[None]]] = []
 
@@ -705,16 +706,19 @@ def test_message_stamps_match_datetime_formatting():
 
 
 def test_corrections_are_for_their_author_within_the_window(hub, clock):
-    from chatserv.hub import EDIT_WINDOW, EditTooLate, MessageDeleted, NoSuchMessage, NotYourMessage
+    from chatserv.errors import EditTooLate, MessageDeleted, NoSuchMessage, NotYourMessage
+    from chatserv.hub import EDIT_WINDOW
 
     (ana, ana_r), (luis, luis_r) = online(hub, clock, "Ana", "Luis")
     message = hub.broadcast(ana, "hola")
+    clock.advance(0)
     with pytest.raises(NotYourMessage):
         hub.correct(luis, message, "cambiado")
     # A guest that took the name after the message was sent is not its author.
     with pytest.raises(NotYourMessage):
         hub.correct(ana, message, "cambiado", since=message.ts + 1)
     correction = hub.correct(ana, message, "hola, corregido")
+    clock.advance(0)
     assert [c.text for c in ana_r.take("correction")] == ["hola, corregido"]
     assert luis_r.take("correction") == [correction]
     assert hub.recent()[-1].text == "hola, corregido" and hub.recent()[-1].edited == clock.seconds()
@@ -723,7 +727,9 @@ def test_corrections_are_for_their_author_within_the_window(hub, clock):
     with pytest.raises(EditTooLate):
         hub.correct(ana, hub.recent()[-1], None)
     fresh = hub.broadcast(ana, "nuevo")
+    clock.advance(0)
     hub.correct(ana, fresh, None)
+    clock.advance(0)
     gone = hub.recent()[-1]
     assert gone.deleted == clock.seconds() and gone.text == ""
     with pytest.raises(MessageDeleted):
@@ -737,6 +743,125 @@ def test_corrections_are_for_their_author_within_the_window(hub, clock):
 def test_a_private_correction_reaches_both_participants_only(hub, clock):
     (ana, ana_r), (luis, luis_r), (_, eva_r) = online(hub, clock, "Ana", "Luis", "Eva")
     message = hub.private(ana, "Luis", "te espero")
+    clock.advance(0)
     hub.correct(ana, message, "te espero dentro")
+    clock.advance(0)
     assert len(ana_r.take("correction")) == len(luis_r.take("correction")) == 1
     assert eva_r.take() == []
+
+
+# -- the local cluster and the in-memory log ----------------------------------------
+
+
+def test_without_a_database_messages_are_committed_at_the_end_of_the_turn(hub, clock):
+    """The in-memory log commits as the threaded store does: nothing reaches
+    anyone inside the sender's call, and one turn's messages (corrections
+    included) arrive together, in the order they were sent."""
+    (ana, ra), (luis, rl) = online(hub, clock, "Ana", "Luis")
+    first = hub.broadcast(ana, "uno")
+    second = hub.private(luis, "Ana", "dos")
+    assert ra.take() == [] and rl.take() == [] and hub.recent() == []
+    clock.advance(0)
+    assert ra.take() == [first, second] and rl.take() == [first, second]
+    edit = hub.correct(ana, first, "uno bis")
+    third = hub.broadcast(ana, "tres")
+    assert ra.take() == []
+    clock.advance(0)
+    assert ra.take() == [edit, third] and [m.text for m in hub.recent()] == ["uno bis", "tres"]
+
+
+class Relay:
+    """A cluster that hands what this node publishes to another hub too, as
+    a bus would: only the hub's public entry points are used."""
+
+    def __init__(self, here: Any) -> None:
+        self.here = here
+        self.ids = here.ids
+        self.other: Hub | None = None
+        self.hub: Hub | None = None
+
+    def attach(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def claim_name(self, key: str) -> bool:
+        return self.here.claim_name(key)
+
+    def release_name(self, key: str) -> None:
+        self.here.release_name(key)
+
+    def membership(self, room: str, joined: str | None = None, left: str | None = None) -> None:
+        for hub in (self.hub, self.other):
+            assert hub is not None
+            hub.note_presence(room, joined, left)
+
+    def publish_room(self, message: ChatMessage) -> None:
+        for hub in (self.hub, self.other):
+            assert hub is not None
+            hub.deliver_to_room(message)
+
+    def publish_private(self, message: ChatMessage) -> None:
+        assert self.hub is not None
+        self.hub.deliver_private(message)
+
+    def publish_correction(self, correction: Any) -> None:
+        assert self.hub is not None
+        self.hub.deliver_correction(correction)
+
+    def publish_typing(self, typing: Typing, key: str) -> None:
+        for hub in (self.hub, self.other):
+            assert hub is not None
+            hub.deliver_typing(typing, key)
+
+
+def test_events_from_elsewhere_arrive_through_the_public_entry_points(clock):
+    from chatserv.local import LocalCluster
+
+    there = Hub(clock)
+    here_local = LocalCluster()
+    relay = Relay(here_local)
+    here = Hub(clock, cluster=relay)
+    here_local.attach(here)
+    relay.other = there
+    ((eva, re),) = online(there, clock, "Eva")
+    ((ana, ra),) = online(here, clock, "Ana")
+    here.typing(ana)
+    assert [(t.user, t.room) for t in re.take("typing")] == [("Ana", GENERAL)]
+    message = here.broadcast(ana, "hola")
+    clock.advance(0)
+    assert re.take("message") == [message] and ra.take("message") == [message]
+    assert there.recent() == [message] and here.ids.upcoming == 2
+    luis = here.login(Recorder(), "Luis")
+    clock.advance(0)
+    there.flush_all_presence()
+    assert [c.joined for c in re.take("presence")] == [("Luis",)]
+    here.logout(luis)
+    there.flush_all_presence()
+    assert [c.left for c in re.take("presence")] == [("Luis",)]
+
+
+def test_refusals_are_codes_that_wire_renders(hub, clock):
+    """The hub raises a code and its arguments, no sentence; the text
+    clients read comes from chatserv.wire."""
+    from chatserv.wire import ERROR_TEXTS, error_text
+
+    ((ana, _),) = online(hub, clock, "Ana")
+    with pytest.raises(NoSuchUser) as info:
+        hub.private(ana, "Nadie", "hola")
+    assert (info.value.code, info.value.reason, info.value.params) == (
+        "no_such_user", "not_online", {"name": "Nadie"}
+    )
+    assert error_text(info.value) == "Nadie no está conectado"
+    with pytest.raises(NotInRoom) as info:
+        hub.broadcast(ana, "hola", "cine")
+    assert error_text(info.value) == "no estás en la sala cine"
+    with pytest.raises(NameTaken) as info:
+        hub.login(Recorder(), "ANA")
+    assert error_text(info.value) == "el nombre ANA ya está en uso"
+    # Every reason the hub can raise has its text.
+    import inspect
+    import re
+
+    import chatserv.hub
+
+    raised = set(re.findall(r'raise \w+\("(\w+)"', inspect.getsource(chatserv.hub)))
+    assert raised and raised <= set(ERROR_TEXTS)

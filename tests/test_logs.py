@@ -123,6 +123,7 @@ def test_slow_consumer_drop_is_counted_and_logged(events):
     luis.protocol.pauseProducing()
     for _ in range(4):
         ana.send(cmd="broadcast", msg="x" * 3000)
+    world.clock.advance(0)
     assert luis.transport.disconnected
     luis.lose(ConnectionAborted())
     assert world.factory.stats.slow_dropped == 1

@@ -107,7 +107,7 @@ async def test_scrape_during_traffic(served):
     assert value(during, "chatserv_storage_commit_seconds_bucket", le="+Inf") == batches
     assert value(during, "chatserv_storage_backlog_messages") == 0
     assert value(during, "chatserv_storage_backlog_bytes") == 0
-    assert value(during, "chatserv_storage_backlog_limit_bytes") == server.factory.store.max_backlog
+    assert value(during, "chatserv_storage_backlog_limit_bytes") == server.factory.history.max_backlog
     assert value(during, "chatserv_accounts_hashing") == 0
     assert value(during, "chatserv_accounts_hash_queue", priority="login") == 0
     assert value(during, "chatserv_accounts_hash_queue", priority="register") == 0

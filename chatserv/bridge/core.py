@@ -20,10 +20,11 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
-from ..hub import ChatMessage, Correction, Hub, Session
+from ..events import ChatMessage, Correction
+from ..hub import Hub, Session
 from ..logs import Logger
 from ..names import name_key
-from ..storage import Storage
+from ..storage import MessageStore
 from .config import BridgeConfig
 from .outbox import Outbox, Pacer
 from .state import BridgeState, Ref
@@ -92,7 +93,9 @@ class _TgUser:
 class BridgeCore(Service):
     """The bridge's state; see the module docstring."""
 
-    def __init__(self, config: BridgeConfig, hub: Hub, reactor: Any, store: Any = None) -> None:
+    def __init__(
+        self, config: BridgeConfig, hub: Hub, reactor: Any, store: MessageStore | None = None
+    ) -> None:
         self.config = config
         self.hub = hub
         self.reactor = reactor
@@ -108,7 +111,7 @@ class BridgeCore(Service):
         self._rooms = {g.room_key: g for g in self.groups.values()}
         self._turn = 0
         #: The server's store (for the originals of Telegram edits), if any.
-        self.store = store if isinstance(store, Storage) else None
+        self.store = store
         # No client may take a name that looks like one of ours.
         hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]

@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from .. import conversation
-from ..hub import (
-    ChatError,
-    ChatMessage,
-    Correction,
-    Session,
-)
+from ..errors import ChatError
+from ..events import ChatMessage, Correction
+from ..hub import Session
 from ..logs import Logger
 from ..names import name_key
+from ..wire import error_text
 from .core import _DROPPED, _RETRY, BridgeCore, _Group
 from .format import edit_text, excerpt, render_line, utf16_len
 from .state import Ref
@@ -87,7 +85,8 @@ class Corrections(BridgeCore):
             try:
                 self.hub.correct(session, original, body)
             except ChatError as e:
-                log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=str(e))
+                why = error_text(e)
+                log.debug("Telegram edit of {id} relayed as a new message: {why}", id=chat_id, why=why)
                 fallback()
 
         def failed(failure: Any) -> None:

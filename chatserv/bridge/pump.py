@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 
-from ..hub import ChatMessage, PresenceChange
+from ..events import ChatMessage, PresenceChange
 from ..logs import Logger
 from ..names import name_key
 from ..wire import join_text, leave_text

@@ -88,7 +88,7 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
         # missed, even while Telegram is still being reached.
         self.session = self._login(_Listener(self), BRIDGE_USER, [g.room for g in self.groups.values()])
         # The id the hub gives its next message, read before anything is said.
-        self._first_id = getattr(self.hub, "_next_id", None)
+        self._first_id = self.hub.ids.upcoming
         self._starting = ensureDeferred(self._start())
         self._starting.addErrback(self._start_failed)
         for group in self.groups.values():

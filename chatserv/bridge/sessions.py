@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..hub import (
-    GENERAL,
-    ChatError,
-    ChatMessage,
-    Correction,
-    Hub,
-    NameTaken,
-    PresenceChange,
-    Session,
-    Typing,
-)
+from ..errors import ChatError, NameTaken
+from ..events import ChatMessage, Correction, PresenceChange, Typing
+from ..hub import GENERAL, Hub, Session
 from ..logs import Logger
 from ..names import name_key
 from .core import BridgeCore, _Group, _TgUser

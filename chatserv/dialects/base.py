@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import conversation
-from ..hub import ChatMessage, Correction, PresenceChange, Typing
+from ..events import ChatMessage, Correction, PresenceChange, Typing
 
 if TYPE_CHECKING:
     from ..protocol import ChatFactory, ChatProtocol
@@ -82,12 +82,12 @@ class Dialect:
             else:
                 hub.private(session, to, text, reply_to=quote)
 
-        self.connection._hold(conversation.find(hub, self.factory.store, wanted, rooms), post, ref)
+        self.connection._hold(conversation.find(hub, self.factory.history, wanted, rooms), post, ref)
 
     def _correct(self, wanted: int, text: str | None, ref: str) -> None:
         session, hub = self.connection.session, self.factory.hub
         assert session is not None
-        found = conversation.find(hub, self.factory.store, wanted, sorted(session.rooms))
+        found = conversation.find(hub, self.factory.history, wanted, sorted(session.rooms))
 
         def correct(original: ChatMessage | None) -> None:
             hub.correct(session, original, text, self.history_since)

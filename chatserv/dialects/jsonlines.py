@@ -13,19 +13,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import conversation, wire
-from ..accounts import AuthFailed, Identity
+from ..accounts import Identity
 from ..addresses import host, source
-from ..hub import (
-    GENERAL,
-    ROOMS_PAGE,
-    ChatError,
-    ChatMessage,
-    Correction,
-    InvalidName,
-    NameTaken,
-    PresenceChange,
-    Typing,
-)
+from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
+from ..events import ChatMessage, Correction, PresenceChange, Typing
+from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
 from . import paging
 from .base import Dialect
@@ -113,9 +105,9 @@ class JsonDialect(Dialect):
                 raise BadRequest("primero inicia sesión con 'login'", "not_logged_in")
             handler(self, frame)
         except BadRequest as e:
-            error(e.code, str(e), ref)
+            error(e.code, wire.error_text(e), ref)
         except ChatError as e:
-            error(e.code, str(e), ref)
+            error(e.code, wire.error_text(e), ref)
 
     # -- hub events (Participant) -------------------------------------------
 
@@ -194,7 +186,7 @@ class JsonDialect(Dialect):
         holder = self.factory.hub.find(user)
         if holder is not None and holder.participant is not self:
             # Online names are not up for grabs; a guest may register its own.
-            raise NameTaken(f"el nombre {holder.name} ya está en uso")
+            raise NameTaken("name_taken", name=holder.name)
         d = accounts.register(user, password, host(self.connection.transport.getPeer()))
         self.connection._hold(
             d, lambda name: self.send(wire.frame({"cmd": "registered", "user": name})), "register"
@@ -203,7 +195,7 @@ class JsonDialect(Dialect):
     def _cmd_history(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
         assert session is not None
-        d = paging.history(self.factory.hub, self.factory.store, session, frame, self.history_since)
+        d = paging.history(self.factory.hub, self.factory.history, session, frame, self.history_since)
         self.connection._hold(d, self.send, "history")
 
     def _cmd_broadcast(self, frame: dict[str, Any]) -> None:
@@ -252,7 +244,7 @@ class JsonDialect(Dialect):
         self.factory.hub.typing(session, to=to, room_name=room_name)
 
     def _cmd_join(self, frame: dict[str, Any]) -> None:
-        hub, store = self.factory.hub, self.factory.store
+        hub, store = self.factory.hub, self.factory.history
         room_name = frame.get("room")
         if isinstance(room_name, str) and paging.needs_loading(hub, store, room_name):
             # Not in memory, but storage may hold its history: read the

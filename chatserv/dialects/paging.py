@@ -13,7 +13,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from .. import wire
-from ..hub import ChatError, ChatMessage, Hub, InvalidName, Session
+from ..errors import ChatError, InvalidName
+from ..events import ChatMessage
+from ..hub import Hub, Session
 from ..names import MAX_NAME_LENGTH, BadName, check_name
 from ..storage import MAX_PAGE
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from .. import wire
-from ..accounts import AuthFailed, Identity
+from ..accounts import Identity
 from ..addresses import host, source
-from ..hub import GENERAL, ChatError, ChatMessage, Correction, NameTaken, PresenceChange, Typing
+from ..errors import AuthFailed, ChatError, NameTaken
+from ..events import ChatMessage, Correction, PresenceChange, Typing
+from ..hub import GENERAL
 from ..names import name_key
 from .base import Dialect
 
@@ -49,7 +51,7 @@ class PlainDialect(Dialect):
             else:
                 self._text(text)
         except ChatError as e:
-            self.connection.error(e.code, str(e))
+            self.connection.error(e.code, wire.error_text(e))
 
     # -- hub events (Participant) -------------------------------------------
 
@@ -95,9 +97,9 @@ class PlainDialect(Dialect):
                 return
             holder = self.factory.hub.find(user)
             if holder is not None:
-                raise NameTaken(f"el nombre {holder.name} ya está en uso")
-            d = accounts.register(user, password, address)
-            hold(d, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
+                raise NameTaken("name_taken", name=holder.name)
+            made = accounts.register(user, password, address)
+            hold(made, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
             return
         name, colon, rest = text.partition(":")
         first = rest if colon else ""
@@ -226,5 +228,5 @@ PLAIN_LOGIN_HELP = (
 def _with_login_hint(failure: Any) -> Any:
     """Tell a plain-text guest refused for a registered name how to log in instead."""
     if failure.check(AuthFailed):
-        raise AuthFailed(f"{failure.value} (escribe /login NOMBRE CONTRASEÑA)")
+        raise AuthFailed(f"{wire.error_text(failure.value)} (escribe /login NOMBRE CONTRASEÑA)")
     return failure

@@ -4,7 +4,10 @@
 (psycopg 3), anything else is a SQLite file (``:memory:`` for a throwaway
 in-memory one). :func:`open_store` migrates the schema and returns the
 :class:`Storage` the server runs on; :func:`open_engine` gives the blocking
-engine ``chatserv-admin`` uses.
+engine ``chatserv-admin`` uses. What messages need (:class:`MessageStore`)
+and what accounts need (:class:`AccountStore`) are separate interfaces: the
+hub, history and the bridge are given the one, :class:`chatserv.accounts.Accounts`
+the other.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from twisted.internet.defer import Deferred
 
-from ..hub import ChatMessage, Correction
+from ..events import ChatMessage, Correction
 from .engine import Account, Engine, RoomInfo, conversation_key, is_postgres, open_engine, redact
 from .schema import LATEST, MIGRATIONS, SchemaTooNew, StorageError
 from .store import StorageClosed, StorageService, ThreadedStore, open_store
@@ -24,11 +27,14 @@ DEFAULT_DB = "chatserv.sqlite3"
 MAX_PAGE = 200
 
 
-@runtime_checkable
-class Storage(Protocol):
-    """What the server needs from storage. Every method that touches the
-    database returns a Deferred and never blocks the reactor, except the two
-    start-up reads, which run before the server listens."""
+class MessageStore(Protocol):
+    """What messages need from storage: the hub's message log, history pages
+    and look-ups. Every method that touches the database returns a Deferred
+    (or calls back) and never blocks the reactor, except the two start-up
+    reads, which run before the server listens."""
+
+    #: History outlives the hub's windows (see chatserv.hub.MessageLog).
+    keeps_history: bool
 
     def append(self, message: ChatMessage) -> Deferred[None]:
         """Commit *message* (group commit); fire in append order once durable."""
@@ -65,6 +71,11 @@ class Storage(Protocol):
     def rooms(self) -> Deferred[list[RoomInfo]]:
         """Every room that has stored messages."""
 
+
+class AccountStore(Protocol):
+    """What accounts need from storage (chatserv.accounts); every method
+    returns a Deferred and never blocks the reactor."""
+
     def account(self, name: str) -> Deferred[Account | None]: ...
 
     def is_registered(self, name: str) -> Deferred[bool]: ...
@@ -76,12 +87,19 @@ class Storage(Protocol):
 
     def delete_account(self, name: str) -> Deferred[bool]: ...
 
+
+@runtime_checkable
+class Storage(MessageStore, AccountStore, Protocol):
+    """A whole database: both interfaces, and the end of its life."""
+
     async def close(self) -> None:
         """Commit what is queued and release the database."""
 
 
 __all__ = [
     "Account",
+    "AccountStore",
+    "MessageStore",
     "DEFAULT_DB",
     "Engine",
     "LATEST",

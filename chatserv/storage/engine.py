@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..hub import ChatMessage, Correction
+from ..events import ChatMessage, Correction
 from ..logs import Logger
 from ..names import BadName, check_name, name_key, rekey
 from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError

@@ -42,7 +42,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from ..hub import ChatMessage, Correction
+from ..events import ChatMessage, Correction
 from ..logs import Logger
 from ..names import name_key
 from ..stats import Histogram
@@ -202,6 +202,9 @@ class _Group:
 class ThreadedStore:
     """The server's storage: implements :class:`chatserv.hub.MessageLog` and
     the history and account queries, without ever blocking the reactor."""
+
+    #: History outlives the hub's windows: an evicted window is read back.
+    keeps_history = True
 
     def __init__(self, reactor: Any, writer: Engine, reader: Engine | None = None) -> None:
         self.reactor = reactor

@@ -16,11 +16,10 @@ from chatserv.accounts import (
     REGISTER_RATE,
     WRONG,
     Accounts,
-    AuthFailed,
-    RateLimited,
     Throttle,
 )
-from chatserv.hashing import HashQueue, ServerBusy
+from chatserv.errors import AuthFailed, RateLimited, ServerBusy
+from chatserv.hashing import HashPool, HashQueue
 from chatserv.storage import open_store
 from tests.support import sleep
 
@@ -93,7 +92,10 @@ async def accounts(tmp_path):
     store = open_store(str(tmp_path / "accounts.sqlite3"), reactor)
     clock = Clock()
     clock.advance(1_800_000_000)
-    yield Accounts(store, reactor, clock=clock, hasher=FAST)
+    hashing = HashPool(reactor)
+    hashing.startService()
+    yield Accounts(store, clock, hashing.queue, hasher=FAST)
+    hashing.stopService()
     await store.close()
 
 
@@ -489,7 +491,7 @@ async def test_a_full_hashing_queue_answers_server_busy(tmp_path):
     store = open_store(str(tmp_path / "busy.sqlite3"), reactor)
     threads = Threads()
     hashes = HashQueue(threads.run, threads=1, max_waiting=2, max_low=1)
-    accounts = Accounts(store, reactor, clock=Clock(), hasher=FAST, hashes=hashes)
+    accounts = Accounts(store, Clock(), hashes, hasher=FAST)
     try:
         first = accounts.register("uno", "12345678", "10.0.0.1")  # running
         second = accounts.register("dos", "12345678", "10.0.0.2")  # waiting

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from chatserv.hub import ChatMessage
+from chatserv.events import ChatMessage
 from chatserv.storage import (
     LATEST,
     SchemaTooNew,
@@ -202,7 +202,7 @@ def test_accounts(engine):
 
 
 def test_corrections_keep_every_version_and_retention_takes_them_too(engine):
-    from chatserv.hub import Correction
+    from chatserv.events import Correction
 
     engine.insert_messages([ChatMessage(1, 100.0, "Ana", "hola a todso", room="general"),
                             ChatMessage(2, 200.0, "Ana", "quedo", room="general")])

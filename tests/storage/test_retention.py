@@ -11,7 +11,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from chatserv import admin
-from chatserv.hub import MAX_ROOMS_PER_SESSION, ChatMessage
+from chatserv.events import ChatMessage
+from chatserv.hub import MAX_ROOMS_PER_SESSION
 from chatserv.names import name_key
 from chatserv.storage import open_engine, open_store
 from chatserv.storage.retention import DAY, RetentionService, prune

@@ -6,7 +6,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from chatserv.hub import ChatMessage
+from chatserv.events import ChatMessage
 from chatserv.storage import StorageClosed, open_store
 from tests.support import sleep
 
