@@ -82,6 +82,8 @@ class Limits:
 CLOSE_GRACE = 10.0
 #: Seconds between two sweeps of the connection deadlines.
 SWEEP_INTERVAL = 1.0
+#: Seconds between two ``rate_limited`` answers to lines the rate limit drops.
+RATE_LIMIT_NOTICE = 1.0
 
 
 class Sweeper:
@@ -164,6 +166,8 @@ class ChatProtocol(OutputQueue, LineReceiver):
         self.plain: bool | None = None
         self._lost = False
         self._bucket: TokenBucket | None = None
+        #: When a line dropped by the rate limit is answered again.
+        self._refuse_again = 0.0
         self._peer = "?"
         self._address: str | None = None  # counted in factory.per_address
         self._since = 0.0
@@ -341,7 +345,12 @@ class ChatProtocol(OutputQueue, LineReceiver):
         if self._bucket is not None and not self._bucket.allow():
             self.factory.stats.rate_limited += 1
             self.factory.log_budget.tally("rate-limited lines", source(self._peer))
-            self.error("rate_limited", "demasiados mensajes; espera un momento")
+            # One answer per second at most: a flood must not be answered
+            # line by line, which would cost more than dropping it.
+            now = self.factory.clock.seconds()
+            if now >= self._refuse_again:
+                self._refuse_again = now + RATE_LIMIT_NOTICE
+                self.error("rate_limited", "demasiados mensajes; espera un momento")
             return
         self.dialect.line(line)
 

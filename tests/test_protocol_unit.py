@@ -89,12 +89,12 @@ def test_rate_limit_burst_then_refill():
     assert not conn.closing
     world.clock.advance(0.1)  # half a token
     conn.send(cmd="ping")
-    assert conn.error()["code"] == "rate_limited"
+    assert conn.frames() == []  # dropped; answered at most once a second
     world.clock.advance(0.2)  # 0.5 + 1 token
     conn.send(cmd="ping", data="ok")
     assert conn.frame() == {"cmd": "pong", "data": "ok"}
     conn.send(cmd="ping")
-    assert conn.error()["code"] == "rate_limited"
+    assert conn.frames() == []
     world.clock.advance(60)  # refills up to the burst, not beyond
     for _ in range(21):
         conn.send(cmd="ping")
@@ -121,6 +121,23 @@ def test_rate_limit_applies_to_plain_clients():
     lines = conn.text()
     assert sum(line.startswith("* error rate_limited:") for line in lines) == 1
     assert "Pepe: uno" in lines and "Pepe: dos" in lines and "Pepe: tres" not in lines
+
+
+def test_a_flood_past_the_rate_limit_gets_one_answer_per_second():
+    # Answering every dropped line would cost the server more than the flood.
+    world = World(rate_limit=5, rate_burst=20)
+    ana = world.user("Ana")
+    world.settle(ana)
+    for _ in range(200):
+        ana.send(cmd="ping")
+    codes = [f.get("code") for f in ana.frames()]
+    assert codes.count("rate_limited") == 1
+    world.clock.advance(1.0)  # five tokens back, and one more answer allowed
+    for _ in range(50):
+        ana.send(cmd="ping")
+    frames = ana.frames()
+    assert [f.get("code") for f in frames].count("rate_limited") == 1
+    assert [f["cmd"] for f in frames].count("pong") == 5
 
 
 def test_rate_limit_off():
