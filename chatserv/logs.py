@@ -21,6 +21,7 @@ twistd's ``--logger`` option (docs/OPERATIONS.md).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -186,4 +187,11 @@ def bounded_observer(environ: Mapping[str, str] | None = None) -> FileLogObserve
         raise SystemExit(f"chatserv: ${LOG_MB[0]} and ${LOG_KEEP[0]} must be numbers ({e})") from None
     if size < 1 or keep < 1:
         raise SystemExit(f"chatserv: ${LOG_MB[0]} and ${LOG_KEEP[0]} must be positive")
-    return textFileLogObserver(LogFile.fromFullPath(path, rotateLength=size, maxRotatedFiles=keep))
+    observer = textFileLogObserver(LogFile.fromFullPath(path, rotateLength=size, maxRotatedFiles=keep))
+    # Twisted serialises writes with a lock written in Python: a signal
+    # handler that logs (the reactor's SIGTERM handler does) and lands inside
+    # that lock's acquire, before it records its owner, waits for itself for
+    # ever, and twistd never exits. A lock implemented in C is taken in one
+    # step, so the handler's nested write simply re-enters it.
+    observer.__dict__["_threadable_lock"] = threading.RLock()
+    return observer

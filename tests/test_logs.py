@@ -129,3 +129,30 @@ def test_slow_consumer_drop_is_counted_and_logged(events):
     assert world.factory.stats.slow_dropped == 1
     dropped = [t for t in texts(events) if t.startswith("dropping Luis")]
     assert len(dropped) == 1 and "bytes of unread output" in dropped[0]
+
+
+def test_the_bounded_log_file_cannot_deadlock_on_a_logging_signal_handler(tmp_path):
+    """SIGTERM arriving mid-write used to hang twistd for good: Twisted's
+    Python-level lock can be interrupted between taking its inner lock and
+    recording its owner, and the handler's own log line then waits on it."""
+    import threading
+
+    from twisted.logger import LogLevel
+
+    from chatserv.logs import bounded_observer
+
+    observer = bounded_observer({"CHATSERV_LOG_FILE": str(tmp_path / "chat.log")})
+
+    def event(text: str) -> dict:
+        return {"log_format": text, "log_level": LogLevel.info, "log_time": 0.0, "log_namespace": "t"}
+
+    observer(event("first"))  # the lock exists from the first write on
+    lock = observer.__dict__["_threadable_lock"]
+    # Atomic in C: there is no moment at which it is held but has no owner.
+    assert type(lock) is type(threading.RLock())
+    # A nested write from the same thread (a signal handler's) goes through.
+    with lock:
+        observer(event("from a handler"))
+    text = (tmp_path / "chat.log").read_text()
+    assert "first" in text and "from a handler" in text
+
