@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import conversation
+from ..addresses import source
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 
 if TYPE_CHECKING:
+    from ..accounts import Identity
+    from ..hub import Session
     from ..protocol import ChatFactory, ChatProtocol
 
 
@@ -35,6 +38,23 @@ class Dialect:
         self.send = connection.send
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
+
+    def _enter_hub(self, identity: Identity, how: str = "") -> Session:
+        """Bring *identity* online for this connection: what a login is in
+        either dialect before it answers in its own (*how*: shown in the log)."""
+        connection = self.connection
+        session = connection.session = self.factory.hub.login(self, identity.name)
+        connection.MAX_LENGTH = self.factory.limits.max_line
+        self.history_since = identity.since
+        self.factory.log_budget.line(
+            "logins",
+            source(connection._peer),
+            "{name} logged in{how} from {peer}",
+            name=session.name,
+            how=how,
+            peer=connection._peer,
+        )
+        return session
 
     def line(self, line: bytes) -> None:
         """Handle one line (without its delimiter) from the client."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import conversation, wire
 from ..accounts import Identity
-from ..addresses import host, source
+from ..addresses import host
 from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
@@ -160,22 +160,13 @@ class JsonDialect(Dialect):
         self._login_as(Identity(user, self.factory.clock.seconds(), False), features)
 
     def _login_as(self, identity: Identity, features: list[str]) -> None:
-        connection, hub = self.connection, self.factory.hub
-        session = connection.session = hub.login(self, identity.name)
-        connection.MAX_LENGTH = self.factory.limits.max_line
-        self.history_since = identity.since
+        hub = self.factory.hub
+        self._enter_hub(identity)
         self.features = frozenset(features)
         general = hub.rooms[GENERAL]
         # The `users` half of the answer follows with the room's presence
         # change, which always includes this login (see wire.presence_frames).
         self.send(hub.window_frame(general, "json-history", wire.room_history_frame))
-        self.factory.log_budget.line(
-            "logins",
-            source(connection._peer),
-            "{name} logged in from {peer}",
-            name=session.name,
-            peer=connection._peer,
-        )
 
     def _cmd_register(self, frame: dict[str, Any]) -> None:
         user = _text(frame, "user")

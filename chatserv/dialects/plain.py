@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import wire
 from ..accounts import Identity
-from ..addresses import host, source
+from ..addresses import host
 from ..errors import AuthFailed, ChatError, NameTaken
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL
@@ -110,17 +110,8 @@ class PlainDialect(Dialect):
         self._login_as(Identity(name.strip(), self.factory.clock.seconds(), False), first)
 
     def _login_as(self, identity: Identity, rest: str) -> None:
-        connection, hub = self.connection, self.factory.hub
-        session = connection.session = hub.login(self, identity.name)
-        connection.MAX_LENGTH = self.factory.limits.max_line
-        self.history_since = identity.since
-        self.factory.log_budget.line(
-            "logins",
-            source(connection._peer),
-            "{name} logged in (plain text) from {peer}",
-            name=session.name,
-            peer=connection._peer,
-        )
+        hub = self.factory.hub
+        session = self._enter_hub(identity, " (plain text)")
         self.send(
             wire.plain_line(
                 f"* Hola, {session.name}. Escribe y pulsa Enter."
