@@ -13,7 +13,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): $(PY) setup.cfg pyproject.toml
+$(STAMP): $(PY) setup.cfg setup.py pyproject.toml chatserv/_fanout.c
 	$(PY) -m pip install -q -e '.[test,telegram,postgres,accounts]'
 	touch $(STAMP)
 

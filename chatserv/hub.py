@@ -134,9 +134,25 @@ class Session:
         return f"<Session {self.name!r}>"
 
 
+class Fanout(Protocol):
+    """Hands one room message to many participants in one call.
+
+    A participant may name one as its ``fanout`` attribute (the JSON
+    connections of one factory share theirs, see :class:`chatserv.output.RoomFanout`):
+    the hub then hands a room's messages to all the participants that share
+    it at once, instead of calling each one's ``receive_message``.
+    """
+
+    def bind(self, participants: list[Any]) -> Callable[[ChatMessage], None]:
+        """What delivers a room message to every one of *participants*, as
+        their ``receive_message`` would; kept until the room's membership
+        changes."""
+
+
 class Room:
     __slots__ = (
         "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
+        "plan",
     )
 
     def __init__(self, name: str, history_size: int) -> None:
@@ -157,9 +173,29 @@ class Room:
         self.flush_call: IDelayedCall | None = None
         #: Encoded forms of the history window; emptied whenever it changes.
         self.wire: dict[str, Any] = {}
+        #: What hands a message to every member: built from ``members`` at the
+        #: first message after a membership change (see Hub._plan).
+        self.plan: list[Callable[[ChatMessage], None]] | None = None
 
     def names(self) -> tuple[str, ...]:
         return tuple(session.name for session in self.members.values())
+
+
+def _plan(room: Room) -> list[Callable[[ChatMessage], None]]:
+    """The calls that hand a message to every member of *room*: one per
+    :class:`Fanout` its members' participants share, one per participant
+    that has none (``receive_message``)."""
+    plan: list[Callable[[ChatMessage], None]] = []
+    shared: dict[Fanout, list[Any]] = {}
+    for session in room.members.values():
+        participant = session.participant
+        fanout = getattr(participant, "fanout", None)
+        if fanout is None:
+            plan.append(participant.receive_message)
+        else:
+            shared.setdefault(fanout, []).append(participant)
+    plan.extend(fanout.bind(participants) for fanout, participants in shared.items())
+    return plan
 
 
 def _order(room_name: str) -> tuple[str, str]:
@@ -355,11 +391,13 @@ class Hub:
 
     def _enter(self, session: Session, room: Room) -> None:
         room.members[session.key] = session
+        room.plan = None
         session.rooms.add(room.name)
         self.cluster.membership(room.name, joined=session.name)
 
     def _exit(self, session: Session, room: Room) -> None:
         room.members.pop(session.key, None)
+        room.plan = None
         session.rooms.discard(room.name)
         self.cluster.membership(room.name, left=session.name)
         if not room.members and room.name != GENERAL and not room.joined:
@@ -560,9 +598,13 @@ class Hub:
             self._flush_presence(room)
         self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
-        # A copy: a participant may go offline while it is handed the message.
-        for member in list(room.members.values()):
-            member.participant.receive_message(message)
+        # The plan is a list of its own: a participant that goes offline while
+        # it is handed the message changes the members, not this list.
+        plan = room.plan
+        if plan is None:
+            plan = room.plan = _plan(room)
+        for deliver in plan:
+            deliver(message)
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()

@@ -18,15 +18,18 @@ reading is cut off rather than growing server memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .addresses import source
+from .fanout import send_all
 from .logs import Logger
 
 if TYPE_CHECKING:
+    from .events import ChatMessage
     from .hub import Session
     from .protocol import ChatFactory
 
@@ -49,6 +52,11 @@ class OutputFlusher:
         self.clock = clock
         self._pending: list[OutputQueue] = []
         self._call: IDelayedCall | None = None
+        #: By file descriptor: non-zero while that connection's output may be
+        #: held in user space (queued here or in its transport), or it is
+        #: paused or closing, so that nothing may be sent to its socket
+        #: directly (see OutputQueue._settle and RoomFanout).
+        self.held = bytearray(1024)
 
     def schedule(self, protocol: OutputQueue) -> None:
         self._pending.append(protocol)
@@ -83,6 +91,40 @@ class OutputQueue:
         self._writable = True
         self._closing = False
         self._socket: Any = None
+        #: The socket's descriptor when it may be written directly, else -1.
+        self._fd = -1
+        self._hold_flags = _NEVER
+
+    def _open_output(self) -> None:
+        """Find the socket to write to directly, if any (see socket_of); called
+        when the connection is made, before anything is sent."""
+        self._socket = sock = socket_of(self.transport)
+        if sock is None:
+            return
+        fd = sock.fileno()
+        held = self.factory.flusher.held
+        if fd >= len(held):
+            held.extend(bytes(fd + 1 - len(held) + 1024))
+        held[fd] = 0
+        self._fd = fd
+        self._hold_flags = held
+
+    def _settle(self) -> None:
+        """Let direct sends go ahead (see RoomFanout) only while there is
+        nothing they could overtake: no output queued here or in the
+        transport, not paused, not closing. Re-checked at every flush, so a
+        connection whose transport held output gets direct sends again once
+        a flush finds that output gone."""
+        fd = self._fd
+        if fd >= 0:
+            transport = self.transport
+            self._hold_flags[fd] = bool(
+                self._out
+                or not self._writable
+                or self._closing
+                or transport.dataBuffer
+                or transport._tempDataBuffer
+            )
 
     def send(self, data: bytes) -> None:
         """Queue *data* for the end of this reactor turn.
@@ -102,9 +144,13 @@ class OutputQueue:
                 self._drop()
                 return
             self._write_out()
+            self._settle()
             return
         if not self._scheduled:
             self._scheduled = True
+            if self._fd >= 0:
+                # Queued: a direct send would overtake it.
+                self._hold_flags[self._fd] = 1
             self.factory.flusher.schedule(self)
 
     def _drop(self) -> None:
@@ -120,11 +166,13 @@ class OutputQueue:
         self._closing = True
         self._out = []
         self._out_bytes = 0
+        self._settle()
         self.transport.abortConnection()
 
     def flush(self) -> None:
         self._scheduled = False
         self._write_out()
+        self._settle()
 
     def _write_out(self) -> None:
         if not self._writable or not self._out:
@@ -168,6 +216,7 @@ class OutputQueue:
     # pause methods on purpose: a full output buffer must not stop us reading.
     def pauseProducing(self) -> None:
         self._writable = False
+        self._settle()
 
     def resumeProducing(self) -> None:
         self._writable = True
@@ -175,6 +224,65 @@ class OutputQueue:
 
     def stopProducing(self) -> None:
         self._writable = False
+        self._settle()
+
+
+class RoomFanout:
+    """Writes one room message to many connections: the frame is encoded once
+    and sent to every socket by one :func:`chatserv.fanout.send_all` call.
+
+    The hub's :class:`~chatserv.hub.Fanout` for the connections of one
+    factory whose dialect renders a room message as the same bytes for
+    everyone (``encode(message)``: the JSON dialect). A room message's last
+    steps, once per message whatever the number of recipients::
+
+        Hub.deliver_to_room -> RoomFanout.bind(...)'s deliver(message)
+          encode(message)                              once (cached on the event)
+          send_all(fds, data, held)                    one C call: send() per socket
+          conn.send(data[n:]) for each (i, n) missed   held, would block, partial, error
+          conn.send(data) for each connection without a socket of its own (TLS)
+
+    A connection is *held* (``OutputFlusher.held[fd]``) while it has output
+    queued, here or in its transport, or is paused or closing: it then gets
+    the frame through its queue, behind what waits there, exactly as before,
+    and never a direct send that would overtake it. Whatever a socket does not
+    take whole goes through the queue too, which then owns back-pressure and
+    ``--max-output``, and the transport reports a failed socket as usual.
+    """
+
+    def __init__(self, encode: Callable[[ChatMessage], bytes], held: bytearray) -> None:
+        self.encode = encode
+        #: The factory's OutputFlusher.held, which its connections keep current.
+        self.held = held
+
+    def bind(self, participants: list[Any]) -> Callable[[ChatMessage], None]:
+        """The delivery of a room message to *participants*, dialects whose
+        ``connection`` is an :class:`OutputQueue`."""
+        fds: list[int] = []
+        direct: list[OutputQueue] = []
+        queued: list[OutputQueue] = []
+        for participant in participants:
+            connection: OutputQueue = participant.connection
+            if connection._fd >= 0:
+                fds.append(connection._fd)
+                direct.append(connection)
+            else:
+                queued.append(connection)
+        encode, held = self.encode, self.held
+
+        def deliver(message: ChatMessage) -> None:
+            data = encode(message)
+            if fds:
+                for i, sent in send_all(fds, data, held):
+                    direct[i].send(data[sent:] if sent > 0 else data)
+            for connection in queued:
+                connection.send(data)
+
+        return deliver
+
+
+#: The held table of a connection without a socket of its own: never read.
+_NEVER = bytearray()
 
 
 def socket_of(transport: Any) -> Any:

@@ -47,7 +47,7 @@ from .dialects.plain import PlainDialect
 from .errors import ChatError
 from .hub import Hub, Session
 from .logs import LogBudget, Logger
-from .output import OutputFlusher, OutputQueue, socket_of
+from .output import OutputFlusher, OutputQueue, RoomFanout
 from .ratelimit import TokenBucket
 from .stats import ConnectionStats
 from .storage import MessageStore
@@ -190,7 +190,7 @@ class ChatProtocol(OutputQueue, LineReceiver):
         self.MAX_LENGTH = min(limits.max_line, limits.max_login_line)
         peer = self.transport.getPeer()
         self._peer = describe(peer)
-        self._socket = socket_of(self.transport)
+        self._open_output()
         if limits.rate_limit > 0:
             self._bucket = TokenBucket(limits.rate_limit, limits.rate_burst, factory.clock.seconds)
         if len(factory.connections) >= limits.max_connections:
@@ -241,6 +241,9 @@ class ChatProtocol(OutputQueue, LineReceiver):
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
         self._out = []
+        if self._fd >= 0:
+            # Its descriptor is closed, and may soon be another connection's.
+            self._hold_flags[self._fd] = 1
         self._lost = True
         factory = self.factory
         factory.connections.discard(self)
@@ -425,6 +428,9 @@ class ChatFactory(Factory):
         self.accounts = accounts
         self.history = history
         self.flusher = OutputFlusher(clock)
+        #: The JSON dialect's room frames are the same bytes for every
+        #: connection: its participants share this fan-out (see Hub._plan).
+        self.room_fanout = RoomFanout(wire.broadcast_frame, self.flusher.held)
         self.connections: set[ChatProtocol] = set()
         #: open connections per client address (see _host)
         self.per_address: dict[str, int] = {}

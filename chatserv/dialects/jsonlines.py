@@ -23,6 +23,7 @@ from . import paging
 from .base import Dialect
 
 if TYPE_CHECKING:
+    from ..output import RoomFanout
     from ..protocol import ChatProtocol
 
 
@@ -110,6 +111,12 @@ class JsonDialect(Dialect):
             error(e.code, wire.error_text(e), ref)
 
     # -- hub events (Participant) -------------------------------------------
+
+    @property
+    def fanout(self) -> RoomFanout:
+        """Room messages reach this connection with those of every other
+        JSON connection of its factory, in one call (chatserv.output.RoomFanout)."""
+        return self.factory.room_fanout
 
     def receive_message(self, message: ChatMessage) -> None:
         if message.room is not None:
