@@ -45,7 +45,8 @@ class OutputFlusher:
 
     One delayed call serves all connections, so a broadcast to N clients costs
     N list appends during the turn and N ``write`` calls after it, however many
-    messages each client received in that turn.
+    messages each client received in that turn. Room messages bound for many
+    connections wait here as frames (see :class:`RoomFanout`), and go out first.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -57,14 +58,39 @@ class OutputFlusher:
         #: paused or closing, so that nothing may be sent to its socket
         #: directly (see OutputQueue._settle and RoomFanout).
         self.held = bytearray(1024)
+        #: The room write whose frames wait for the end of the turn, and them.
+        self.waiting: RoomWrite | None = None
+        self._frames: list[bytes] = []
 
     def schedule(self, protocol: OutputQueue) -> None:
         self._pending.append(protocol)
         if self._call is None:
             self._call = self.clock.callLater(0, self.flush)
 
+    def hold_frame(self, to: RoomWrite, data: bytes) -> None:
+        """Let *data* wait for the end of the turn, to go to *to*'s
+        connections with the frames that follow it for the same room write."""
+        if self.waiting is not to:
+            self.release()
+            self.waiting = to
+            if self._call is None:
+                self._call = self.clock.callLater(0, self.flush)
+        self._frames.append(data)
+
+    def release(self) -> None:
+        """Write the waiting frames now: at the end of the turn, or before
+        anything else is sent to one of their connections (see OutputQueue.send)."""
+        to = self.waiting
+        if to is None:
+            return
+        frames = self._frames
+        self.waiting = None
+        self._frames = []
+        to.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
     def flush(self) -> None:
         self._call = None
+        self.release()
         pending, self._pending = self._pending, []
         for protocol in pending:
             protocol.flush()
@@ -137,6 +163,10 @@ class OutputQueue:
         """
         if self._closing:
             return
+        waiting = self.factory.flusher.waiting
+        if waiting is not None and self in waiting.members:
+            # Room frames this connection was handed earlier go first.
+            self.factory.flusher.release()
         self._out.append(data)
         self._out_bytes += len(data)
         if self._out_bytes > self.factory.limits.max_output:
@@ -170,6 +200,9 @@ class OutputQueue:
         self.transport.abortConnection()
 
     def flush(self) -> None:
+        waiting = self.factory.flusher.waiting
+        if waiting is not None and self in waiting.members:
+            self.factory.flusher.release()
         self._scheduled = False
         self._write_out()
         self._settle()
@@ -228,57 +261,76 @@ class OutputQueue:
 
 
 class RoomFanout:
-    """Writes one room message to many connections: the frame is encoded once
-    and sent to every socket by one :func:`chatserv.fanout.send_all` call.
+    """Writes room messages to many connections at once: each frame is encoded
+    once, frames wait for the end of the reactor turn, and then go to every
+    socket in one :func:`chatserv.fanout.send_all` call.
 
     The hub's :class:`~chatserv.hub.Fanout` for the connections of one
     factory whose dialect renders a room message as the same bytes for
-    everyone (``encode(message)``: the JSON dialect). A room message's last
-    steps, once per message whatever the number of recipients::
+    everyone (``encode(message)``: the JSON dialect). :meth:`bind` makes a
+    :class:`RoomWrite` per room membership, and a room message's last steps are::
 
-        Hub.deliver_to_room -> RoomFanout.bind(...)'s deliver(message)
-          encode(message)                              once (cached on the event)
-          send_all(fds, data, held)                    one C call: send() per socket
-          conn.send(data[n:]) for each (i, n) missed   held, would block, partial, error
-          conn.send(data) for each connection without a socket of its own (TLS)
+        Hub.deliver_to_room -> RoomWrite.deliver(message)
+          encode(message)                         once (cached on the event)
+          OutputFlusher.hold_frame                a list append; other room
+                                                  messages of the turn join it
+        at the end of the turn (OutputFlusher.flush -> release -> RoomWrite.write):
+          send_all(fds, frames, held)             one C call: one send() per socket
+          conn.send(frames[n:]) per (i, n) missed held, would block, partial, error
+          conn.send(frames) per connection without a socket of its own (TLS)
 
-    A connection is *held* (``OutputFlusher.held[fd]``) while it has output
-    queued, here or in its transport, or is paused or closing: it then gets
-    the frame through its queue, behind what waits there, exactly as before,
-    and never a direct send that would overtake it. Whatever a socket does not
-    take whole goes through the queue too, which then owns back-pressure and
-    ``--max-output``, and the transport reports a failed socket as usual.
+    Order. Frames wait only while nothing else is sent to their connections:
+    sending anything to one of them (``OutputQueue.send``, ``flush``) first
+    writes the waiting frames, and a room write of another room or
+    membership does the same. A connection is *held*
+    (``OutputFlusher.held[fd]``) while it has output queued, here or in its
+    transport, or is paused or closing: it then gets the frames through its
+    queue, behind what waits there, never a direct send that would overtake
+    it. Whatever a socket does not take whole goes through the queue too,
+    which then owns back-pressure and ``--max-output``, and the transport
+    reports a failed socket the usual way.
     """
 
-    def __init__(self, encode: Callable[[ChatMessage], bytes], held: bytearray) -> None:
+    def __init__(self, encode: Callable[[ChatMessage], bytes], flusher: OutputFlusher) -> None:
         self.encode = encode
-        #: The factory's OutputFlusher.held, which its connections keep current.
-        self.held = held
+        self.flusher = flusher
 
     def bind(self, participants: list[Any]) -> Callable[[ChatMessage], None]:
         """The delivery of a room message to *participants*, dialects whose
-        ``connection`` is an :class:`OutputQueue`."""
-        fds: list[int] = []
-        direct: list[OutputQueue] = []
-        queued: list[OutputQueue] = []
-        for participant in participants:
-            connection: OutputQueue = participant.connection
+        ``connection`` is an :class:`OutputQueue` of this factory."""
+        return RoomWrite(self, [participant.connection for participant in participants]).deliver
+
+
+class RoomWrite:
+    """One room membership's connections, for :class:`RoomFanout`."""
+
+    __slots__ = ("encode", "flusher", "held", "fds", "direct", "queued", "members")
+
+    def __init__(self, fanout: RoomFanout, connections: list[OutputQueue]) -> None:
+        self.encode = fanout.encode
+        self.flusher = fanout.flusher
+        self.held = fanout.flusher.held
+        self.fds: list[int] = []
+        self.direct: list[OutputQueue] = []
+        self.queued: list[OutputQueue] = []
+        for connection in connections:
             if connection._fd >= 0:
-                fds.append(connection._fd)
-                direct.append(connection)
+                self.fds.append(connection._fd)
+                self.direct.append(connection)
             else:
-                queued.append(connection)
-        encode, held = self.encode, self.held
+                self.queued.append(connection)
+        self.members = frozenset(connections)
 
-        def deliver(message: ChatMessage) -> None:
-            data = encode(message)
-            if fds:
-                for i, sent in send_all(fds, data, held):
-                    direct[i].send(data[sent:] if sent > 0 else data)
-            for connection in queued:
-                connection.send(data)
+    def deliver(self, message: ChatMessage) -> None:
+        self.flusher.hold_frame(self, self.encode(message))
 
-        return deliver
+    def write(self, data: bytes) -> None:
+        if self.fds:
+            direct = self.direct
+            for i, sent in send_all(self.fds, data, self.held):
+                direct[i].send(data[sent:] if sent > 0 else data)
+        for connection in self.queued:
+            connection.send(data)
 
 
 #: The held table of a connection without a socket of its own: never read.

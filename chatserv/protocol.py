@@ -284,6 +284,8 @@ class ChatProtocol(OutputQueue, LineReceiver):
         """
         if self._closing and self.session is None:
             return
+        # Room frames waiting for this connection are part of what it is owed.
+        self.flush()
         self._closing = True
         self.flush()
         self._leave_hub()
@@ -430,7 +432,7 @@ class ChatFactory(Factory):
         self.flusher = OutputFlusher(clock)
         #: The JSON dialect's room frames are the same bytes for every
         #: connection: its participants share this fan-out (see Hub._plan).
-        self.room_fanout = RoomFanout(wire.broadcast_frame, self.flusher.held)
+        self.room_fanout = RoomFanout(wire.broadcast_frame, self.flusher)
         self.connections: set[ChatProtocol] = set()
         #: open connections per client address (see _host)
         self.per_address: dict[str, int] = {}
