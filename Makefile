@@ -1,5 +1,6 @@
 # make run   - create .venv, install chatserv, serve on port 2000
 # make test  - create .venv, install chatserv with its test extras, run the suite
+#              (twice: compiled fan-out, then CHATSERV_PURE_FANOUT=1)
 # make bench - the side-by-side benchmark (chatserv, twistd words, ngircd, inspircd);
 #              results go to benchmarks/results/, see docs/PERFORMANCE.md
 PYTHON ?= python3
@@ -22,8 +23,11 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/twistd -n --pidfile= chatserv $(ARGS)
 
+# Twice: with the compiled fan-out (chatserv._fanout) and with its pure-Python
+# fallback (chatserv/fanout.py), so both stay correct.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	CHATSERV_PURE_FANOUT=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
@@ -41,4 +45,4 @@ bench-quick: install
 	$(PY) -m benchmarks suite --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info chatserv/*.so

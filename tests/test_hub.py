@@ -865,3 +865,49 @@ def test_refusals_are_codes_that_wire_renders(hub, clock):
 
     raised = set(re.findall(r'raise \w+\("(\w+)"', inspect.getsource(chatserv.hub)))
     assert raised and raised <= set(ERROR_TEXTS)
+
+
+class SharedFanout:
+    """A :class:`chatserv.hub.Fanout` that records its bindings and hands
+    each message on to the bound participants' ``receive_message``."""
+
+    def __init__(self) -> None:
+        self.bindings: list[list[str]] = []
+
+    def bind(self, participants: list[Any]) -> Any:
+        self.bindings.append([p.label for p in participants])
+
+        def deliver(message: ChatMessage) -> None:
+            for p in participants:
+                p.receive_message(message)
+
+        return deliver
+
+
+class Sharing(Recorder):
+    def __init__(self, label: str, fanout: SharedFanout) -> None:
+        super().__init__(label)
+        self.fanout = fanout
+
+
+def test_participants_sharing_a_fanout_get_room_messages_through_one_binding_per_membership(clock):
+    hub = Hub(clock)
+    shared = SharedFanout()
+    ana, luis, own = Sharing("ana", shared), Sharing("luis", shared), Recorder("own")
+    a = hub.login(ana, "Ana")
+    hub.login(luis, "Luis")
+    hub.login(own, "Own")
+    for text in ("one", "two"):
+        hub.broadcast(a, text)
+    clock.advance(0)
+    assert shared.bindings == [["ana", "luis"]]  # once for both messages
+    for who in (ana, luis, own):
+        assert [m.text for m in who.take("message")] == ["one", "two"]
+    mia = Sharing("mia", shared)
+    hub.login(mia, "Mia")
+    hub.logout(hub.find("Luis"))
+    hub.broadcast(a, "three")
+    clock.advance(0)
+    assert shared.bindings[1:] == [["ana", "mia"]]  # the membership changed
+    assert [m.text for m in mia.take("message")] == ["three"]
+    assert luis.take("message") == [] and [m.text for m in own.take("message")] == ["three"]
