@@ -16,9 +16,13 @@ One room message's path (the hot path)::
         MessageLog.append_then             (storage.store group commit, or
                                             local.MemoryLog: end of the turn)
           Cluster.publish_room             (local: Hub.deliver_to_room itself)
-            Hub.deliver_to_room            presence first, window, fan-out
-              Participant.receive_message  (protocol: wire.broadcast_frame,
-                                            encoded once, queued per connection)
+            Hub.deliver_to_room            presence first, window, then the
+                                           room's plan (rebuilt when its
+                                           membership changes, see _plan):
+              Fanout.bind(...)'s deliver   participants sharing a Fanout (the
+                                           JSON connections: output.RoomFanout,
+                                           one send_all call per turn), or
+              Participant.receive_message  each other one (plain text, bridge)
 
 Everything that another node would share (ids, names, membership, delivery)
 goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and

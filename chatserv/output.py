@@ -1,11 +1,25 @@
 """A connection's output: gathered per reactor turn, bounded, written straight to the socket.
 
-A broadcast's bytes reach a client in three steps, none of which encodes
-anything (the dialect hands over bytes the event encoded once):
+A room message to the JSON connections of a room, the hot path (see
+:class:`RoomFanout`), costs no Python call per recipient::
+
+    RoomWrite.deliver(message)         the hub's plan for the room: once per message
+      wire.broadcast_frame(message)    encoded once, the same bytes for everyone
+      OutputFlusher.hold_frame         waits for the end of the turn, with the
+                                       room's other messages of this turn
+    OutputFlusher.flush -> release     end of the turn (or before anything else
+      RoomWrite.write(frames)          is sent to one of those connections)
+        fanout.send_all(fds, frames, held)   one C call: a send() per socket
+        conn.send(rest) for each socket that was held or did not take it all
+
+Everything else (other dialects, private messages, presence, answers, and
+what a socket did not take) reaches a client in three steps, none of which
+encodes anything (the dialect hands over bytes the event encoded once):
 
 1. :meth:`OutputQueue.send` appends them to the connection's list and, the
    first time in a turn, schedules the connection with the factory's
-   :class:`OutputFlusher`;
+   :class:`OutputFlusher` (and marks it *held*: no direct send may overtake
+   its queue);
 2. at the end of the turn the flusher calls every scheduled connection's
    :meth:`OutputQueue.flush`, once, however many frames it gathered;
 3. :meth:`OutputQueue._write_out` joins them and sends them straight to the

@@ -18,10 +18,12 @@ connections that stop sending.
 
 One broadcast's path, for N recipients: ``lineReceived`` →
 ``JsonDialect.line`` → ``Hub.broadcast`` (the store commits it, then the hub
-hands it to every member) → per recipient ``Dialect.receive_message`` →
-``OutputQueue.send`` (a list append); at the end of the turn
-``OutputFlusher.flush`` → per recipient ``OutputQueue.flush`` → one
-``socket.send``.
+hands it to the room's plan) → for the JSON connections, once per message,
+``RoomWrite.deliver`` (encoded once, a list append); at the end of the turn
+``OutputFlusher.flush`` → ``RoomWrite.write`` → one
+``chatserv.fanout.send_all`` call, a ``send()`` per socket in C (see
+:mod:`chatserv.output`). Plain-text connections still get
+``Dialect.receive_message`` → ``OutputQueue.send`` per recipient.
 """
 
 from __future__ import annotations
