@@ -5,7 +5,9 @@ A fixed workload, so that two versions can be compared by instruction counts
 runs: a hub and a ``ChatFactory`` on the real reactor and loopback TCP,
 ``--clients`` raw sockets logged in to ``general``, then ``--rounds`` reactor
 turns in each of which ``--per-turn`` members post a message that reaches
-everyone. Sockets are drained between turns, outside the timed part.
+everyone. The clients live in a child process that reads everything (so
+that, under callgrind, the counts are the server's alone: the child is not
+traced).
 
 Run another checkout's code with ``PYTHONPATH=/that/checkout``; the script
 only uses ``Hub``, ``ChatFactory`` and ``Limits``.
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -38,31 +41,16 @@ def main() -> None:
     factory = ChatFactory(hub, r, Limits(rate_limit=0, max_per_address=0, login_timeout=0, idle_timeout=0))
     listener = r.listenTCP(0, factory, interface="127.0.0.1")
     port = listener.getHost().port
-    clients = []
-    for i in range(a.clients):
-        c = socket.create_connection(("127.0.0.1", port))
-        c.setblocking(False)
-        c.sendall(json.dumps({"cmd": "login", "user": f"u{i}"}).encode() + b"\n")
-        clients.append(c)
-        r.iterate(0)  # accept it: the listen backlog is short
-
-    def drain() -> None:
-        for c in clients:
-            while True:
-                try:
-                    if not c.recv(1 << 20):
-                        raise SystemExit("a client was disconnected")
-                except BlockingIOError:
-                    break
-
-    deadline = time.monotonic() + 30
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(port), str(a.clients)], stdin=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
     while len(hub.sessions) < a.clients and time.monotonic() < deadline:
         r.iterate(0.01)
     assert len(hub.sessions) == a.clients, "not every client logged in"
     hub.flush_all_presence()
-    for _ in range(5):
+    for _ in range(20):
         r.iterate(0.01)
-    drain()
     senders = list(hub.sessions.values())
     text = "x" * 24
     spent = 0.0
@@ -73,14 +61,32 @@ def main() -> None:
         r.iterate(0)  # the log commits, the hub fans out
         r.iterate(0)  # the end of the turn: output is written
         spent += time.process_time() - t0
-        drain()
     deliveries = a.rounds * a.per_turn * a.clients
     print(json.dumps({
         "version": getattr(chatserv, "__file__", "?"),
         "clients": a.clients, "deliveries": deliveries,
         "us_per_delivery": round(spent / deliveries * 1e6, 3),
     }))
+    assert len(hub.sessions) == a.clients, "a client was disconnected"
     listener.stopListening()
+    reader.kill()
+    reader.wait()
+
+
+#: The clients: log in, then read everything until killed.
+READER = """
+import json, selectors, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+sel = selectors.DefaultSelector()
+for i in range(n):
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(json.dumps({"cmd": "login", "user": f"u{i}"}).encode() + b"\\n")
+    c.setblocking(False)
+    sel.register(c, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        key.fileobj.recv(1 << 20)
+"""
 
 
 if __name__ == "__main__":
