@@ -243,22 +243,25 @@ def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
     return frame({"cmd": "users", "room": room, "list": list(names)})
 
 
-def _name_list(names: tuple[str, ...]) -> str:
-    if len(names) == 1:
+def _name_list(names: tuple[str, ...], count: int) -> str:
+    if count == 1:
         return names[0]
-    if len(names) <= 3:
+    if count <= 3:
         return ", ".join(names[:-1]) + " y " + names[-1]
-    return ", ".join(names[:2]) + f" y {len(names) - 2} más"
+    return ", ".join(names[:2]) + f" y {count - 2} más"
 
 
-def join_text(names: tuple[str, ...]) -> str:
-    verb = "se ha unido" if len(names) == 1 else "se han unido"
-    return f"{_name_list(names)} {verb} al chat"
+def join_text(names: tuple[str, ...], count: int = -1) -> str:
+    """"Ana se ha unido al chat"; *count* (when not -1) is how many joined,
+    of whom *names* holds at least the first three."""
+    count = len(names) if count < 0 else count
+    verb = "se ha unido" if count == 1 else "se han unido"
+    return f"{_name_list(names, count)} {verb} al chat"
 
 
 def leave_text(names: tuple[str, ...]) -> str:
     verb = "ha abandonado" if len(names) == 1 else "han abandonado"
-    return f"{_name_list(names)} {verb} el chat"
+    return f"{_name_list(names, len(names))} {verb} el chat"
 
 
 def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) -> bytes:
@@ -269,7 +272,7 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
     encoded per window serves every newcomer. Other members get ``system``
     notices and the new list (seed 000), or a ``presence`` delta.
     """
-    if own_name in change.joined:
+    if own_name in _entered(change):
         return _cached(change, "json-users", lambda: users_frame(change.room, change.members))
     if delta:
         return _cached(
@@ -285,6 +288,16 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
             ),
         )
     return _cached(change, "json-system", lambda: _system_frames(change))
+
+
+def _entered(change: PresenceChange) -> frozenset[str]:
+    """The names in ``change.joined``, as a set: every member of the room asks
+    whether it is one of them, and a window of a login storm holds thousands
+    (a scan of the tuple made each window cost members x newcomers)."""
+    entered = change.wire.get("entered")
+    if entered is None:
+        entered = change.wire["entered"] = frozenset(change.joined)
+    return entered  # type: ignore[no-any-return]
 
 
 def _system_frames(change: PresenceChange) -> bytes:
@@ -451,12 +464,21 @@ def plain_window(messages: list[ChatMessage]) -> bytes:
 
 
 def plain_presence(change: PresenceChange, own_name: str) -> bytes:
-    joined = tuple(name for name in change.joined if name != own_name)
+    if own_name not in _entered(change):
+        # The same lines for every member that was there before the window.
+        return _cached(change, "plain", lambda: _plain_presence(change.joined, change.left))
+    # A newcomer hears of the others who came in its window; the text names
+    # three at most, so only the first four need looking at.
+    others = tuple(name for name in change.joined[:4] if name != own_name)
+    return _plain_presence(others, change.left, len(change.joined) - 1)
+
+
+def _plain_presence(joined: tuple[str, ...], left: tuple[str, ...], joined_count: int = -1) -> bytes:
     lines = []
     if joined:
-        lines.append(plain_line(join_text(joined) + "."))
-    if change.left:
-        lines.append(plain_line(leave_text(change.left) + "."))
+        lines.append(plain_line(join_text(joined, joined_count) + "."))
+    if left:
+        lines.append(plain_line(leave_text(left) + "."))
     return b"".join(lines)
 
 
