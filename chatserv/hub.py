@@ -136,13 +136,17 @@ class Session:
 
 class Room:
     __slots__ = (
-        "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
+        "name", "members", "order", "history", "cost", "partial", "joined", "left", "flush_call",
+        "wire",
     )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
+        #: ``(folded name, key)`` of every member, sorted: member-list pages
+        #: (``Hub.member_page``) in an order people recognise.
+        self.order: list[tuple[str, str]] = []
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
         #: The bytes the window and its cached encodings are counted for
         #: (see chatserv.windows).
@@ -353,13 +357,29 @@ class Hub:
             raise NotInRoom("not_in_room", room=room_name)
         return room
 
+    def member_page(self, room: Room, after: str | None = None, limit: int = 200) -> tuple[list[str], bool]:
+        """Up to *limit* names of the room's members in case-folded name order,
+        from the first one after the name *after* (from the start when None),
+        and whether more follow. O(log members + limit)."""
+        order = room.order
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        members = room.members
+        page = [members[key].name for _, key in order[start : start + limit]]
+        return page, start + limit < len(order)
+
     def _enter(self, session: Session, room: Room) -> None:
+        if session.key not in room.members:
+            bisect.insort(room.order, (session.name.casefold(), session.key))
         room.members[session.key] = session
         session.rooms.add(room.name)
         self.cluster.membership(room.name, joined=session.name)
 
     def _exit(self, session: Session, room: Room) -> None:
-        room.members.pop(session.key, None)
+        if room.members.pop(session.key, None) is not None:
+            entry = (session.name.casefold(), session.key)
+            i = bisect.bisect_left(room.order, entry)
+            if i < len(room.order) and room.order[i] == entry:
+                del room.order[i]
         session.rooms.discard(room.name)
         self.cluster.membership(room.name, left=session.name)
         if not room.members and room.name != GENERAL and not room.joined:

@@ -243,6 +243,31 @@ def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
     return frame({"cmd": "users", "room": room, "list": list(names)})
 
 
+def members_page_frame(cmd: str, room: str, names: list[str], count: int, more: bool) -> bytes:
+    """A page of a large room's member list for a ``lazy_members`` client:
+    ``users`` (the first page, where others get the whole list) or
+    ``members`` (an answer to ``members``); *count* is how many members it has."""
+    return frame({"cmd": cmd, "room": room, "list": names, "count": count, "more": more})
+
+
+def lazy_presence_frame(change: PresenceChange, max_names: int) -> bytes:
+    """What a ``lazy_members`` client hears of a window's changes in a large
+    room: the new member count, and who joined and left unless that is more
+    than *max_names* names (then ``reload``: pages it holds may be stale).
+    The same bytes for every such member: O(1) per member per window."""
+
+    def make() -> bytes:
+        obj: dict[str, Any] = {"cmd": "presence", "room": change.room}
+        if len(change.joined) + len(change.left) > max_names:
+            obj.update(joined=[], left=[], reload=True)
+        else:
+            obj.update(joined=list(change.joined), left=list(change.left))
+        obj["count"] = len(change.members)
+        return frame(obj)
+
+    return _cached(change, "json-lazy", make)
+
+
 def _name_list(names: tuple[str, ...], count: int) -> str:
     if count == 1:
         return names[0]
@@ -272,7 +297,7 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
     encoded per window serves every newcomer. Other members get ``system``
     notices and the new list (seed 000), or a ``presence`` delta.
     """
-    if own_name in _entered(change):
+    if own_name in entered(change):
         return _cached(change, "json-users", lambda: users_frame(change.room, change.members))
     if delta:
         return _cached(
@@ -290,7 +315,7 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
     return _cached(change, "json-system", lambda: _system_frames(change))
 
 
-def _entered(change: PresenceChange) -> frozenset[str]:
+def entered(change: PresenceChange) -> frozenset[str]:
     """The names in ``change.joined``, as a set: every member of the room asks
     whether it is one of them, and a window of a login storm holds thousands
     (a scan of the tuple made each window cost members x newcomers)."""
@@ -464,7 +489,7 @@ def plain_window(messages: list[ChatMessage]) -> bytes:
 
 
 def plain_presence(change: PresenceChange, own_name: str) -> bytes:
-    if own_name not in _entered(change):
+    if own_name not in entered(change):
         # The same lines for every member that was there before the window.
         return _cached(change, "plain", lambda: _plain_presence(change.joined, change.left))
     # A newcomer hears of the others who came in its window; the text names

@@ -19,10 +19,11 @@ from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
-from . import paging
+from . import members, paging
 from .base import Dialect
 
 if TYPE_CHECKING:
+    from ..hub import Room
     from ..protocol import ChatProtocol
 
 
@@ -125,7 +126,22 @@ class JsonDialect(Dialect):
     def receive_presence(self, change: PresenceChange) -> None:
         session = self.connection.session
         assert session is not None
+        if "lazy_members" in self.features and members.is_large(len(change.members)):
+            room = self.factory.hub.room(change.room)
+            if room is not None:
+                if session.name in wire.entered(change):
+                    self.send(members.entered_frame(self.factory.hub, room, change))
+                else:
+                    self.send(members.presence_frame(change))
+                return
         self.send(wire.presence_frames(change, session.name, "presence" in self.features))
+
+    def _users_answer(self, room: Room) -> bytes:
+        """The member list of *room* for this client: whole, or the first
+        page of a large room for a lazy_members client."""
+        if "lazy_members" in self.features and members.is_large(len(room.members)):
+            return members.first_page(self.factory.hub, room)
+        return wire.users_frame(room.name, room.names())
 
     def receive_typing(self, typing: Typing) -> None:
         self.send(wire.typing_frame(typing))
@@ -226,7 +242,23 @@ class JsonDialect(Dialect):
         # Who is in a room is for its members, as its messages and presence
         # are; `rooms` tells anyone which rooms exist and how full they are.
         room = self.factory.hub.member_room(session, _optional_text(frame, "room"))
-        self.send(wire.users_frame(room.name, room.names()))
+        self.send(self._users_answer(room))
+
+    def _cmd_members(self, frame: dict[str, Any]) -> None:
+        # One page of a room's member list, by name (see dialects.members).
+        session = self.connection.session
+        assert session is not None
+        room = self.factory.hub.member_room(session, _optional_text(frame, "room"))
+        after = _optional_text(frame, "after")
+        if after is not None:
+            try:
+                after = check_name(after)
+            except BadName as e:
+                raise InvalidName(str(e)) from None
+        limit = frame.get("limit", members.FIRST_PAGE)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        self.send(members.page(self.factory.hub, room, after, limit))
 
     def _cmd_typing(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -264,7 +296,7 @@ class JsonDialect(Dialect):
         self.send(hub.window_frame(room, "json-history", wire.room_history_frame))
         if already_in:
             # No presence change will follow; answer with the list now.
-            self.send(wire.users_frame(room.name, room.names()))
+            self.send(self._users_answer(room))
 
     def _cmd_leave(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -309,6 +341,7 @@ class JsonDialect(Dialect):
         "broadcast": _cmd_broadcast,
         "message": _cmd_message,
         "users": _cmd_users,
+        "members": _cmd_members,
         "typing": _cmd_typing,
         "join": _cmd_join,
         "leave": _cmd_leave,
