@@ -80,6 +80,14 @@ class AccountStore(Protocol):
 
     def is_registered(self, name: str) -> Deferred[bool]: ...
 
+    def account_keys(self) -> Deferred[tuple[set[str], tuple[int, float]]]:
+        """Every account's name key, and the table's fingerprint as they were
+        read (see :meth:`accounts_fingerprint`)."""
+
+    def accounts_fingerprint(self) -> Deferred[tuple[int, float]]:
+        """(how many accounts, the newest one's creation time): changes
+        whenever an account is created or deleted (chatserv.registered)."""
+
     def create_account(self, name: str, password_hash: str, created: float) -> Deferred[bool]:
         """False when the name already has an account."""
 

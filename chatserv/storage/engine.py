@@ -482,6 +482,20 @@ class Engine:
             found.update(row[0] for row in rows)
         return found
 
+    def account_keys(self) -> tuple[set[str], tuple[int, float]]:
+        """Every account's name key, and the fingerprint of what was read
+        (one query, so the two agree)."""
+        rows = self._call(partial(self._fetchall, "SELECT name_key, created FROM accounts"))
+        newest = max((float(row[1]) for row in rows), default=0.0)
+        return {row[0] for row in rows}, (len(rows), newest)
+
+    def accounts_fingerprint(self) -> tuple[int, float]:
+        """(accounts, newest creation time); see chatserv.registered."""
+        count, newest = self._call(
+            partial(self._fetchall, "SELECT count(*), coalesce(max(created), 0) FROM accounts")
+        )[0]
+        return int(count), float(newest)
+
     def create_account(self, name: str, password_hash: str, created: float) -> bool:
         """Create the account; False if the name already has one."""
 

@@ -358,6 +358,12 @@ class ThreadedStore:
         found = self.reader.registered(sorted(set(keys)))
         return [key in found for key in keys]
 
+    def account_keys(self) -> Deferred[tuple[set[str], tuple[int, float]]]:
+        return self._read(self.reader.account_keys)
+
+    def accounts_fingerprint(self) -> Deferred[tuple[int, float]]:
+        return self._read(self.reader.accounts_fingerprint)
+
     def create_account(self, name: str, password_hash: str, created: float) -> Deferred[bool]:
         return self._write(self.writer.create_account, name, password_hash, created)
 
