@@ -116,6 +116,11 @@ class Conversation:
     #: folded name -> (name as written, clock time when it expires)
     typing: dict[str, tuple[str, float]] = field(default_factory=dict)
     members: list[str] = field(default_factory=list)
+    #: How many members the room has when ``members`` is only the pages
+    #: loaded so far (a large room, see client.members); None: it is whole.
+    member_count: int | None = None
+    #: More names follow the loaded pages.
+    members_more: bool = False
     draft: str = ""
     #: identities of server messages already shown, so replays are not doubled
     seen: set[tuple[object, ...]] = field(default_factory=set)
@@ -273,11 +278,22 @@ class ChatModel:
 
     def is_online(self, name: str) -> bool:
         folded = fold(name)
-        return any(fold(n) == folded for n in self.online())
+        general = self.conversations[GENERAL_KEY]
+        if any(fold(n) == folded for n in general.members):
+            return True
+        # Only some pages of a large room are loaded: who is not in them
+        # may well be online (the server says no_such_user if not).
+        return general.members_more
 
-    def set_members(self, key: ConvKey, names: list[str]) -> None:
+    def set_members(
+        self, key: ConvKey, names: list[str], count: int | None = None, more: bool = False
+    ) -> None:
+        """The room's member list: whole, or (*count* given) the pages
+        loaded of a large room, with *more* names to come."""
         conv = self.conversation(key)
         conv.members = list(names)
+        conv.member_count = count
+        conv.members_more = more
         self._emit("members_changed", conv)
         if key == GENERAL_KEY:
             # Private tabs show whether their peer is online.
@@ -358,6 +374,8 @@ class ChatModel:
         general = self.conversations[GENERAL_KEY]
         general.lines.clear()
         general.members.clear()
+        general.member_count = None
+        general.members_more = False
         general.seen.clear()
         general.unread = 0
         general.had_history = False

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from chatserv.client.errors import _str, readable_error, with_detail
 from chatserv.client.i18n import _, join_names, ngettext
+from chatserv.client.members import MemberLists
 from chatserv.client.model import (
     GENERAL,
     GENERAL_KEY,
@@ -114,6 +115,7 @@ class ChatSession(Delivery):
         self.reactor = reactor
         self.keeper = ConnectionKeeper(reactor, self, self._waiting, policy)
         self.conn: ChatLineProtocol | None = None
+        self.members = MemberLists(model, self._send_if_connected)
         self.address: ServerAddress | None = None
         self.creds: Credentials | None = None
         self.outbox: list[Outgoing] = []
@@ -283,6 +285,7 @@ class ChatSession(Delivery):
     # -- connection events (FrameHandler) -------------------------------------
     def connection_made(self, conn: ChatLineProtocol) -> None:
         self.conn = conn
+        self.members.reset()
         self.ready.clear()
         self.joining.clear()
         self._acks.clear()
@@ -337,7 +340,9 @@ class ChatSession(Delivery):
             return
         # "sent": the server tells us the id of each private message we
         # send, so that we can edit or delete it later.
-        frame: Frame = {"cmd": "login", "user": self.creds.user, "features": ["sent"]}
+        # "lazy_members": a large room's member list comes as a count and
+        # pages (client.members), not as the whole list on every change.
+        frame: Frame = {"cmd": "login", "user": self.creds.user, "features": ["sent", "lazy_members"]}
         if self.creds.password:
             frame["password"] = self.creds.password
         self.conn.send_frame(frame)
@@ -453,10 +458,9 @@ class ChatSession(Delivery):
 
     def _on_users(self, frame: Frame) -> None:
         key = self._room_key(frame)
-        names = _str_list(frame.get("list"))
         if key not in self.model.conversations:
             return  # a room we already left
-        self.model.set_members(key, names)
+        self.members.users(key, frame)
         if key == GENERAL_KEY and self.model.state is ConnState.LOGGING_IN:
             self._logged_in()
             return
@@ -464,6 +468,21 @@ class ChatSession(Delivery):
             self.joining.remove(key)
             self.ready.add(key)
         self._flush()
+
+    def _send_if_connected(self, frame: Frame) -> None:
+        if self.conn is not None:
+            self.conn.send_frame(frame)
+
+    def _on_members(self, frame: Frame) -> None:
+        self.members.page(self._room_key(frame), frame)
+
+    def _on_presence(self, frame: Frame) -> None:
+        # Only in large rooms: the client does not ask for `presence`.
+        self.members.presence(self._room_key(frame), frame)
+
+    def more_members(self, key: ConvKey) -> None:
+        """The member list of *key* is scrolled to its end: load the next page."""
+        self.members.want_more(key)
 
     def _on_broadcast(self, frame: Frame) -> None:
         sender, msg = _str(frame, "from"), _str(frame, "msg")
