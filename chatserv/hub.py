@@ -156,8 +156,10 @@ class Room:
         #: anyone is shown it.
         self.partial = False
         # Membership changes not yet announced, and the call that will announce them.
-        self.joined: list[str] = []
-        self.left: list[str] = []
+        # Dicts as ordered sets: a storm of joins or leaves asks "is this
+        # name in it?" once per change, which a list made O(changes²).
+        self.joined: dict[str, None] = {}
+        self.left: dict[str, None] = {}
         self.flush_call: IDelayedCall | None = None
         #: Encoded forms of the history window; emptied whenever it changes.
         self.wire: dict[str, Any] = {}
@@ -413,12 +415,12 @@ class Hub:
         # find itself in `joined` to get its member list. A join followed by
         # a leave cancels out: nobody else needs to hear of it.
         if joined is not None:
-            room.joined.append(joined)
+            room.joined[joined] = None
         if left is not None:
             if left in room.joined:
-                room.joined.remove(left)
-            elif left not in room.left:
-                room.left.append(left)
+                del room.joined[left]
+            else:
+                room.left[left] = None
         if room.flush_call is None:
             room.flush_call = self.clock.callLater(
                 presence_window(len(room.members)), self._flush_presence, room
