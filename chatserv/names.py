@@ -135,6 +135,14 @@ def check_name(name: object) -> str:
         raise BadName("el nombre no puede estar vacío")
     if len(name) > MAX_NAME_LENGTH:
         raise BadName(f"el nombre tiene más de {MAX_NAME_LENGTH} caracteres")
+    return _checked(name)
+
+
+# A login checks its name twice (accounts, then the hub), and the PRECIS
+# profile is most of that check: valid names are remembered (refusals are
+# exceptions, which lru_cache does not keep, so they are checked each time).
+@functools.lru_cache(maxsize=1 << 12)
+def _checked(name: str) -> str:
     for char in name:
         # Z* is white space of every kind; C* is control, format, surrogate,
         # private-use and unassigned: all of them make names impossible to
