@@ -359,10 +359,11 @@ class Accounts:
         self.registrations.take(address)
         self.all_registrations.take("")
         password_hash = await self.hashes.submit(LOW, address, self.hasher.hash, password)
-        if not await self.store.create_account(name, password_hash, self.clock.seconds()):
+        created = self.clock.seconds()
+        if not await self.store.create_account(name, password_hash, created):
             self.by_address.failure(address)
             raise NameTaken(f"el nombre {name} ya tiene una cuenta")
-        self.registered.added(name_key(name))
+        self.registered.added(name_key(name), created)
         self.log_budget.line(
             "accounts registered",
             address,

@@ -80,7 +80,8 @@ class Participant(Protocol):
     def receive_presence(self, change: PresenceChange) -> None:
         """Membership of a room the session is in has changed. A session that
         has just entered the room finds its own name in ``change.joined``: this
-        is when it learns the full member list."""
+        is when it learns the member list (whole, or for a lazy_members client
+        in a large room its first page, see chatserv.dialects.members)."""
 
     def receive_typing(self, typing: Typing) -> None:
         """Somebody else is typing in one of the session's rooms, or privately to it."""

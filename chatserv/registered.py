@@ -70,10 +70,15 @@ class RegisteredNames:
         self._refresh()
         return None
 
-    def added(self, key: str) -> None:
-        """This process created the account of *key* (it is committed)."""
+    def added(self, key: str, created: float) -> None:
+        """This process created the account of *key* at *created* (it is
+        committed). The fingerprint follows, so the next check finds the
+        table as expected and reloads nothing."""
         if self._keys is not None:
             self._keys.add(key)
+            if self._fingerprint is not None and not self._refreshing:
+                count, newest = self._fingerprint
+                self._fingerprint = (count + 1, max(newest, created))
         if self._refreshing:
             self._added_meanwhile.add(key)
 
@@ -106,5 +111,9 @@ class RegisteredNames:
             self._refreshing = False
 
     def _failed(self, failure: Any) -> None:
+        from .storage.store import StorageClosed
+
         self.invalidate()
+        if failure.check(StorageClosed):
+            return  # shutting down
         log.failure("could not read the registered names; asking the database per login", failure)

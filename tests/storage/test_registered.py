@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from chatserv.accounts import Accounts
 from chatserv.errors import AuthFailed
 from chatserv.hashing import HashPool
+from chatserv.names import name_key
 from chatserv.registered import FRESH
 from chatserv.storage import open_engine, open_store
 from tests.storage.test_accounts import FAST
@@ -103,3 +104,18 @@ async def test_invalidate_sends_logins_to_the_database(world):
         pass
     else:
         raise AssertionError("the database path let a guest take a registered name")
+
+
+@pytest_twisted.ensureDeferred
+async def test_own_registrations_do_not_force_a_reload(world):
+    accounts, clock, admin = world
+    await loaded(accounts)
+    await accounts.register("Luis", "secreto123", "10.0.0.1")
+    clock.advance(FRESH + 0.1)
+    await loaded(accounts)
+    # The fingerprint followed the registration: the check matched, so the
+    # keys are the same set object, not a reloaded one.
+    keys = accounts.registered._keys
+    clock.advance(FRESH + 0.1)
+    await loaded(accounts)
+    assert accounts.registered._keys is keys and name_key("Luis") in keys
