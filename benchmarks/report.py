@@ -68,6 +68,8 @@ def print_result(res: dict[str, Any]) -> None:
             ("RSS per connection", _f(res.get("rss_per_conn_kb"), " kB", 2)),
             ("server CPU for the logins", _f(res.get("server_cpu_login_s"), " s", 2)),
             ("generator CPU during logins", _f(res.get("gen_cpu_login_pct"), " %")),
+            ("bytes to the clients while logging in",
+             _f((res.get("login_bytes_to_clients") or 0) / 1e6, " MB", 1)),
         ]
         b = res.get("broadcast")
         if b:
