@@ -64,3 +64,8 @@ class Cluster(Protocol):
     def publish_typing(self, typing: Typing, key: str) -> None:
         """Hand *typing* to the others of the room whose key is *key* (or to
         the user whose name key is *key*, for private typing)."""
+
+    def health_problems(self) -> list[str]:
+        """What keeps this node from serving the whole chat now, one short
+        phrase each ("not connected to Redis", "heartbeat 12 s old"); empty
+        when nothing does. ``--health`` answers 503 with them (chatserv.health)."""

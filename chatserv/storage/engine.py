@@ -347,6 +347,10 @@ class Engine:
     def _body(self, text: str) -> Any:
         return text
 
+    def ping(self) -> None:
+        """A cheap query that needs the connection and our schema (health checks)."""
+        self._call(lambda: self._execute("SELECT 1 FROM messages LIMIT 1").fetchall())
+
     def max_id(self) -> int:
         return self._call(
             lambda: int(self._execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0])

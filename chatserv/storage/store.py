@@ -344,6 +344,11 @@ class ThreadedStore:
     def rooms(self) -> Deferred[list[RoomInfo]]:
         return self._read(self.reader.rooms)
 
+    def ping(self) -> Deferred[None]:
+        """Fires once the database has answered a cheap query in the reader
+        thread (``--health``); fails with the database's error."""
+        return self._read(self.reader.ping)
+
     # -- accounts ---------------------------------------------------------------
 
     def account(self, name: str) -> Deferred[Account | None]:
