@@ -142,13 +142,15 @@ class Options(TelegramOptions, usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        # First: "--workers cannot share systemd:..." says more than the
+        # listener check's complaint about that same description would.
+        check_workers_options(self)
         for name, check in self.CHECKS.items():
             value = self.get(name)
             problem = check(value) if value is not None else None
             if problem:
                 raise usage.UsageError(f"--{name}: {problem}")
         check_telegram_options(self)
-        check_workers_options(self)
 
     def config(self) -> ServerConfig:
         return ServerConfig(
