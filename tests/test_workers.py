@@ -85,7 +85,12 @@ def test_workers_above_one_need_a_cluster(tmp_path):
 @pytest.mark.slow
 def test_workers_refuse_a_listener_they_cannot_share(tmp_path):
     done = run_twistd(
-        "--workers", "2", "--cluster", "redis://127.0.0.1:6379/0", "--listen", "systemd:domain=INET:index=0",
+        "--workers",
+        "2",
+        "--cluster",
+        "redis://127.0.0.1:6379/0",
+        "--listen",
+        "systemd:domain=INET:index=0",
         cwd=tmp_path,
     )
     assert done.returncode == 1
@@ -270,8 +275,19 @@ os.execv(sys.argv[1], sys.argv[1:])
 @pytest.mark.slow
 def test_systemd_socket_activation(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-c", ACTIVATE, str(TWISTD), "-n", "--pidfile=", "chatserv",
-         "--listen", "systemd:domain=INET:index=0", "--db", ":memory:"],
+        [
+            sys.executable,
+            "-c",
+            ACTIVATE,
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "chatserv",
+            "--listen",
+            "systemd:domain=INET:index=0",
+            "--db",
+            ":memory:",
+        ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -28,7 +28,10 @@ def texts(h: Harness, key: ConvKey = GENERAL_KEY) -> list[str]:
 
 def test_server_lists_parse_with_default_ports_and_ipv6():
     assert [str(a) for a in parse_servers("a:2001, b ,[::1]:2003,::1", 2000)] == [
-        "a:2001", "b:2000", "::1:2003", "::1:2000",
+        "a:2001",
+        "b:2000",
+        "::1:2003",
+        "::1:2000",
     ]
     assert parse_servers("a", 2000, tls=True, cafile="ca.pem")[0] == ServerAddress("a", 2000, True, "ca.pem")
     with pytest.raises(ValueError, match="port"):
@@ -75,7 +78,12 @@ def test_a_reconnect_catches_up_in_order_and_resends_only_what_is_missing():
     h.recv(cmd="history", room="general", more=True, items=[item(3, "Luis", "tres"), item(4, "Ana", "llegó")])
     assert stored.state is SendState.SENT and stored.msg_id == 4
     assert h.sent() == [{"cmd": "history", "after": 4, "limit": 200, "room": "general"}]
-    h.recv(cmd="history", room="general", more=False, items=[item(9, "Luis", "nueve"), item(10, "Luis", "en vivo")])
+    h.recv(
+        cmd="history",
+        room="general",
+        more=False,
+        items=[item(9, "Luis", "nueve"), item(10, "Luis", "en vivo")],
+    )
     assert texts(h) == ["uno", "dos", "llegó", "no llegó", "tres", "nueve", "en vivo"]
     # Only what the server did not have goes out again, with its first cid.
     assert h.sent(cids=True) == [{"cmd": "broadcast", "msg": "no llegó", "cid": cids[1]}]
@@ -103,7 +111,9 @@ def test_rooms_catch_up_once_joined_and_private_conversations_at_once():
     h.sent()
     h.recv(cmd="history", room="Cine", items=[item(2, "Luis", "peli", room="Cine")])
     h.recv(cmd="users", room="Cine", list=["Ana", "Luis"])
-    h.recv(cmd="private", **{"id": 3, "pos": 3, "time": "10:00:01", "from": "Luis", "to": "Ana", "msg": "psst"})
+    h.recv(
+        cmd="private", **{"id": 3, "pos": 3, "time": "10:00:01", "from": "Luis", "to": "Ana", "msg": "psst"}
+    )
     h.drop()
 
     h.connect()
