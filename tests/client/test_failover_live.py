@@ -1,0 +1,133 @@
+"""The client given two servers, against real ``twistd chatserv`` processes on
+loopback: the first is killed (SIGKILL) mid-conversation, and the client goes
+on with the second, under its name, with what it missed and nothing twice.
+
+The two processes share one database and never run at once (two nodes at
+once need ``--cluster``: that is the cluster's own tests' business); what is
+tested here is the client's side of a node's death.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+
+from chatserv.client import i18n
+from chatserv.client.model import GENERAL_KEY, ChatModel, ConnState, LineKind, SendState
+from chatserv.client.network import parse_servers
+from chatserv.client.session import ChatSession, Credentials
+from tests.client.support import sleep, wait_for
+from tests.client.test_twistd import free_port, listening
+from tests.test_twistd import Peer
+
+pytestmark = [pytest.mark.slow]
+
+
+class Node:
+    """``twistd -n chatserv`` on *port* over the database in *workdir*."""
+
+    def __init__(self, workdir: Path, port: int, name: str) -> None:
+        self.workdir, self.port, self.name = workdir, port, name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        with (self.workdir / f"{self.name}.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "chatserv", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+                 "--rate-limit", "0", "--history", "2", "--db", str(self.workdir / "chat.sqlite3")],
+                cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        await wait_for(
+            lambda: listening(self.port) or self.proc.poll() is not None, f"{self.name} listens", 30
+        )
+        if self.proc.poll() is not None:
+            pytest.fail(f"{self.name} exited:\n" + (self.workdir / f"{self.name}.log").read_text()[-2000:])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+def texts(model: ChatModel) -> list[str]:
+    lines = model.conversations[GENERAL_KEY].lines
+    return [ln.text for ln in lines if ln.kind in (LineKind.MESSAGE, LineKind.HISTORY)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_goes_on_with_the_second_server_when_the_first_is_killed(tmp_path):
+    from twisted.internet import reactor
+
+    i18n.install("en")
+    first, second = Node(tmp_path, free_port(), "first"), Node(tmp_path, free_port(), "second")
+    await first.start()
+    model = ChatModel(reactor)
+    # Slow enough a retry that the others talk before the client is back.
+    session = ChatSession(model, reactor, policy=lambda attempt: 1.5)
+    session.connect(
+        parse_servers(f"127.0.0.1:{first.port},127.0.0.1:{second.port}", 2000), Credentials("Ana")
+    )
+    peers: list[Peer] = []
+    try:
+        await wait_for(lambda: model.state is ConnState.ONLINE, "Ana online on the first server")
+        assert model.server == f"127.0.0.1:{first.port}"
+        luis = Peer(first.port)
+        peers.append(luis)
+        luis.send_json(cmd="login", user="Luis")
+        luis.expect("users")
+        for text in ("uno", "dos"):
+            luis.send_json(cmd="broadcast", msg=text)
+        await wait_for(lambda: texts(model)[-1:] == ["dos"], "Ana reads Luis")
+        pending = session.send(GENERAL_KEY, "en vuelo")
+        assert pending is not None
+
+        first.kill()
+        await second.start()
+        luis = Peer(second.port)
+        peers.append(luis)
+        luis.send_json(cmd="login", user="Luis")
+        luis.expect("users")
+        missed = ["tres", "cuatro", "cinco", "seis"]
+        for text in missed:
+            luis.send_json(cmd="broadcast", msg=text)
+            luis.expect("broadcast", msg=text)
+
+        await wait_for(lambda: model.state is ConnState.ONLINE and model.server.endswith(f":{second.port}"),
+                       "Ana back, on the second server", 30)  # fmt: skip
+        await wait_for(lambda: not session.outbox, "Ana's pending message confirmed", 15)
+        assert pending.state is SendState.SENT
+        assert model.me == "Ana"
+        positions = model.conversations[GENERAL_KEY].last_pos is not None
+        if positions:
+            # Every message, once, in order: nothing missed, nothing doubled.
+            await wait_for(lambda: "seis" in texts(model), "the catch-up")
+            shown = texts(model)
+            assert [t for t in shown if t in ["uno", "dos", *missed]] == ["uno", "dos", *missed]
+        else:
+            # A server without positions: the login window (--history 2) only.
+            await wait_for(lambda: "seis" in texts(model), "the login history")
+        assert texts(model).count("en vuelo") == 1
+        luis.send_json(cmd="broadcast", msg="después")
+        await wait_for(lambda: texts(model)[-1:] == ["después"], "live messages flow on the second server")
+        await sleep(0.2)
+        # The server has the pending message exactly once.
+        luis.send_json(cmd="history", limit=50)
+        stored = [i["msg"] for i in luis.expect("history")["items"]]
+        assert stored.count("en vuelo") == 1
+    finally:
+        for peer in peers:
+            peer.close()
+        await session.disconnect()
+        first.kill()
+        second.stop()
