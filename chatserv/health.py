@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
@@ -141,13 +141,14 @@ class PoolHealth:
             return readBody(response).addCallback(lines)  # type: ignore[no-any-return]
 
         def failed(failure: Failure) -> list[str]:
-            if failure.check(TimeoutError):
-                return [f"worker {index}: no health answer in {self.timeout:g} s"]
             return [f"worker {index}: health check failed: {_reason(failure)}"]
 
-        d.addCallback(answered)
-        d.addTimeout(self.timeout, reactor)
-        return d.addErrback(failed)
+        def late(result: Any, timeout: float) -> list[str]:
+            return [f"worker {index}: no health answer in {timeout:g} s"]
+
+        d.addCallback(answered).addErrback(failed)
+        d.addTimeout(self.timeout, reactor, onTimeoutCancel=late)
+        return d  # type: ignore[no-any-return]
 
 
 class HealthResource(Resource):

@@ -210,6 +210,14 @@ def test_a_pool_serves_restarts_a_dead_worker_and_stops_cleanly(twistd, cluster_
     for peer in peers:
         peer.close()
 
+    # A wedged worker (stopped: it cannot answer) makes the pool unhealthy.
+    os.kill(workers[1], signal.SIGSTOP)
+    try:
+        assert health(health_port) == (503, "worker 1: no health answer in 4 s\n")
+    finally:
+        os.kill(workers[1], signal.SIGCONT)
+    wait_until(lambda: health(health_port)[0] == 200, what="health back at 200 once it runs again")
+
     # A worker that dies is restarted, and reported meanwhile.
     os.kill(workers[0], signal.SIGKILL)
     logged(parent, r"worker 0 \(pid \d+\) was killed by signal 9 after [\d.]+ s; restarting it in 0\.5 s")
