@@ -43,7 +43,9 @@ def test_haproxy_as_documented_routes_around_a_dead_node(twistd, tmp_path):  # n
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     nodes, ports, health = [], [], []
     for _ in range(2):
-        node = twistd("--listen", LOOPBACK, "--health", LOOPBACK, "--db", ":memory:", "--max-per-address", "0")
+        node = twistd(
+            "--listen", LOOPBACK, "--health", LOOPBACK, "--db", ":memory:", "--max-per-address", "0"
+        )
         ports.append(int(logged(node, r"listening on tcp:0\S* .*port=(\d+)").group(1)))
         health.append(int(logged(node, r"health checks at .*port=(\d+)").group(1)))
         nodes.append(node)
