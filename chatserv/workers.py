@@ -48,8 +48,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import error as ierror
+from twisted.internet import tcp, unix
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.main import CONNECTION_DONE
@@ -150,9 +151,30 @@ def adopt(reactor: Any, description: str, fd: int, factory: Any) -> IListeningPo
 
         endpoint = serverFromString(reactor, description)
         factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
-    port: IListeningPort = reactor.adoptStreamPort(fd, family, factory)
-    os.close(fd)  # adoptStreamPort duplicated it
+    port: IListeningPort
+    if family == socket.AF_UNIX:
+        # Twisted's adopted UNIX port would shut the shared socket down and
+        # unlink its path when it closes (its adopted TCP port does neither),
+        # leaving the other workers with a dead listener under a removed
+        # name; the socket and the path are the parent's to close.
+        port = _SharedUNIXPort._fromListeningDescriptor(reactor, fd, factory)
+        port.startListening()
+    else:
+        port = reactor.adoptStreamPort(fd, family, factory)
+    os.close(fd)  # both duplicated it
     return port
+
+
+class _SharedUNIXPort(unix.Port):
+    """An adopted UNIX listening port that closes only its own descriptor."""
+
+    #: close() without shutdown(), which would end the listener for every process.
+    _shouldShutdown = False
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
 
 
 class _Pipe(FileDescriptor):
@@ -402,7 +424,7 @@ class WorkerPool(Service):
             ports, self.ports = self.ports, []
             if self.rundir:
                 shutil.rmtree(self.rundir, ignore_errors=True)
-            return DeferredList([succeed(p.stopListening()) for p in ports])
+            return DeferredList([maybeDeferred(p.stopListening) for p in ports])
 
         return DeferredList(stops).addCallback(close)
 

@@ -253,11 +253,19 @@ def test_workers_serve_tls_on_the_shared_socket(twistd, cluster_args, tmp_path):
     logged(parent, r"worker 0: .*listening on ssl:0")
     logged(parent, r"worker 1: .*listening on ssl:0")
     context = ssl.create_default_context(cafile=str(cert_pem))
-    for i in range(4):
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-            with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(json.dumps({"cmd": "login", "user": f"t{i}"}).encode() + b"\n")
-                assert json.loads(tls.makefile("rb").readline())["cmd"] == "history"
+
+    def logins(prefix: str) -> None:
+        for i in range(4):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(json.dumps({"cmd": "login", "user": f"{prefix}{i}"}).encode() + b"\n")
+                    assert json.loads(tls.makefile("rb").readline())["cmd"] == "history"
+
+    logins("t")
+    # A worker's clean stop leaves the shared socket to the others.
+    os.kill(pids(parent)[0], signal.SIGTERM)
+    logged(parent, r"worker 0 \(pid \d+\) was killed by signal 15")
+    logins("u")
     assert parent.stop() in (0, -signal.SIGTERM)
 
 
@@ -323,3 +331,27 @@ def test_systemd_listener_without_systemd_says_so(tmp_path):
         "chatserv: --listen: systemd:domain=INET:index=0: systemd passed no such socket "
         "(run under a systemd socket unit: LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)\n"
     )
+
+
+@pytest.mark.slow
+def test_a_unix_socket_path_outlives_a_worker_and_goes_with_the_parent(twistd, cluster_args, tmp_path):  # noqa: F811
+    path = tmp_path / "chat.sock"
+    parent = twistd("--workers", "2", "--listen", f"unix:{path}", *cluster_args)
+    logged(parent, r"worker 0: .*listening on unix:")
+    logged(parent, r"worker 1: .*listening on unix:")
+
+    def unix_login(user: str) -> None:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(json.dumps({"cmd": "login", "user": user}).encode() + b"\n")
+            assert json.loads(sock.makefile("rb").readline())["cmd"] == "history"
+
+    unix_login("a")
+    os.kill(pids(parent)[0], signal.SIGTERM)  # a clean stop of one worker
+    logged(parent, r"worker 0 \(pid \d+\) was killed by signal 15")
+    assert path.exists()
+    for i in range(4):
+        unix_login(f"b{i}")
+    assert parent.stop() in (0, -signal.SIGTERM)
+    assert not path.exists()
