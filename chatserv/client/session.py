@@ -498,9 +498,10 @@ class ChatSession(Delivery):
         conv.catching_up = False
         held, conv.held = conv.held, []
         for frame in held:
-            handler = getattr(self, "_on_" + str(frame.get("cmd")), None)
-            if handler is not None:
-                handler(frame)
+            try:
+                getattr(self, "_on_" + str(frame["cmd"]))(frame)
+            except Exception:
+                self.log.failure("Could not handle a held {cmd} frame", cmd=frame["cmd"])
         self._flush()
 
     def _on_history(self, frame: Frame) -> None:
