@@ -79,6 +79,8 @@ PARENT_ONLY = ("workers", "health", "metrics", "adopt-fds")
 _TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 #: twistd's own log prefix ("2026-11-30T01:02:03+0000 "), left out of relayed lines.
 _STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} ")
+#: The level in twistd's "[namespace#level]" prefix.
+_LEVEL = re.compile(r"^\[[^\]#]*#(debug|info|warn|error|critical)\]")
 
 
 def shareable(description: str) -> str | None:
@@ -301,7 +303,11 @@ class Worker(ProcessProtocol):
     def _relay(self, raw: bytes) -> None:
         line = _STAMP.sub("", raw.decode("utf-8", "replace").rstrip())
         if line:
-            log.info("worker {n}: {line}", n=self.index, line=line)
+            # At the level the worker logged it at, so --log-level and
+            # observers filtering on level treat it as the worker's own.
+            level = _LEVEL.search(line)
+            emit = getattr(log, level.group(1)) if level else log.info
+            emit("worker {n}: {line}", n=self.index, line=line)
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self._partial.items():
