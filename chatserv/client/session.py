@@ -134,7 +134,7 @@ class ChatSession(Delivery):
         self.addresses: list[ServerAddress] = []
         #: conversations whose catch-up ``history`` request is unanswered, in order
         self.catching: list[ConvKey] = []
-        self._cid_prefix = os.urandom(6).hex()
+        self._cid_prefix = os.urandom(16).hex()  # 128 random bits: never repeats (PROTOCOL.md)
         self._cid_seq = 0
         self.creds: Credentials | None = None
         self.outbox: list[Outgoing] = []
