@@ -221,10 +221,9 @@ def test_migration_6_numbers_what_older_versions_stored(db_url):
 
         def edit() -> None:
             with engine._transaction():
-                engine._execute(
-                    "INSERT INTO message_edits (message_id, ts, body) VALUES (?, ?, ?)", (5, 2e9, body)
-                )
-                engine._execute("INSERT INTO message_edits (message_id, ts, body) VALUES (?, ?, ?)", (3, 1e9, None))
+                sql = "INSERT INTO message_edits (message_id, ts, body) VALUES (?, ?, ?)"
+                engine._execute(sql, (5, 2e9, body))
+                engine._execute(sql, (3, 1e9, None))
 
         engine._call(edit)
     finally:
