@@ -108,15 +108,12 @@ async def test_the_client_goes_on_with_the_second_server_when_the_first_is_kille
         await wait_for(lambda: not session.outbox, "Ana's pending message confirmed", 15)
         assert pending.state is SendState.SENT
         assert model.me == "Ana"
-        positions = model.conversations[GENERAL_KEY].last_pos is not None
-        if positions:
-            # Every message, once, in order: nothing missed, nothing doubled.
-            await wait_for(lambda: "seis" in texts(model), "the catch-up")
-            shown = texts(model)
-            assert [t for t in shown if t in ["uno", "dos", *missed]] == ["uno", "dos", *missed]
-        else:
-            # A server without positions: the login window (--history 2) only.
-            await wait_for(lambda: "seis" in texts(model), "the login history")
+        assert model.conversations[GENERAL_KEY].last_pos is not None  # the server sends positions
+        # Every message, once, in order: the login window (--history 2)
+        # holds only the last two; the catch-up (history after) the rest.
+        await wait_for(lambda: "seis" in texts(model), "the catch-up")
+        shown = texts(model)
+        assert [t for t in shown if t in ["uno", "dos", *missed]] == ["uno", "dos", *missed]
         assert texts(model).count("en vuelo") == 1
         luis.send_json(cmd="broadcast", msg="después")
         await wait_for(lambda: texts(model)[-1:] == ["después"], "live messages flow on the second server")
