@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -355,3 +356,49 @@ def test_a_unix_socket_path_outlives_a_worker_and_goes_with_the_parent(twistd, c
         unix_login(f"b{i}")
     assert parent.stop() in (0, -signal.SIGTERM)
     assert not path.exists()
+
+
+@pytest.mark.slow
+def test_the_pool_is_unhealthy_while_redis_is_away(twistd, cluster_args, tmp_path):  # noqa: F811
+    """With the Redis cluster (issue 9's rcluster), on a Redis of the test's own."""
+    pytest.importorskip("chatserv.cluster_redis", reason="the Redis cluster is not in this tree yet")
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: reachable(port), what="redis-server to listen")
+        args = [a if not a.startswith("redis://") else f"redis://127.0.0.1:{port}/0" for a in cluster_args]
+        parent = twistd("--workers", "2", "--listen", LOOPBACK, "--health", LOOPBACK, *args)
+        health_port = int(logged(parent, r"health checks at .*port=(\d+)").group(1))
+        wait_until(lambda: health(health_port) == (200, "ok\n"), 30, "the pool healthy")
+
+        redis.terminate()
+        redis.wait(10)
+        wait_until(lambda: health(health_port)[0] == 503, 30, "503 once Redis is gone")
+        code, body = health(health_port)
+        assert {line.split(":", 1)[0] for line in body.splitlines()} == {"worker 0", "worker 1"}, body
+        assert all(": cluster: " in line for line in body.splitlines()), body
+
+        redis = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL)
+        wait_until(lambda: health(health_port) == (200, "ok\n"), 60, "healthy again once Redis is back")
+        assert parent.stop() in (0, -signal.SIGTERM)
+    finally:
+        redis.terminate()
+        redis.wait(10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
