@@ -34,13 +34,16 @@ class Node:
     def __init__(self, workdir: Path, port: int, name: str) -> None:
         self.workdir, self.port, self.name = workdir, port, name
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Options instead of the shared SQLite file (--db, --cluster).
+        self.extra: list[str] = []
 
     async def start(self) -> None:
         with (self.workdir / f"{self.name}.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
                  "-n", "--pidfile=", "chatserv", "--listen", f"tcp:{self.port}:interface=127.0.0.1",
-                 "--rate-limit", "0", "--history", "2", "--db", str(self.workdir / "chat.sqlite3")],
+                 "--rate-limit", "0", "--history", "2",
+                 *(self.extra or ["--db", str(self.workdir / "chat.sqlite3")])],
                 cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         await wait_for(
@@ -128,3 +131,69 @@ async def test_the_client_goes_on_with_the_second_server_when_the_first_is_kille
         await session.disconnect()
         first.kill()
         second.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_node_dies_and_the_client_carries_on_with_another(tmp_path):
+    """Two nodes of one cluster at once (issue 9's rcluster): the client's
+    node is SIGKILLed mid-conversation; it takes its name back on the other
+    node once the cluster has reaped the dead one, and misses nothing."""
+    pytest.importorskip("chatserv.cluster_redis", reason="the Redis cluster is not in this tree yet")
+    from twisted.internet import reactor
+
+    from tests.storage.conftest import PG_ADMIN_DSN, pg_unavailable
+
+    reason = pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if not listening(6379):
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379")
+    import uuid
+
+    import psycopg
+
+    schema = f"chatserv_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    db = f"{PG_ADMIN_DSN}{'&' if '?' in PG_ADMIN_DSN else '?'}options=-csearch_path%3D{schema}"
+    cluster = ["--cluster", "redis://127.0.0.1:6379/0", "--cluster-name", f"test-failover-{schema}"]
+    first, second = Node(tmp_path, free_port(), "first"), Node(tmp_path, free_port(), "second")
+    first.extra = second.extra = ["--db", db, *cluster]
+    model = ChatModel(reactor)
+    session = ChatSession(model, reactor, policy=lambda attempt: 0.5)
+    peers: list[Peer] = []
+    try:
+        await first.start()
+        await second.start()
+        session.connect(
+            parse_servers(f"127.0.0.1:{first.port},127.0.0.1:{second.port}", 0), Credentials("Ana")
+        )
+        await wait_for(lambda: model.state is ConnState.ONLINE, "Ana online on the first node")
+        luis = Peer(second.port)
+        peers.append(luis)
+        luis.send_json(cmd="login", user="Luis")
+        luis.expect("users")
+        luis.send_json(cmd="broadcast", msg="uno")
+        await wait_for(lambda: texts(model)[-1:] == ["uno"], "Ana reads Luis across nodes")
+
+        first.kill()
+        sent = ["dos", "tres", "cuatro"]
+        for text in sent:
+            luis.send_json(cmd="broadcast", msg=text)
+            luis.expect("broadcast", msg=text)
+        await wait_for(
+            lambda: model.state is ConnState.ONLINE and model.server.endswith(f":{second.port}"),
+            "Ana back on the second node, under her name",
+            40,
+        )
+        await wait_for(lambda: "cuatro" in texts(model), "the catch-up")
+        assert [t for t in texts(model) if t in ["uno", *sent]] == ["uno", *sent]
+        assert model.me == "Ana"
+    finally:
+        for peer in peers:
+            peer.close()
+        await session.disconnect()
+        first.kill()
+        second.stop()
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
