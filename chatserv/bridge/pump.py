@@ -168,6 +168,8 @@ class SendPump(BridgeCore):
                 await self.state.check_term()
             except Fenced:
                 return
+            if not self.running:
+                return  # stopped during the check: the next leader sends it
             if self._direct:
                 chat_id, text = self._direct[0]
                 result = await self._send(chat_id, text, html=False)
