@@ -49,7 +49,7 @@ class ClusteredBridge(Service):
         reactor: Any,
         store: MessageStore | None = None,
         lease_store: LeaseStore | None = None,
-        timing: LeaseTiming = LeaseTiming(),
+        timing: LeaseTiming | None = None,
         node: str | None = None,
     ) -> None:
         assert config.cluster_url is not None and config.db_url is not None
@@ -58,7 +58,7 @@ class ClusteredBridge(Service):
         self.reactor = reactor
         self.store = store
         self.lease_store = lease_store
-        self.timing = timing
+        self.timing = timing if timing is not None else LeaseTiming()
         self.node = node
         self.redis: Any = None
         self.lease: Lease | None = None

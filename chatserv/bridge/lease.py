@@ -406,5 +406,7 @@ class Lease:
             return
         term, self.term = self.term, None
         self.deadline = 0.0
-        log.info("this node stops running the Telegram bridge (term {term}): {reason}", term=term, reason=reason)
+        log.info(
+            "this node stops running the Telegram bridge (term {term}): {reason}", term=term, reason=reason
+        )
         self.on_lost(reason)

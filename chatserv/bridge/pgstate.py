@@ -73,7 +73,9 @@ class PostgresBackend:
         try:
             import psycopg
         except ImportError as e:
-            raise StateError("the clustered Telegram bridge needs psycopg 3: pip install 'chatserv[postgres]'") from e
+            raise StateError(
+                "the clustered Telegram bridge needs psycopg 3: pip install 'chatserv[postgres]'"
+            ) from e
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
         except psycopg.Error as e:
@@ -82,7 +84,15 @@ class PostgresBackend:
             raise StateError(f"cannot connect to {redact(self.url)} for the bridge state: {e}") from e
 
     def open(self, map_size: int) -> Loaded:
-        conn = self.conn = self._connect()
+        self.conn = self._connect()
+        try:
+            return self._open(map_size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, map_size: int) -> Loaded:
+        conn = self.conn
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
             for statement in _SCHEMA:
@@ -91,7 +101,8 @@ class PostgresBackend:
             version = row[0] if row and row[0] is not None else 0
             if version > SCHEMA_VERSION:
                 raise StateError(
-                    f"the bridge tables were written by a newer chatserv (schema {version} > {SCHEMA_VERSION})"
+                    "the bridge tables were written by a newer chatserv"
+                    f" (schema {version} > {SCHEMA_VERSION})"
                 )
             if version < SCHEMA_VERSION:
                 conn.execute("DELETE FROM telegram_schema")
@@ -99,13 +110,16 @@ class PostgresBackend:
         with conn.transaction():
             claimed = conn.execute(
                 "INSERT INTO telegram_bridge (bridge, term) VALUES (%s, %s) ON CONFLICT (bridge)"
-                " DO UPDATE SET term = EXCLUDED.term WHERE telegram_bridge.term < EXCLUDED.term RETURNING term",
+                " DO UPDATE SET term = EXCLUDED.term WHERE telegram_bridge.term < EXCLUDED.term"
+                " RETURNING term",
                 (self.bridge, self.term),
             ).fetchone()
             if claimed is None:
                 raise Fenced(self._stored_term())
             meta = dict(
-                conn.execute("SELECT key, value FROM telegram_meta WHERE bridge = %s", (self.bridge,)).fetchall()
+                conn.execute(
+                    "SELECT key, value FROM telegram_meta WHERE bridge = %s", (self.bridge,)
+                ).fetchall()
             )
             row = conn.execute(
                 "SELECT max(chat_id), max(n) FROM telegram_msgmap WHERE bridge = %s", (self.bridge,)
@@ -131,7 +145,9 @@ class PostgresBackend:
         return Loaded(int(meta.get("offset", 0)), max_chat_id, refs, outbox, meta)
 
     def _stored_term(self) -> int:
-        row = self.conn.execute("SELECT term FROM telegram_bridge WHERE bridge = %s", (self.bridge,)).fetchone()
+        row = self.conn.execute(
+            "SELECT term FROM telegram_bridge WHERE bridge = %s", (self.bridge,)
+        ).fetchone()
         return int(row[0]) if row else 0
 
     def _hold_term(self) -> None:

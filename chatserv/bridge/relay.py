@@ -195,7 +195,9 @@ class InboundRelay(BridgeCore):
                 return
             except Conflict as e:
                 if self.on_lost is not None:
-                    log.warn("Telegram says another client polls this bot ({error})", error=self._redact(str(e)))
+                    log.warn(
+                        "Telegram says another client polls this bot ({error})", error=self._redact(str(e))
+                    )
                     self.on_lost("409 Conflict from Telegram", 0)
                     return
                 failures += 1

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from datetime import timedelta
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -165,7 +164,11 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
             assert group.outbox is not None
             mark = self.state.marks.get(group.chat_id)
             if mark is None:
-                continue  # the first leader ever: the bridge starts now
+                # The first leader ever: the bridge starts now, and a later
+                # gap is caught up from here.
+                if self._first_id is not None:
+                    self.state.set_mark(group.chat_id, self._first_id - 1)
+                continue
             try:
                 page = await self.store.room_page(group.room, None, self.config.queue_max)
             except Exception as e:

@@ -174,7 +174,8 @@ class SQLiteBackend:
         return Loaded(int(meta.get("offset", 0)), max_chat_id, refs, outbox, meta)
 
     _SQL = {
-        "map": "INSERT INTO msgmap (n, tg_chat, tg_msg, chat_id, sender, excerpt, run) VALUES (?,?,?,?,?,?,?)",
+        "map": "INSERT INTO msgmap (n, tg_chat, tg_msg, chat_id, sender, excerpt, run)"
+        " VALUES (?,?,?,?,?,?,?)",
         "map_trim": "DELETE FROM msgmap WHERE n <= ?",
         "queue_put": "INSERT OR REPLACE INTO outbox (seq, chat_id, sender, text, tg_chat, reply_tg)"
         " VALUES (?,?,?,?,?,?)",
@@ -301,7 +302,8 @@ class BridgeState:
                     if not where:
                         del self._by_chat[ref.chat_id]  # type: ignore[arg-type]
         for ref in refs:
-            self._ops.append(("map", (self._n, tg_chat, tg_msg, ref.chat_id, ref.sender, ref.excerpt, ref.run)))
+            row = (self._n, tg_chat, tg_msg, ref.chat_id, ref.sender, ref.excerpt, ref.run)
+            self._ops.append(("map", row))
         if self._n % 1000 == 0:
             self._ops.append(("map_trim", (self._n - self.map_size,)))
         self._schedule()

@@ -378,8 +378,12 @@ class FakeBotAPI:
         self._abandon(poll)
         self.conflicts += 1
         self.calls.append(("getUpdates", self.reactor.seconds(), "409"))
-        description = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
-        poll.request.write(self._reply(poll.request, 409, {"ok": False, "error_code": 409, "description": description}))
+        description = (
+            "Conflict: terminated by other getUpdates request;"
+            " make sure that only one bot instance is running"
+        )
+        body = {"ok": False, "error_code": 409, "description": description}
+        poll.request.write(self._reply(poll.request, 409, body))
         poll.request.finish()
 
     def _abandon(self, poll: _Poll) -> None:

@@ -95,10 +95,12 @@ class Cluster:
             **FAST,
         )
 
-    async def node(self, name: str, timing: LeaseTiming = LeaseTiming()) -> ClusteredBridge:
+    async def node(self, name: str, timing: LeaseTiming | None = None) -> ClusteredBridge:
         if self.server is None:
             self.server = await start_server()
-        node = ClusteredBridge(self.config(), self.server.hub, reactor(), self.server.store, timing=timing, node=name)
+        node = ClusteredBridge(
+            self.config(), self.server.hub, reactor(), self.server.store, timing=timing, node=name
+        )
         node.startService()
         self.nodes.append(node)
         return node
@@ -196,7 +198,9 @@ async def test_failover_relays_every_update_and_line_once(cluster):
     await sleep(0.5)
     seen += await frames(ana)
 
-    print(f"\nTelegram bridge takeover: {after_kill:.2f} s after a kill, {after_stop:.2f} s after a clean stop")
+    print(
+        f"\nTelegram bridge takeover: {after_kill:.2f} s after a kill, {after_stop:.2f} s after a clean stop"
+    )
     # Every update once, in order (u1 and u2 were read above).
     assert from_luis(seen) == ["u3", "u4", "u5"]
     # Every chat line once, in order.

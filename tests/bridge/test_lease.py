@@ -217,9 +217,9 @@ async def test_redis_lease_contract():
         assert term == 1
         assert await redis.acquire(key, "b", 2000) is None  # held
         assert await conn.get(key) == "1:a"
-        assert 0 < await conn.execute_command('PTTL', key) <= 2000
+        assert 0 < await conn.execute_command("PTTL", key) <= 2000
         assert await redis.renew(key, "1:a", 5000)
-        assert 2000 < await conn.execute_command('PTTL', key) <= 5000
+        assert 2000 < await conn.execute_command("PTTL", key) <= 5000
         assert not await redis.renew(key, "1:b", 5000)  # only the holder renews
         assert not await redis.release(key, "0:a")  # nor deletes
         assert await redis.release(key, "1:a")
