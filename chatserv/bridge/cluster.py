@@ -16,6 +16,7 @@ from the database, queues what the rooms said while nobody bridged them
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -28,7 +29,7 @@ from .config import BridgeConfig
 from .lease import Lease, LeaseStore, LeaseTiming, RedisLeaseStore, connect_redis, lease_key
 from .pgstate import PostgresBackend
 from .service import TelegramBridge
-from .state import Fenced
+from .state import Fenced, StateBackend
 
 log = Logger()
 
@@ -51,6 +52,7 @@ class ClusteredBridge(Service):
         lease_store: LeaseStore | None = None,
         timing: LeaseTiming | None = None,
         node: str | None = None,
+        backend: Callable[[str, str, int], StateBackend] = PostgresBackend,
     ) -> None:
         assert config.cluster_url is not None and config.db_url is not None
         self.config = config
@@ -60,6 +62,8 @@ class ClusteredBridge(Service):
         self.lease_store = lease_store
         self.timing = timing if timing is not None else LeaseTiming()
         self.node = node
+        #: Makes the state backend of one term: ``(db url, bridge key, term)``.
+        self.backend = backend
         self.redis: Any = None
         self.lease: Lease | None = None
         #: The bridge while this node leads, else None.
@@ -152,7 +156,7 @@ class ClusteredBridge(Service):
             self.hub,
             self.reactor,
             self.store,
-            backend=PostgresBackend(self.config.db_url, self.state_key, term),
+            backend=self.backend(self.config.db_url, self.state_key, term),
             on_lost=self._give_up,
             catch_up=True,
         )

@@ -159,6 +159,10 @@ class PostgresBackend:
             raise Fenced(self._stored_term())
 
     def write(self, ops: list[Op], meta: dict[str, str]) -> None:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            # The database restarted or the network dropped: the state
+            # keeps its changes and calls again (state.WRITE_RETRY).
+            self.conn = self._connect()
         with self.conn.transaction():
             self._hold_term()
             for kind, params in ops:
@@ -171,6 +175,8 @@ class PostgresBackend:
                 )
 
     def check(self) -> None:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.conn = self._connect()
         term = self._stored_term()
         if term != self.term:
             raise Fenced(term)

@@ -3,6 +3,7 @@ answers to ``/users`` and to private chats with the bot)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -45,12 +46,55 @@ class InboundRelay(BridgeCore):
             log.info("Telegram restarted its update numbering at {id}", id=uid)
         else:
             self._catching_up = False
+        if uid in self.state.unsure:
+            self.state.unsure.discard(uid)
+            if await self._relayed_before(update):
+                log.info("update {id} was relayed before the last stop; not again", id=uid)
+                self.state.set_offset(uid, force=True, write=False)
+                return
         try:
             self._relay_update(update)
         finally:
             # Marked handled even if relaying failed: an update that breaks
-            # the bridge must not come back after every restart.
-            self.state.set_offset(uid, force=True)
+            # the bridge must not come back after every restart. Written
+            # with the end of the batch, once the chat has committed it.
+            self.state.set_offset(uid, force=True, write=False)
+
+    async def _relayed_before(self, update: Any) -> bool:
+        """Whether the chat already holds *update*'s message: the last run
+        relayed it and stopped before writing the offset. Looked up among
+        the room's latest messages from Telegram, numbered from the batch's
+        first id on, by sender and text (and then mapped, for replies)."""
+        msg = update.message
+        store = self.store
+        if msg is None or store is None or not getattr(store, "keeps_history", False):
+            return False  # an edit is applied again: the same text twice
+        group = self.groups.get(msg.chat.id)
+        body = message_body(msg)
+        if group is None or body is None:
+            return False
+        if msg.sender_chat is not None:
+            base = display_name(None, msg.sender_chat)
+        else:
+            base = display_name(msg.from_user)
+        try:
+            # This runs in PTB's handler, an asyncio task: a Deferred is
+            # awaited as a Future there.
+            page = await store.room_page(group.room, None, 200).asFuture(asyncio.get_running_loop())
+        except Exception as e:
+            log.warn("cannot read the chat history: {error}", error=str(e))
+            return False
+        for m in page:
+            if (
+                m.id >= self.state.unsure_from
+                and m.text == body
+                and m.sender.startswith(base)
+                and m.sender.endswith(self.config.marker)
+            ):
+                ref = Ref(m.id, m.sender, excerpt(body), self.run)
+                self.state.map_add(msg.chat.id, msg.message_id, [ref])
+                return True
+        return False
 
     async def _on_handler_error(self, update: Any, context: Any) -> None:
         log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))
@@ -230,11 +274,14 @@ class InboundRelay(BridgeCore):
                 continue
             self._relaying = True
             try:
-                await self.state.check_term()
+                # Fenced: a deposed leader relays nothing.
+                self.state.begin_batch([u.update_id for u in updates], self.hub.ids.upcoming)
+                await self.state.flush()
                 for update in updates:
                     self._next_update = update.update_id + 1
                     await as_deferred(self.app.process_update(update))
                 await self._committed()
+                self.state.end_batch()
                 await self.state.flush()
             except Fenced:
                 return  # the state told the lease; this bridge is being stopped

@@ -14,13 +14,14 @@ thread.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -30,6 +31,10 @@ from .outbox import Entry
 log = Logger()
 
 SCHEMA_VERSION = 2
+#: Seconds between attempts to write the state after a failure.
+WRITE_RETRY = 1.0
+#: Seconds a stop waits for the last write.
+CLOSE_TIMEOUT = 5.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgmap (
@@ -242,6 +247,13 @@ class BridgeState:
         self._flush_call: Any = None
         self._idle: list[Deferred[None]] = []
         self._closed = False
+        #: After a failed write the changes are kept and tried again from then on.
+        self._retry_at = 0.0
+        self._failing = False
+        #: The batch of updates being relayed when the last leader stopped
+        #: (see :meth:`begin_batch`): those may be in the chat already.
+        self.unsure: set[int] = set()
+        self.unsure_from = 0
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self._pool, f, *args)
@@ -260,6 +272,10 @@ class BridgeState:
         for key, value in loaded.meta.items():
             if key.startswith("mark:"):
                 self.marks[int(key[5:])] = int(value)
+        if loaded.meta.get("pending"):
+            pending = json.loads(loaded.meta["pending"])
+            self.unsure = {u for u in pending["updates"] if u > self.offset}
+            self.unsure_from = int(pending["from"])
         for n, tg_chat, tg_msg, ref in loaded.refs:
             self._n = max(self._n, n)
             self._map.setdefault((tg_chat, tg_msg), []).append(ref)
@@ -268,11 +284,14 @@ class BridgeState:
 
     # -- update offsets ---------------------------------------------------
 
-    def set_offset(self, update_id: int, force: bool = False) -> None:
+    def set_offset(self, update_id: int, force: bool = False, write: bool = True) -> None:
+        """Update *update_id* is handled; with *write* false it is written
+        only with :meth:`end_batch`."""
         if update_id > self.offset or force:
             self.offset = update_id
-            self._meta["offset"] = str(update_id)
-            self._schedule()
+            if write:
+                self._meta["offset"] = str(update_id)
+                self._schedule()
 
     def set_mark(self, tg_chat: int, chat_id: int) -> None:
         """Chat message *chat_id* is queued for *tg_chat* (or was seen there)."""
@@ -280,6 +299,22 @@ class BridgeState:
             self.marks[tg_chat] = chat_id
             self._meta[f"mark:{tg_chat}"] = str(chat_id)
             self._schedule()
+
+    def begin_batch(self, update_ids: list[int], first_chat_id: int) -> None:
+        """Updates *update_ids* are about to be relayed, as chat messages
+        numbered from *first_chat_id* on. Written (by the next flush) before
+        they are, and cleared with their offset: a leader that finds it set
+        knows the chat may hold some of them although the offset does not
+        say so (the last one stopped between the two commits)."""
+        self._meta["pending"] = json.dumps({"updates": update_ids, "from": first_chat_id})
+        self._schedule()
+
+    def end_batch(self) -> None:
+        """The batch is relayed and committed: write the offset it reached
+        and clear the mark of :meth:`begin_batch`, in one transaction."""
+        self._meta["offset"] = str(self.offset)
+        self._meta["pending"] = ""
+        self._schedule()
 
     # -- the Telegram <-> chat id map --------------------------------------
 
@@ -379,7 +414,8 @@ class BridgeState:
         # Everything changed within one reactor turn goes to disk in one
         # transaction; while a write is running, the next one gathers.
         if self._flush_call is None and self._flushing is None and self._open and self.fenced is None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+            delay = max(0.0, self._retry_at - self.reactor.seconds())
+            self._flush_call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None
@@ -388,15 +424,29 @@ class BridgeState:
             return
         ops, self._ops = self._ops, []
         meta, self._meta = self._meta, {}
-        self._flushing = self._in_thread(self.backend.write, ops, meta)
-        self._flushing.addErrback(self._write_failed)
-        self._flushing.addBoth(self._flushed)
+        d = self._flushing = self._in_thread(self.backend.write, ops, meta)
+        d.addCallbacks(self._written, self._write_failed, errbackArgs=(ops, meta))
+        d.addBoth(self._flushed)
 
-    def _write_failed(self, failure: Any) -> None:
+    def _written(self, _: object) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("writing the Telegram bridge state works again")
+
+    def _write_failed(self, failure: Any, ops: list[Op], meta: dict[str, str]) -> None:
         if failure.check(Fenced):
             self._fence(failure.value)
-        else:
-            log.failure("writing the Telegram bridge state failed", failure)
+            return
+        if not self._failing:
+            self._failing = True
+            log.failure("writing the Telegram bridge state failed; retrying every second", failure)
+        # The transaction was rolled back: keep its changes, before any made
+        # since, and try again shortly (a database restarting, a full disk).
+        self._ops[:0] = ops
+        merged = dict(meta)
+        merged.update(self._meta)
+        self._meta = merged
+        self._retry_at = self.reactor.seconds() + WRITE_RETRY
 
     def _flushed(self, _: object) -> None:
         self._flushing = None
@@ -431,9 +481,12 @@ class BridgeState:
         if self._closed or not self._open:
             return
         self._closed = True
+        flushed = Deferred.fromCoroutine(self.flush())
+        # A database that is down does not hold the stop up for long.
+        flushed.addTimeout(CLOSE_TIMEOUT, self.reactor)
         try:
-            await self.flush()
-        except Fenced:
+            await flushed
+        except (Fenced, TimeoutError, CancelledError):
             pass
         self._open = False
         await self._in_thread(self.backend.close)

@@ -95,11 +95,11 @@ class Cluster:
             **FAST,
         )
 
-    async def node(self, name: str, timing: LeaseTiming | None = None) -> ClusteredBridge:
+    async def node(self, name: str, timing: LeaseTiming | None = None, **options: Any) -> ClusteredBridge:
         if self.server is None:
             self.server = await start_server()
         node = ClusteredBridge(
-            self.config(), self.server.hub, reactor(), self.server.store, timing=timing, node=name
+            self.config(), self.server.hub, reactor(), self.server.store, timing=timing, node=name, **options
         )
         node.startService()
         self.nodes.append(node)
@@ -207,6 +207,49 @@ async def test_failover_relays_every_update_and_line_once(cluster):
     assert fake.group_lines() == ["Ana: c1", "Ana: c2", "Ana: c3", "Ana: c4", "Ana: c5"]
     assert fake.conflicts == 0
     assert [n.terms for n in (a, b, c)] == [[1], [2], [3]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_death_between_the_chat_commit_and_the_offset(cluster):
+    """The leader relays a batch (the chat commits it) and dies before its
+    offset is written: the next leader gets the batch again from Telegram,
+    finds the messages in the chat and relays none of them twice."""
+    fake = cluster.fake
+    dying: list[ClusteredBridge] = []
+
+    class DiesWritingTheOffset(PostgresBackend):
+        """The real backend, whose process dies as the batch's offset is
+        written: the transaction never commits, nothing more happens."""
+
+        def write(self, ops: Any, meta: dict[str, str]) -> None:
+            if meta.get("pending") == "" and dying:
+                node = dying.pop()
+                reactor().callFromThread(node.crash)
+                self.close()
+                raise ConnectionError("the process died")
+            super().write(ops, meta)
+
+    a = await cluster.node("a", backend=DiesWritingTheOffset)
+    await leading(a)
+    b = await cluster.node("b")
+    ana = await cluster.client("Ana")
+    fake.say(LUIS, "antes")
+    await ana.expect("broadcast", msg="antes")
+    await sleep(0.2)
+    dying.append(a)
+    fake.say(LUIS, "una")
+    fake.say(LUIS, "dos")
+    await wait_for(lambda: not a.running)
+    await leading(b)
+    fake.say(LUIS, "tres")
+    await ana.expect("broadcast", msg="tres", timeout=30)
+    await sleep(0.3)
+    got = from_luis(await frames(ana))
+    # What arrived before "tres" was read by expect; count the whole history.
+    history = await cluster.server.store.room_page("general", None, 50)
+    relayed = [m.text for m in history if m.sender.endswith("(TG)")]
+    assert relayed == ["antes", "una", "dos", "tres"], relayed
+    assert got == []
 
 
 @pytest_twisted.ensureDeferred
