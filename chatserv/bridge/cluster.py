@@ -29,7 +29,7 @@ from .config import BridgeConfig
 from .lease import Lease, LeaseStore, LeaseTiming, RedisLeaseStore, connect_redis, lease_key
 from .pgstate import PostgresBackend
 from .service import TelegramBridge
-from .state import Fenced, StateBackend
+from .state import StateBackend
 
 log = Logger()
 
@@ -119,23 +119,6 @@ class ClusteredBridge(Service):
                 await redis.disconnect()
             except Exception:
                 pass
-
-    def crash(self) -> None:
-        """For tests: die like a killed process would. Nothing is released
-        and nothing more is written; the hub sessions go, as a dead node's
-        users do."""
-        self.running = False
-        lease = self.lease
-        if lease is not None:
-            lease.running = False
-            for call in (lease._call, lease._expiry):
-                if call is not None and call.active():
-                    call.cancel()
-            lease.term = None
-        bridge, self.active = self.active, None
-        if bridge is not None:
-            bridge.state.fenced = bridge.state.fenced or Fenced(0)
-            bridge.stopService()
 
     # -- the lease's calls -------------------------------------------------------
 
