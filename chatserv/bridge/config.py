@@ -218,6 +218,11 @@ def config_from_options(options: Any) -> BridgeConfig | None:
             marker=options["telegram-marker"],
             queue_max=options["telegram-queue"],
             state_path=options["telegram-state"],
+            # The cluster's options (--cluster, --cluster-name, chatserv.tap),
+            # read where they exist: without them the bridge is one node's.
+            cluster_url=options.get("cluster"),
+            cluster_name=options.get("cluster-name") or "chatserv",
+            db_url=options.get("db") if options.get("cluster") else None,
         )
     except ValueError as e:
         raise usage.UsageError(str(e)) from None

@@ -153,8 +153,8 @@ def connect_redis(url: str, reactor: Any = None) -> Any:
 class MemoryLeaseStore:
     """:class:`LeaseStore` in memory, on *clock*: keys expire like Redis's.
 
-    ``down = True`` makes every call fail, like an unreachable Redis;
-    ``calls`` counts them.
+    ``down = True`` makes every call fail, like an unreachable Redis, and
+    ``hang = True`` leaves every call unanswered; ``calls`` counts them.
     """
 
     def __init__(self, clock: Any) -> None:
@@ -162,6 +162,7 @@ class MemoryLeaseStore:
         self.keys: dict[str, tuple[str, float]] = {}
         self.terms: dict[str, int] = {}
         self.down = False
+        self.hang = False
         self.calls = 0
 
     def _get(self, key: str) -> str | None:
@@ -175,12 +176,14 @@ class MemoryLeaseStore:
 
     def _call(self, result: Any) -> Deferred[Any]:
         self.calls += 1
+        if self.hang:
+            return Deferred()
         if self.down:
             return Deferred.fromCoroutine(_raise(ConnectionError("the fake Redis is down")))
         return succeed(result)
 
     def acquire(self, key: str, node: str, ttl_ms: int, floor: int = 0) -> Deferred[int | None]:
-        if self.down:
+        if self.down or self.hang:
             return self._call(None)
         if self._get(key) is not None:
             return self._call(None)
@@ -190,7 +193,7 @@ class MemoryLeaseStore:
         return self._call(term)
 
     def renew(self, key: str, holder: str, ttl_ms: int) -> Deferred[bool]:
-        if self.down:
+        if self.down or self.hang:
             return self._call(False)
         if self._get(key) != holder:
             return self._call(False)
@@ -198,7 +201,7 @@ class MemoryLeaseStore:
         return self._call(True)
 
     def release(self, key: str, holder: str) -> Deferred[bool]:
-        if self.down:
+        if self.down or self.hang:
             return self._call(False)
         if self._get(key) != holder:
             return self._call(False)
@@ -228,6 +231,9 @@ class LeaseTiming:
     #: After losing the lease to a 409 or a fencing refusal, wait this long
     #: before trying again, so two pollers do not take turns forever.
     cooldown: float = 10.0
+    #: A call to the store not answered by then counts as failed (a Redis
+    #: that is not answering must not hold the election up).
+    call_timeout: float = 3.0
 
 
 class Lease:
@@ -345,6 +351,7 @@ class Lease:
         self._busy = True
         sent = self.clock.seconds()
         d = self.store.acquire(self.key, self.node, self._ttl_ms(), self.floor)
+        d.addTimeout(self.timing.call_timeout, self.clock)
         d.addCallbacks(lambda term: self._acquired(term, sent), self._failed)
         d.addBoth(self._done)
 
@@ -366,6 +373,7 @@ class Lease:
         self._busy = True
         sent = self.clock.seconds()
         d = self.store.renew(self.key, holder, self._ttl_ms())
+        d.addTimeout(self.timing.call_timeout, self.clock)
         d.addCallbacks(lambda ok: self._renewed(ok, holder, sent), self._failed)
         d.addBoth(self._done)
 

@@ -143,6 +143,21 @@ def test_leader_steps_down_when_it_cannot_renew(clock, store):
     assert len(leaders) == 1 and leaders[0].lease.term == 2
 
 
+def test_a_redis_that_does_not_answer_holds_nothing_up(clock, store):
+    a = Node("a", store, clock).start()
+    b = Node("b", store, clock).start()
+    run(clock, 2.05)
+    store.hang = True
+    deadline = a.lease.deadline
+    run(clock, 12)
+    # a stepped down at its deadline although no call ever came back...
+    assert a.lost_at() and a.lost_at()[0] <= deadline + 0.1
+    store.hang = False
+    run(clock, 12)
+    # ... and neither node is stuck waiting: one of them leads again.
+    assert sum(n.lease.leader for n in (a, b)) == 1
+
+
 def test_renewal_refused_when_the_key_changed_hands(clock, store):
     a = Node("a", store, clock).start()
     run(clock, 1)
