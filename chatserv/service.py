@@ -291,9 +291,9 @@ def makeService(config: ServerConfig, reactor: Any = None, store: Storage | None
     server.setServiceParent(application)
     bridge = None
     if config.telegram is not None:
-        from .bridge import TelegramBridge
+        from .bridge.cluster import build_bridge
 
-        bridge = TelegramBridge(config.telegram, server.hub, reactor, store)
+        bridge = build_bridge(config.telegram, server.hub, reactor, store)
     if config.metrics is not None:
         from .metrics import MetricsService
 
