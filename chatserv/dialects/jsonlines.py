@@ -131,10 +131,6 @@ class JsonDialect(Dialect):
     # -- hub events (Participant) -------------------------------------------
 
     def receive_message(self, message: ChatMessage) -> None:
-        if message.cid is not None and message.from_session is self.connection.session:
-            # This session sent it with a cid: its confirmation carries it.
-            self.send(wire.own_frame(message))
-            return
         if message.room is not None:
             self.send(wire.broadcast_frame(message))
             return
@@ -144,6 +140,9 @@ class JsonDialect(Dialect):
             self.send(wire.private_frame(message))
         elif "sent" in self.features:
             self.send(wire.sent_frame(message))
+
+    def receive_own(self, message: ChatMessage) -> None:
+        self.send(wire.own_frame(message))  # the echo or `sent`, with its cid
 
     def receive_presence(self, change: PresenceChange) -> None:
         session = self.connection.session

@@ -246,3 +246,26 @@ def test_migration_6_numbers_what_older_versions_stored(db_url):
         assert [m.id for m in engine.room_after("general", 2, 10)] == [9, 10]
     finally:
         engine.close()
+
+
+def test_a_batch_replayed_after_a_lost_connection_keeps_the_positions_it_got(pg_url):
+    """PostgreSQL: the connection died around a commit, so the batch is
+    replayed; what did commit keeps its position, the rest takes new ones."""
+    engine = open_engine(pg_url)
+    try:
+        engine.migrate()
+        committed = [msg(1), msg(2, cid="k")]
+        engine.insert_messages(committed)
+        replayed = [msg(1), msg(2, cid="k"), msg(3), msg(4, cid="k")]
+
+        def replay():
+            with engine._transaction():
+                return engine._replay(replayed)
+
+        originals = engine._call(replay)
+        assert [m.pos for m in replayed[:3]] == [1, 2, 3]
+        assert originals is not None and originals[3] is not None and originals[3].id == 2
+        assert originals[:3] == [None, None, None]
+        assert engine.position() == 3
+    finally:
+        engine.close()
