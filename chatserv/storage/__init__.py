@@ -84,6 +84,18 @@ class MessageStore(Protocol):
     ) -> Deferred[list[ChatMessage]]:
         """The same for the private conversation between *a* and *b*, from *since* on."""
 
+    def room_events_after(
+        self, room: str, after: int, limit: int
+    ) -> Deferred[list[ChatMessage | Correction]]:
+        """A client's catch-up of *room* from position *after*: up to *limit*
+        events in position order, its messages above *after* and the
+        corrections above it of its messages at or below it."""
+
+    def private_events_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage | Correction]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+
     def events_after(self, pos: int, limit: int) -> Deferred[list[ChatMessage | Correction]]:
         """Catch-up: up to *limit* committed events (messages as they read
         now, and corrections) with positions above *pos*, in position order,

@@ -111,6 +111,35 @@ async def test_room_and_private_pages_after_a_position(store):
     assert [m.pos for m in await store.room_after("cine", 0, 10)] == [31]
 
 
+async def correct(store, correction: Correction) -> Correction:
+    done: defer.Deferred[Correction] = defer.Deferred()
+    store.correct_then(correction, done.callback)
+    return await done
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_forward_has_the_corrections_of_the_messages_before_it(store):
+    await commit_all(store, [msg(1), msg(2), msg(3, room=None)])
+    await correct(store, Correction(1, 1_700_000_050.0, "Ana", "m1 bis", room="general"))  # pos 4
+    await commit_all(store, [msg(4)])  # pos 5
+    await correct(store, Correction(4, 1_700_000_051.0, "Ana", "m4 bis", room="general"))  # pos 6
+    await correct(store, Correction(3, 1_700_000_052.0, "Ana", None, recipient="Luis"))  # pos 7
+
+    def shape(events):
+        return [(type(e).__name__, e.id, e.pos) for e in events]
+
+    # Message 4 comes as it reads now; its edit is not repeated, 1's is there.
+    events = await store.room_events_after("general", 2, 10)
+    assert shape(events) == [("Correction", 1, 4), ("ChatMessage", 4, 5)]
+    assert events[1].text == "m4 bis"
+    assert shape(await store.room_events_after("general", 2, 1)) == [("Correction", 1, 4)]
+    assert shape(await store.room_events_after("general", 5, 10)) == [("Correction", 4, 6)]
+    private = await store.private_events_after("Luis", "Ana", 3, 10)
+    assert shape(private) == [("Correction", 3, 7)] and private[0].deleted
+    # Before the private horizon nothing is shown, corrections included.
+    assert await store.private_events_after("Luis", "Ana", 0, 10, since=1_700_000_004.0) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_repeated_cid_is_stored_once_and_answered_with_the_original(store):
     # Within one batch, and in a later batch: the later ones take no position.
