@@ -124,10 +124,14 @@ def _correction(row: Sequence[Any]) -> Correction:
     )
 
 
-#: Corrections with what they need of their messages (see _correction).
+#: Corrections with what they need of their messages (see _correction);
+#: the caller adds ``AND`` terms that bound ``e.pos``. CROSS JOIN makes
+#: SQLite walk the corrections by position (few) and look their messages up
+#: by id, rather than walk a whole room's messages looking for corrections;
+#: PostgreSQL plans it as any join.
 _SELECT_EDITS = (
     "SELECT e.message_id, e.ts, m.sender, e.body, m.room, m.recipient, e.pos"
-    " FROM message_edits e JOIN messages m ON m.id = e.message_id"
+    " FROM message_edits e CROSS JOIN messages m WHERE m.id = e.message_id"
 )
 
 _SELECT = (
@@ -418,7 +422,7 @@ class Engine:
                 f"{_SELECT} WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT ?", (pos, last, limit)
             )
             edits = self._fetchall(
-                f"{_SELECT_EDITS} WHERE e.pos > ? AND e.pos <= ? ORDER BY e.pos LIMIT ?",
+                f"{_SELECT_EDITS} AND e.pos > ? AND e.pos <= ? ORDER BY e.pos LIMIT ?",
                 (pos, last, limit),
             )
             return messages, edits
@@ -473,7 +477,7 @@ class Engine:
         # that pages on from a later correction.
         message_sql = f"{_SELECT} m WHERE {where} AND m.pos > ? AND m.pos <= ? ORDER BY m.pos LIMIT ?"
         edit_sql = (
-            f"{_SELECT_EDITS} WHERE {where} AND e.pos > ? AND e.pos <= ? AND m.pos <= ?"
+            f"{_SELECT_EDITS} AND {where} AND e.pos > ? AND e.pos <= ? AND m.pos <= ?"
             " ORDER BY e.pos LIMIT ?"
         )
 
