@@ -473,11 +473,13 @@ class Hub:
         message already committed stores and relays nothing: the sender is
         confirmed again with the original, which is returned.
         """
-        room = self.member_room(session, room_name)
         if cid is not None:
+            # First: a resend is confirmed even if the sender has left the
+            # room since (it was allowed when the message was committed).
             original = self._repeated(session, cid)
             if original is not None:
                 return original
+        room = self.member_room(session, room_name)
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, room=room.name,
@@ -503,13 +505,13 @@ class Hub:
     ) -> ChatMessage:
         """Send *text* to the online user *to*, and a copy to the sender
         (*cid*: as for :meth:`broadcast`)."""
+        if cid is not None:
+            original = self._repeated(session, cid)  # even if *to* has left since
+            if original is not None:
+                return original
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
             raise NoSuchUser("not_online", name=to)
-        if cid is not None:
-            original = self._repeated(session, cid)
-            if original is not None:
-                return original
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, recipient=target.name,
@@ -537,7 +539,7 @@ class Hub:
         if remembered is None:
             return None
         original = remembered[0]
-        self._confirm(session, original)
+        self.confirm(session, original)
         return original
 
     def _append_unique(
@@ -553,13 +555,15 @@ class Hub:
             else:
                 # It was a resend of a message committed before (elsewhere,
                 # or before a restart): nothing was stored; confirm that one.
-                self._confirm(session, stored)
+                self.confirm(session, stored)
 
         self.store.append_then(message, committed)
 
-    def _confirm(self, session: Session, original: ChatMessage) -> None:
+    def confirm(self, session: Session, original: ChatMessage) -> None:
         """Tell *session* (if still online) that *original*, its message, is
-        committed, as its own echo (``broadcast`` or ``sent``) told it first."""
+        committed, as its own echo (``broadcast`` or ``sent``) told it first:
+        the answer to a resend of its ``cid`` (the protocol calls it when
+        only storage knew the message)."""
         if self.sessions.get(session.key) is not session:
             return
         session.participant.receive_own(copied(original))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import conversation, wire
 from ..accounts import Identity
 from ..addresses import host
-from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
+from ..errors import AuthFailed, ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
@@ -216,10 +216,14 @@ class JsonDialect(Dialect):
         assert session is not None
         text = _text(frame, "msg")
         cid = _cid(frame)
+        room = _optional_text(frame, "room")
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"), cid=cid)
+            self._reply(frame, text, "broadcast", room=room, cid=cid)
             return
-        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"), cid=cid)
+        try:
+            self.factory.hub.broadcast(session, text, room, cid=cid)
+        except NotInRoom as refusal:
+            self._resent(cid, refusal, "broadcast")
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -230,7 +234,26 @@ class JsonDialect(Dialect):
         if frame.get("reply_to") is not None:
             self._reply(frame, text, "message", to=to, cid=cid)
             return
-        self.factory.hub.private(session, to, text, cid=cid)
+        try:
+            self.factory.hub.private(session, to, text, cid=cid)
+        except NoSuchUser as refusal:
+            self._resent(cid, refusal, "message")
+
+    def _resent(self, cid: str | None, refusal: ChatError, ref: str) -> None:
+        """*refusal* of a message that may be a resend the hub no longer
+        remembers (another server took the first, or a restart came between):
+        if storage has the sender's *cid*, confirm that message instead."""
+        store, session = self.factory.history, self.connection.session
+        if cid is None or store is None:
+            raise refusal
+        assert session is not None
+
+        def answer(original: ChatMessage | None) -> None:
+            if original is None:
+                raise refusal
+            self.factory.hub.confirm(session, original)
+
+        self.connection._hold(store.message_by_cid(session.sender_key, cid), answer, ref)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")

@@ -55,6 +55,9 @@ class MessageStore(Protocol):
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
         """Message *message_id* as it reads now (edits applied), or None."""
 
+    def message_by_cid(self, sender_key: str, cid: str) -> Deferred[ChatMessage | None]:
+        """The stored message its sender (``Session.sender_key``) sent as *cid*, or None."""
+
     def congested(self) -> bool:
         """True while the text of messages waiting to be committed passes
         :data:`chatserv.storage.store.MAX_BACKLOG` (see the hub's MessageLog)."""

@@ -398,6 +398,13 @@ class Engine:
         body = self._body
         return [_row(m, body(m.text)) for m in messages]
 
+    def message_by_cid(self, sender_key: str, cid: str) -> ChatMessage | None:
+        """The stored message its sender (*sender_key*) sent as *cid*, or None."""
+        row = self._call(
+            lambda: self._execute(f"{_SELECT} WHERE cid = ? AND sender_key = ?", (cid, sender_key)).fetchone()
+        )
+        return None if row is None else _message(row)
+
     # -- the stream -----------------------------------------------------------
 
     def position(self) -> int:

@@ -296,6 +296,10 @@ class ThreadedStore:
         """Message *message_id* as it reads now (edits applied), or None."""
         return self._read(self.reader.message, message_id)
 
+    def message_by_cid(self, sender_key: str, cid: str) -> Deferred[ChatMessage | None]:
+        """The stored message its sender sent as *cid*, or None."""
+        return self._read(self.reader.message_by_cid, sender_key, cid)
+
     def congested(self) -> bool:
         return self._commits.weight > self.max_backlog
 

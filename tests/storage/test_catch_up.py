@@ -145,3 +145,41 @@ async def test_a_resent_cid_is_stored_once_and_confirmed_again(durable):
     for bad in ("", "x" * 65, "ñ", "a\nb", 5):
         ana.send(cmd="broadcast", msg="hola", cid=bad)
         assert (await ana.expect("error"))["code"] == "bad_request", bad
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resend_is_confirmed_when_the_room_or_the_recipient_is_gone(durable):
+    srv = await durable()
+    ana, luis = await srv.client(), await srv.client()
+    await ana.login("Ana")
+    await luis.login("Luis")
+    ana.send(cmd="join", room="Cine")
+    await ana.expect("users", room="Cine")
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    echo = await ana.expect("broadcast")
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    sent = await ana.expect("sent")
+    # The same server remembers: Ana has left the room, Luis has gone.
+    ana.send(cmd="leave", room="Cine")
+    await ana.expect("left")
+    luis.close()
+    await luis.closed
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    assert await ana.expect("broadcast") == echo
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    assert await ana.expect("sent") == sent
+    # After a restart only the database knows.
+    await srv.stop()
+    srv = await durable()
+    ana = await srv.client()
+    await ana.login("Ana")
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    assert await ana.expect("broadcast") == echo
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    assert await ana.expect("sent") == sent
+    # A cid nobody stored is refused as any message would be.
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-3")
+    refusal = await ana.expect("error")
+    assert refusal["code"] == "no_such_user" and refusal["ref"] == "message"
+    ana.send(cmd="broadcast", room="Cine", msg="hola", cid="r-4")
+    assert (await ana.expect("error"))["code"] == "not_in_room"
