@@ -298,3 +298,22 @@ def test_a_batch_replayed_after_a_lost_connection_keeps_the_positions_it_got(pg_
         assert engine.position() == 3
     finally:
         engine.close()
+
+
+def test_a_batch_after_a_dropped_connection_is_stored_once_at_the_next_positions(pg_url):
+    import psycopg
+
+    from tests.storage.conftest import PG_ADMIN_DSN
+
+    engine = open_engine(pg_url)
+    try:
+        engine.migrate()
+        engine.insert_messages([msg(1), msg(2)])
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (engine.conn.info.backend_pid,))
+        batch = [msg(3), msg(4, cid="k")]
+        assert engine.insert_messages(batch) is None  # replayed on a new connection
+        assert [m.pos for m in batch] == [3, 4]
+        assert [e.id for e in engine.events_after(0, 10)] == [1, 2, 3, 4]
+    finally:
+        engine.close()
