@@ -317,3 +317,56 @@ def test_a_batch_after_a_dropped_connection_is_stored_once_at_the_next_positions
         assert [e.id for e in engine.events_after(0, 10)] == [1, 2, 3, 4]
     finally:
         engine.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_interleavings_deliver_each_event_once_in_position_order(store):
+    """Messages, resends and corrections in random reactor turns: every
+    delivery is in position order, and the positions of what was stored are
+    1..n with nothing shared and nothing skipped."""
+    import random
+
+    rng = random.Random(9)
+    delivered: list[tuple[str, int, int]] = []  # (kind, id, pos) in delivery order
+    pending: list[defer.Deferred[None]] = []
+    stored_ids: list[int] = []
+    next_id = 1
+    for turn in range(30):
+        for _ in range(rng.randint(1, 8)):
+            roll = rng.random()
+            if roll < 0.2 and stored_ids:
+                target = rng.choice(stored_ids)
+                d: defer.Deferred[None] = defer.Deferred()
+                fix = Correction(target, 1_700_001_000.0 + turn, "Ana", f"fix {turn}", room="general")
+                store.correct_then(
+                    fix, lambda c, d=d: (delivered.append(("c", c.id, c.pos)), d.callback(None))
+                )
+                pending.append(d)
+                continue
+            cid = f"k{rng.randint(1, 15)}" if roll < 0.6 else None
+            m = msg(next_id, cid=cid)
+            next_id += 1
+            d = defer.Deferred()
+
+            def deliver(got: ChatMessage, m=m, d=d) -> None:
+                delivered.append(("m" if got is m else "repeat", got.id, got.pos))
+                if got is m:
+                    stored_ids.append(m.id)
+                d.callback(None)
+
+            store.append_then(m, deliver)
+            pending.append(d)
+        await sleep(0) if rng.random() < 0.7 else await defer.gatherResults(pending)
+    await defer.gatherResults(pending)
+    kinds = [kind for kind, _, _ in delivered]
+    assert kinds.count("repeat") > 5 and kinds.count("c") > 5, kinds  # the test covers them
+    fresh = [pos for kind, _, pos in delivered if kind != "repeat"]
+    assert sorted(fresh) == list(range(1, len(fresh) + 1))
+    assert fresh == sorted(fresh)  # delivered in position order
+    events = await store.events_after(0, 1000)
+    assert [e.pos for e in events] == sorted(fresh)
+    cids = [e.cid for e in events if isinstance(e, ChatMessage) and e.cid is not None]
+    assert len(cids) == len(set(cids))
+    for kind, id_, pos in delivered:
+        if kind == "repeat":
+            assert any(e.id == id_ and e.pos == pos for e in events)
