@@ -127,6 +127,7 @@ def message_object(message: ChatMessage) -> dict[str, Any]:
         clock, iso = _stamps(message.ts)
         obj = message.wire["obj"] = {
             "id": message.id,
+            "pos": message.pos,
             "time": clock,
             "ts": iso,
             "room": message.room,
@@ -161,6 +162,7 @@ def private_object(message: ChatMessage) -> dict[str, Any]:
     clock, iso = _stamps(message.ts)
     obj = {
         "id": message.id,
+        "pos": message.pos,
         "time": clock,
         "ts": iso,
         "from": message.sender,
@@ -180,20 +182,41 @@ def private_frame(message: ChatMessage) -> bytes:
     return data
 
 
+def _sent_object(message: ChatMessage) -> dict[str, Any]:
+    clock, iso = _stamps(message.ts)
+    return {
+        "cmd": "sent",
+        "id": message.id,
+        "pos": message.pos,
+        "time": clock,
+        "ts": iso,
+        "to": message.recipient,
+        "msg": message.text,
+    }
+
+
 def sent_frame(message: ChatMessage) -> bytes:
     data = message.wire.get("json-sent")
     if data is None:
-        obj = message_object(message)
-        data = message.wire["json-sent"] = frame(
-            {
-                "cmd": "sent",
-                "id": message.id,
-                "time": obj["time"],
-                "ts": obj["ts"],
-                "to": message.recipient,
-                "msg": message.text,
-            }
-        )
+        data = message.wire["json-sent"] = frame(_sent_object(message))
+    return data
+
+
+def own_frame(message: ChatMessage) -> bytes:
+    """What the sender of *message*, sent with a ``cid``, reads as its
+    confirmation, with that ``cid``: its ``broadcast`` echo, or ``sent`` for
+    a private message (``private`` when it wrote to itself). Other
+    recipients get the shared frames, without the cid."""
+    data = message.wire.get("json-own")
+    if data is None:
+        if message.room is not None:
+            obj = {"cmd": "broadcast", **message_object(message)}
+        elif message.recipient != message.sender:
+            obj = _sent_object(message)
+        else:
+            obj = {"cmd": "private", **private_object(message)}
+        obj["cid"] = message.cid
+        data = message.wire["json-own"] = frame(obj)
     return data
 
 
@@ -226,6 +249,35 @@ def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool
     start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
     end = b"}\n" if more is None else (b',"more":true}\n' if more else b',"more":false}\n')
     return b"".join((start, b',"items":[', b",".join(parts), b"]", end))
+
+
+def forward_page(
+    head: dict[str, Any], events: list[tuple[bool, dict[str, Any]]], more: bool
+) -> bytes:
+    """A ``history`` page forward (``after``): *events* in position order,
+    each ``(is_message, object)``, split into ``items`` and ``corrections``.
+    Within :data:`MAX_PAGE_BYTES` the oldest events are kept (at least one),
+    so that the highest ``pos`` of the page is where the next one starts;
+    ``more`` is then set too."""
+    items: list[bytes] = []
+    corrections: list[bytes] = []
+    total = 0
+    for is_message, obj in events:
+        encoded = _dumps(obj).encode("utf-8")
+        if total and total + len(encoded) + 1 > MAX_PAGE_BYTES:
+            more = True
+            break
+        (items if is_message else corrections).append(encoded)
+        total += len(encoded) + 1
+    start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
+    return b"".join(
+        (
+            start,
+            b',"items":[', b",".join(items),
+            b'],"corrections":[', b",".join(corrections),
+            b'],"more":true}\n' if more else b'],"more":false}\n',
+        )
+    )
 
 
 def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
@@ -366,25 +418,32 @@ def typing_frame(typing: Typing) -> bytes:
     return data
 
 
+def correction_object(correction: Correction) -> dict[str, Any]:
+    """The ``edited`` or ``deleted`` frame as an object (also an item of
+    ``corrections`` in a ``history`` page forward)."""
+    clock, iso = _stamps(correction.ts)
+    obj: dict[str, Any] = {
+        "cmd": "deleted" if correction.deleted else "edited",
+        "id": correction.id,
+        "pos": correction.pos,
+        "time": clock,
+        "ts": iso,
+        "from": correction.sender,
+    }
+    if correction.room is not None:
+        obj["room"] = correction.room
+    else:
+        obj["to"] = correction.recipient
+    if correction.text is not None:
+        obj["msg"] = correction.text
+    return obj
+
+
 def correction_frame(correction: Correction) -> bytes:
     """``edited`` or ``deleted``: the same bytes for every recipient."""
     data = correction.wire.get("json")
     if data is None:
-        clock, iso = _stamps(correction.ts)
-        obj: dict[str, Any] = {
-            "cmd": "deleted" if correction.deleted else "edited",
-            "id": correction.id,
-            "time": clock,
-            "ts": iso,
-            "from": correction.sender,
-        }
-        if correction.room is not None:
-            obj["room"] = correction.room
-        else:
-            obj["to"] = correction.recipient
-        if correction.text is not None:
-            obj["msg"] = correction.text
-        data = correction.wire["json"] = frame(obj)
+        data = correction.wire["json"] = frame(correction_object(correction))
     return data
 
 

@@ -125,6 +125,19 @@ class Conversation:
     #: identities of server messages already shown, so replays are not doubled
     seen: set[tuple[object, ...]] = field(default_factory=set)
     had_history: bool = False
+    #: The highest stream position (``pos``) of a message of this
+    #: conversation seen so far; None when the server sends no positions.
+    last_pos: int | None = None
+    #: After a reconnect: asking for what was missed (``history`` with
+    #: ``after``); live frames wait in ``held`` until it has all arrived.
+    catching_up: bool = False
+    held: list[dict[str, object]] = field(default_factory=list)
+
+    def saw_pos(self, frame: dict[str, object]) -> None:
+        pos = frame.get("pos")
+        if isinstance(pos, int) and not isinstance(pos, bool):
+            if self.last_pos is None or pos > self.last_pos:
+                self.last_pos = pos
 
     @property
     def is_room(self) -> bool:

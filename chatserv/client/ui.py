@@ -30,7 +30,7 @@ from chatserv.client.model import (
     ModelObserver,
     fold,
 )
-from chatserv.client.network import ServerAddress
+from chatserv.client.network import parse_servers
 from chatserv.client.session import ChatSession, Credentials, quote_of
 from chatserv.client.theme import ACCENT, BORDER, OWN_COLOUR, QUOTE_BG, SURFACE, TEXT, apply_theme
 from chatserv.client.views import AutoScrollbar, ConversationView, conv_title, tab_text
@@ -226,12 +226,18 @@ class ChatWindow(ModelObserver):
         self.settings = settings
         if self.save:
             save_settings(settings)
-        address = ServerAddress(
-            settings.host, settings.port, settings.tls, settings.cafile or self.cafile or None
-        )
+        try:
+            # "a:2001,b:2002": the nodes of a cluster, tried in turn.
+            addresses = parse_servers(
+                settings.host, settings.port, settings.tls, settings.cafile or self.cafile or None
+            )
+        except ValueError as exc:
+            self.form.error.set(str(exc))
+            self.show_form()
+            return
         creds = Credentials(settings.user, password, settings.register)
         self.form.error.set("")
-        self.session.connect(address, creds)
+        self.session.connect(addresses, creds)
         self.show_chat()
         self._render_title()
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import conversation, wire
 from ..accounts import Identity
 from ..addresses import host
-from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
+from ..errors import AuthFailed, ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
@@ -59,6 +59,25 @@ def _optional_text(frame: dict[str, Any], field: str) -> str | None:
     if frame.get(field) is None:
         return None
     return _text(frame, field)
+
+
+#: The longest client message id (``cid``).
+MAX_CID = 64
+
+
+def _cid(frame: dict[str, Any]) -> str | None:
+    """The client's own id for the message it sends, if it gave one: 1 to
+    64 printable ASCII characters (it is echoed back, and kept as a key)."""
+    value = frame.get("cid")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_CID
+        or not all(" " <= c <= "~" for c in value)
+    ):
+        raise BadRequest(f"el campo 'cid' debe ser un texto de 1 a {MAX_CID} caracteres ASCII imprimibles")
+    return value
 
 
 PING = wire.frame({"cmd": "ping"})
@@ -122,6 +141,9 @@ class JsonDialect(Dialect):
             self.send(wire.private_frame(message))
         elif "sent" in self.features:
             self.send(wire.sent_frame(message))
+
+    def receive_own(self, message: ChatMessage) -> None:
+        self.send(wire.own_frame(message))  # the echo or `sent`, with its cid
 
     def receive_presence(self, change: PresenceChange) -> None:
         session = self.connection.session
@@ -215,20 +237,45 @@ class JsonDialect(Dialect):
         session = self.connection.session
         assert session is not None
         text = _text(frame, "msg")
+        cid = _cid(frame)
+        room = _optional_text(frame, "room")
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"))
+            self._reply(frame, text, "broadcast", room=room, cid=cid)
             return
-        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"))
+        try:
+            self.factory.hub.broadcast(session, text, room, cid=cid)
+        except NotInRoom as refusal:
+            self._resent(cid, refusal, "broadcast")
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
         assert session is not None
         to = _text(frame, "to")
         text = _text(frame, "msg")
+        cid = _cid(frame)
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "message", to=to)
+            self._reply(frame, text, "message", to=to, cid=cid)
             return
-        self.factory.hub.private(session, to, text)
+        try:
+            self.factory.hub.private(session, to, text, cid=cid)
+        except NoSuchUser as refusal:
+            self._resent(cid, refusal, "message")
+
+    def _resent(self, cid: str | None, refusal: ChatError, ref: str) -> None:
+        """*refusal* of a message that may be a resend the hub no longer
+        remembers (another server took the first, or a restart came between):
+        if storage has the sender's *cid*, confirm that message instead."""
+        store, session = self.factory.history, self.connection.session
+        if cid is None or store is None:
+            raise refusal
+        assert session is not None
+
+        def answer(original: ChatMessage | None) -> None:
+            if original is None:
+                raise refusal
+            self.factory.hub.confirm(session, original)
+
+        self.connection._hold(store.message_by_cid(session.sender_key, cid), answer, ref)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")

@@ -58,11 +58,17 @@ class Harness:
         self.proto.connectionLost(Failure(ConnectionError("gone")))
         self.proto = None
 
-    def sent(self) -> list[dict[str, Any]]:
+    def sent(self, cids: bool = False) -> list[dict[str, Any]]:
+        """The frames sent since the last call; without their ``cid`` (each
+        message's own client id) unless *cids*."""
         assert self.transport is not None
         data = self.transport.value()
         self.transport.clear()
-        return [json.loads(line) for line in data.splitlines()]
+        frames = [json.loads(line) for line in data.splitlines()]
+        if not cids:
+            for frame in frames:
+                frame.pop("cid", None)
+        return frames
 
     def recv(self, **frame: Any) -> None:
         assert self.proto is not None
