@@ -15,7 +15,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) setup.cfg setup.py pyproject.toml chatserv/_fanout.c
-	$(PY) -m pip install -q -e '.[test,telegram,postgres,accounts]'
+	$(PY) -m pip install -q -e '.[test,telegram,postgres,accounts,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)

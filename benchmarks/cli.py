@@ -88,6 +88,8 @@ def run_one(args: argparse.Namespace, peer: str, workload: str, params: dict[str
                                   password=srv.password or args.irc_pass, db=srv.db_path())
     if args.no_presence:
         target.features = ()
+    if args.lazy_members:
+        target.features = (*target.features, "lazy_members")
     target.server_core = args.server_core if srv else None
     target.gen_core = args.gen_core if args.gen_core >= 0 else None
     call = dict(params)
@@ -164,6 +166,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--irc-pass", default=None, help="PASS sent by IRC clients (words: x)")
     p.add_argument("--no-presence", action="store_true",
                    help="chatserv clients do not ask for the presence feature (seed-000 clients)")
+    p.add_argument("--lazy-members", action="store_true",
+                   help="chatserv clients ask for lazy_members (count and first page of large "
+                        "rooms' member lists instead of whole lists)")
     p.add_argument("--chatserv-arg", action="append", metavar="ARG",
                    help="extra argument for `twistd chatserv` (repeatable)")
     p.add_argument("--pad", type=int, default=24,
@@ -271,6 +276,12 @@ def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
         ("conns10000", "conns", {"clients": 10000, "timeout": 20.0}),
         # chatserv only: clients that do not ask for presence deltas (seed 000).
         ("conns10000_fulllists", "conns", {"clients": 10000, "timeout": 20.0, "features": []}),
+        # chatserv only: clients that ask for lazy_members (a count and a
+        # first page of a large room's member list), with and without presence.
+        ("conns10000_lazy", "conns", {"clients": 10000, "timeout": 20.0,
+                                      "features": ["presence", "lazy_members"]}),
+        ("conns10000_lazy_nopresence", "conns", {"clients": 10000, "timeout": 20.0,
+                                                 "features": ["lazy_members"]}),
         ("private100_max", "private", {"pairs": 100, **ramp}),
     ]
 

@@ -68,6 +68,8 @@ def print_result(res: dict[str, Any]) -> None:
             ("RSS per connection", _f(res.get("rss_per_conn_kb"), " kB", 2)),
             ("server CPU for the logins", _f(res.get("server_cpu_login_s"), " s", 2)),
             ("generator CPU during logins", _f(res.get("gen_cpu_login_pct"), " %")),
+            ("bytes to the clients while logging in",
+             _f((res.get("login_bytes_to_clients") or 0) / 1e6, " MB", 1)),
         ]
         b = res.get("broadcast")
         if b:
@@ -174,6 +176,8 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
     fx = _by(results, "fanout200_100k")
     c1, c5, c10 = _by(results, "conns1000"), _by(results, "conns5000"), _by(results, "conns10000")
     c10f = _by(results, "conns10000_fulllists")
+    c10l = _by(results, "conns10000_lazy")
+    c10ln = _by(results, "conns10000_lazy_nopresence")
     pv = _by(results, "private100_max")
 
     def n_of(d: dict[str, dict[str, Any]], key: str, default: str) -> str:
@@ -197,6 +201,10 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
          _conns_cell),
         (f"{n_of(c10f, 'clients', '10000')} clients logging in, clients without the presence "
          "feature (full users lists)", c10f, _conns_cell),
+        (f"{n_of(c10l, 'clients', '10000')} clients logging in, clients with the presence and "
+         "lazy_members features (count and first page)", c10l, _conns_cell),
+        (f"{n_of(c10ln, 'clients', '10000')} clients logging in, clients with lazy_members only",
+         c10ln, _conns_cell),
         (f"RSS per logged-in connection ({n_of(c1, 'clients', '1000')} clients)", c1, _rss_cell),
         (f"RSS per logged-in connection ({n_of(c10, 'clients', '10000')} clients)", c10, _rss_cell),
         (f"private messages, {n_of(pv, 'pairs', '100')} pairs, max deliveries/s", pv, _max_cell),

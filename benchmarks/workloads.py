@@ -142,6 +142,9 @@ async def conns(target: Target, *, clients: int, timeout: float, concurrency: in
     await wait_quiet(cl, quiet=0.5, limit=15)
     rss1 = rss_bytes(pid) if pid else None
     result: dict[str, Any] = {
+        # Everything the clients received while logging in (history, member
+        # lists, membership pushes): O(N²) with whole lists, O(N) lazily.
+        "login_bytes_to_clients": sum(c.rx_bytes for c in cl),
         "login": login,
         "logged_in": login["logged_in"],
         "all_logged_in_s": login["all_logged_in_s"],

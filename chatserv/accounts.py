@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from .errors import AuthFailed, ChatError, InvalidName, NameTaken, RateLimited, ServerBusy
@@ -38,6 +38,7 @@ from .hashing import BUSY, HIGH, LOW, HashQueue
 from .logs import LogBudget, Logger
 from .names import BadName, check_name, name_key
 from .ratelimit import Allowance
+from .registered import RegisteredNames
 
 if TYPE_CHECKING:
     from .storage import AccountStore
@@ -62,6 +63,7 @@ REGISTER_BURST = 30
 REGISTER_RATE = 1.0
 
 WRONG = "usuario o contraseña incorrectos"
+OWNED = "ese nombre pertenece a una cuenta: inicia sesión con su contraseña"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,8 @@ class Accounts:
         self.registrations = Allowance(1.0 / REGISTER_EVERY, REGISTER_BURST_PER_ADDRESS, now)
         self.all_registrations = Allowance(REGISTER_RATE, REGISTER_BURST, now, max_keys=1)
         self.hashes = hashes
+        #: Which names have an account, so a guest login asks no query.
+        self.registered = RegisteredNames(store, clock)
         self._dummy: str | None = None
         #: Guessers and registration floods write a bounded log (chatserv.logs).
         self.log_budget = LogBudget(self.clock, log)
@@ -226,19 +230,36 @@ class Accounts:
 
     def admit_guest(self, name: str) -> Deferred[Identity]:
         """A login without a password: allowed for a name without an account."""
-        if self.require_accounts:
-            return fail(AuthFailed("este servidor exige una cuenta: inicia sesión con tu contraseña"))
         try:
-            check_name(name)
-        except BadName as e:
-            return fail(InvalidName("name_rules", detail=str(e)))
+            identity = self.guest_now(name)
+        except ChatError as e:
+            return fail(e)
+        if identity is not None:
+            return succeed(identity)
 
         def decide(registered: bool) -> Identity:
             if registered:
-                raise AuthFailed("ese nombre pertenece a una cuenta: inicia sesión con su contraseña")
+                raise AuthFailed(OWNED)
             return Identity(name, self.clock.seconds(), False)
 
         return self.store.is_registered(name).addCallback(decide)
+
+    def guest_now(self, name: str) -> Identity | None:
+        """:meth:`admit_guest` without waiting: the identity, or None when
+        only the database can tell (see chatserv.registered); raises the
+        refusals (:class:`AuthFailed`, :class:`InvalidName`)."""
+        if self.require_accounts:
+            raise AuthFailed("este servidor exige una cuenta: inicia sesión con tu contraseña")
+        try:
+            key = name_key(check_name(name))
+        except BadName as e:
+            raise InvalidName("name_rules", detail=str(e)) from None
+        registered = self.registered.known(key)
+        if registered is None:
+            return None
+        if registered:
+            raise AuthFailed(OWNED)
+        return Identity(name, self.clock.seconds(), False)
 
     def authenticate(self, name: str, password: str, address: str) -> Deferred[Identity]:
         """A login with a password; fails with :class:`AuthFailed`."""
@@ -338,9 +359,11 @@ class Accounts:
         self.registrations.take(address)
         self.all_registrations.take("")
         password_hash = await self.hashes.submit(LOW, address, self.hasher.hash, password)
-        if not await self.store.create_account(name, password_hash, self.clock.seconds()):
+        created = self.clock.seconds()
+        if not await self.store.create_account(name, password_hash, created):
             self.by_address.failure(address)
             raise NameTaken(f"el nombre {name} ya tiene una cuenta")
+        self.registered.added(name_key(name), created)
         self.log_budget.line(
             "accounts registered",
             address,

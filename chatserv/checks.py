@@ -82,6 +82,12 @@ def endpoint(description: str) -> str | None:
         where = f": {e.filename}" if e.filename else ""
         return f"{description}: {e.strerror or e}{where}"
     except Exception as e:  # ValueError, OpenSSL errors, a plugin's own
+        if description.startswith("systemd:") and isinstance(e, (IndexError, KeyError)):
+            # The descriptor systemd passes is looked up as soon as it is parsed.
+            return (
+                f"{description}: systemd passed no such socket (run under a systemd socket unit: "
+                "LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)"
+            )
         return f"{description!r} is not a listening address ({_reason(e)})"
     port = getattr(built, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:

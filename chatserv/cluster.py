@@ -15,6 +15,12 @@ entry points for events that arrive from other nodes:
 * :meth:`~chatserv.hub.Hub.deliver_typing`: somebody types;
 * :meth:`~chatserv.hub.Hub.note_presence`: somebody entered or left a room.
 
+Every message and correction handed to the ``publish_*`` callables is
+committed and carries its stream position (``pos``, chatserv.events); a
+resend of a message already committed (the same ``cid``) never reaches them.
+A node that missed some reads them back in position order with
+``MessageStore.events_after``.
+
 The protocol and the bridge talk to the hub only, so neither changes when
 the cluster does. The hot path pays nothing for the seam: the hub takes the
 ``publish_*`` callables once, and the local ones are the hub's own entry
@@ -64,3 +70,8 @@ class Cluster(Protocol):
     def publish_typing(self, typing: Typing, key: str) -> None:
         """Hand *typing* to the others of the room whose key is *key* (or to
         the user whose name key is *key*, for private typing)."""
+
+    def health_problems(self) -> list[str]:
+        """What keeps this node from serving the whole chat now, one short
+        phrase each ("not connected to Redis", "heartbeat 12 s old"); empty
+        when nothing does. ``--health`` answers 503 with them (chatserv.health)."""

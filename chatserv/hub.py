@@ -32,7 +32,7 @@ goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ from .errors import (
     NotYourMessage,
     TooFast,
 )
-from .events import ChatMessage, Correction, PresenceChange, Typing, corrected
+from .events import ChatMessage, Correction, PresenceChange, Typing, copied, corrected, sender_key
 from .local import LocalCluster, MemoryLog
 from .logs import Logger
 from .names import BadName, check_name, name_key
@@ -70,6 +70,13 @@ ROOM_CREATE_RATE = 0.1
 ROOM_CREATE_BURST = 10
 #: Rooms one ``rooms`` answer lists, at most (and by default).
 ROOMS_PAGE = 100
+#: The hub remembers the messages sent with a ``cid`` that it saw committed
+#: for this long, up to this many and this much text, so that a resend is
+#: answered without asking the database (which stays the truth; without a
+#: database this is the whole window, see docs/PROTOCOL.md).
+RECENT_CIDS_SECONDS = 600.0
+RECENT_CIDS = 10_000
+RECENT_CIDS_TEXT = 16 * 1024 * 1024
 
 log = Logger()
 
@@ -81,10 +88,16 @@ class Participant(Protocol):
         """A room message for a room the session is in (its own included), or a
         private message to or from the session."""
 
+    def receive_own(self, message: ChatMessage) -> None:
+        """The session's own message, sent with a ``cid``, is committed: its
+        confirmation (instead of ``receive_message`` for the session that
+        sent it), given again for a resend of the same ``cid``."""
+
     def receive_presence(self, change: PresenceChange) -> None:
         """Membership of a room the session is in has changed. A session that
         has just entered the room finds its own name in ``change.joined``: this
-        is when it learns the full member list."""
+        is when it learns the member list (whole, or for a lazy_members client
+        in a large room its first page, see chatserv.dialects.members)."""
 
     def receive_typing(self, typing: Typing) -> None:
         """Somebody else is typing in one of the session's rooms, or privately to it."""
@@ -95,14 +108,20 @@ class Participant(Protocol):
 
 
 class MessageLog(Protocol):
-    """The storage seam: where messages are committed before they are relayed."""
+    """The storage seam: where messages are committed before they are relayed.
+
+    Committing gives every message and correction the next position of the
+    log's stream (``pos``), in commit order; it is set before ``deliver``.
+    """
 
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         """Commit *message*, then call ``deliver(message)``, in commit order.
 
         A callback rather than a Deferred per message: this is on every
         message's path. A message that cannot be stored is the store's to
-        report, and is never delivered.
+        report, and is never delivered. A message whose sender's ``cid`` is
+        committed already is not committed again: ``deliver`` is called with
+        that original instead (see :meth:`Hub._append_unique`).
         """
 
     def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
@@ -121,11 +140,18 @@ class MessageLog(Protocol):
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "creations", "trusted", "__weakref__")
+    __slots__ = (
+        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "__weakref__",
+    )
 
-    def __init__(self, name: str, key: str, participant: Participant, trusted: bool = False) -> None:
+    def __init__(
+        self, name: str, key: str, participant: Participant, trusted: bool = False, account: bool = False
+    ) -> None:
         self.name = name
         self.key = key
+        #: Whose client message ids (``cid``) this session's are: its
+        #: account's, or its guest name's (chatserv.events.sender_key).
+        self.sender_key = sender_key(key, account)
         self.participant = participant
         self.rooms: set[str] = set()
         #: An in-process participant (the Telegram bridge), whose input is
@@ -155,14 +181,17 @@ class Fanout(Protocol):
 
 class Room:
     __slots__ = (
-        "name", "members", "history", "cost", "partial", "joined", "left", "flush_call", "wire",
-        "plan",
+        "name", "members", "order", "history", "cost", "partial", "joined", "left", "flush_call",
+        "wire", "plan",
     )
 
     def __init__(self, name: str, history_size: int) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
+        #: ``(folded name, key)`` of every member, sorted: member-list pages
+        #: (``Hub.member_page``) in an order people recognise.
+        self.order: list[tuple[str, str]] = []
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
         #: The bytes the window and its cached encodings are counted for
         #: (see chatserv.windows).
@@ -172,8 +201,10 @@ class Room:
         #: anyone is shown it.
         self.partial = False
         # Membership changes not yet announced, and the call that will announce them.
-        self.joined: list[str] = []
-        self.left: list[str] = []
+        # Dicts as ordered sets: a storm of joins or leaves asks "is this
+        # name in it?" once per change, which a list made O(changes²).
+        self.joined: dict[str, None] = {}
+        self.left: dict[str, None] = {}
         self.flush_call: IDelayedCall | None = None
         #: Encoded forms of the history window; emptied whenever it changes.
         self.wire: dict[str, Any] = {}
@@ -185,13 +216,15 @@ class Room:
         return tuple(session.name for session in self.members.values())
 
 
-def _plan(room: Room) -> list[Callable[[ChatMessage], None]]:
-    """The calls that hand a message to every member of *room*: one per
-    :class:`Fanout` its members' participants share, one per participant
-    that has none (``receive_message``)."""
+def _plan(room: Room, leave_out: Session | None = None) -> list[Callable[[ChatMessage], None]]:
+    """The calls that hand a message to every member of *room* (but
+    *leave_out*): one per :class:`Fanout` its members' participants share,
+    one per participant that has none (``receive_message``)."""
     plan: list[Callable[[ChatMessage], None]] = []
     shared: dict[Fanout, list[Any]] = {}
     for session in room.members.values():
+        if session is leave_out:
+            continue
         participant = session.participant
         fanout = getattr(participant, "fanout", None)
         if fanout is None:
@@ -260,15 +293,22 @@ class Hub:
         # Taken once: the per-message path pays no look-up for the seam.
         self._publish_room = self.cluster.publish_room
         self._publish_private = self.cluster.publish_private
+        #: Committed messages sent with a ``cid``: ``(sender_key, cid)`` ->
+        #: ``(message, when)``, oldest first (see RECENT_CIDS).
+        self._recent: OrderedDict[tuple[str, str], tuple[ChatMessage, float]] = OrderedDict()
+        self._recent_text = 0
 
     # -- sessions ---------------------------------------------------------
 
-    def login(self, participant: Participant, name: object, *, trusted: bool = False) -> Session:
+    def login(
+        self, participant: Participant, name: object, *, trusted: bool = False, account: bool = False
+    ) -> Session:
         """Bring *name* online in the room ``general``; raise if it may not be.
 
         *trusted* is for in-process participants (the Telegram bridge): their
         names skip the client name rules, so they may hold a space ("Luis (TG)")
-        and no client can ever claim or impersonate them.
+        and no client can ever claim or impersonate them. *account*: the name
+        is an account's, not a guest's (their ``cid``s are kept apart).
         """
         if trusted:
             if not isinstance(name, str) or not name.strip() or not name.isprintable():
@@ -283,7 +323,7 @@ class Hub:
         key = name_key(name)
         if key in self.sessions or not self.cluster.claim_name(key):
             raise NameTaken("name_taken", name=name)
-        session = Session(name, key, participant, trusted)
+        session = Session(name, key, participant, trusted, account)
         self.sessions[key] = session
         self.stats.logins += 1
         log.debug("login {name}", name=name)
@@ -393,14 +433,30 @@ class Hub:
             raise NotInRoom("not_in_room", room=room_name)
         return room
 
+    def member_page(self, room: Room, after: str | None = None, limit: int = 200) -> tuple[list[str], bool]:
+        """Up to *limit* names of the room's members in case-folded name order,
+        from the first one after the name *after* (from the start when None),
+        and whether more follow. O(log members + limit)."""
+        order = room.order
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        members = room.members
+        page = [members[key].name for _, key in order[start : start + limit]]
+        return page, start + limit < len(order)
+
     def _enter(self, session: Session, room: Room) -> None:
+        if session.key not in room.members:
+            bisect.insort(room.order, (session.name.casefold(), session.key))
         room.members[session.key] = session
         room.plan = None
         session.rooms.add(room.name)
         self.cluster.membership(room.name, joined=session.name)
 
     def _exit(self, session: Session, room: Room) -> None:
-        room.members.pop(session.key, None)
+        if room.members.pop(session.key, None) is not None:
+            entry = (session.name.casefold(), session.key)
+            i = bisect.bisect_left(room.order, entry)
+            if i < len(room.order) and room.order[i] == entry:
+                del room.order[i]
         room.plan = None
         session.rooms.discard(room.name)
         self.cluster.membership(room.name, left=session.name)
@@ -435,12 +491,12 @@ class Hub:
         # find itself in `joined` to get its member list. A join followed by
         # a leave cancels out: nobody else needs to hear of it.
         if joined is not None:
-            room.joined.append(joined)
+            room.joined[joined] = None
         if left is not None:
             if left in room.joined:
-                room.joined.remove(left)
-            elif left not in room.left:
-                room.left.append(left)
+                del room.joined[left]
+            else:
+                room.left[left] = None
         if room.flush_call is None:
             room.flush_call = self.clock.callLater(
                 presence_window(len(room.members)), self._flush_presence, room
@@ -475,8 +531,20 @@ class Hub:
         *,
         reply_to: dict[str, Any] | None = None,
         edit_of: int | None = None,
+        cid: str | None = None,
     ) -> ChatMessage:
-        """Post *text* to a room the session is in (``general`` by default)."""
+        """Post *text* to a room the session is in (``general`` by default).
+
+        With *cid* (the sender's own id for the message) a resend of a
+        message already committed stores and relays nothing: the sender is
+        confirmed again with the original, which is returned.
+        """
+        if cid is not None:
+            # First: a resend is confirmed even if the sender has left the
+            # room since (it was allowed when the message was committed).
+            original = self._repeated(session, cid)
+            if original is not None:
+                return original
         room = self.member_room(session, room_name)
         self._check_backlog(session)
         message = ChatMessage(
@@ -484,13 +552,29 @@ class Hub:
             reply_to=reply_to, edit_of=edit_of,
         )
         self.stats.received_room += 1
-        self.store.append_then(message, self._publish_room)
+        if cid is None:
+            self.store.append_then(message, self._publish_room)
+        else:
+            # The sender's echo carries the cid: it goes to this session only.
+            message.from_session = session
+            self._append_unique(session, message, cid, self._publish_room)
         return message
 
     def private(
-        self, session: Session, to: str, text: str, *, reply_to: dict[str, Any] | None = None
+        self,
+        session: Session,
+        to: str,
+        text: str,
+        *,
+        reply_to: dict[str, Any] | None = None,
+        cid: str | None = None,
     ) -> ChatMessage:
-        """Send *text* to the online user *to*, and a copy to the sender."""
+        """Send *text* to the online user *to*, and a copy to the sender
+        (*cid*: as for :meth:`broadcast`)."""
+        if cid is not None:
+            original = self._repeated(session, cid)  # even if *to* has left since
+            if original is not None:
+                return original
         target = self.find(to) if isinstance(to, str) else None
         if target is None:
             raise NoSuchUser("not_online", name=to)
@@ -501,8 +585,72 @@ class Hub:
             to_session=target, from_session=session,
         )
         self.stats.received_private += 1
-        self.store.append_then(message, self._publish_private)
+        if cid is None:
+            self.store.append_then(message, self._publish_private)
+        else:
+            self._append_unique(session, message, cid, self._publish_private)
         return message
+
+    # -- client message ids (cid) -------------------------------------------
+    #
+    # The database is the truth (a unique index on the sender and its cid,
+    # checked in the commit transaction, so it holds across restarts and
+    # servers); the hub remembers what it saw committed lately, so that the
+    # usual resend, a client retrying on the same server, costs no query.
+
+    def _repeated(self, session: Session, cid: str) -> ChatMessage | None:
+        """The committed message *session*'s sender already sent as *cid*,
+        confirmed to *session* again; None when the hub does not know one."""
+        remembered = self._recent.get((session.sender_key, cid))
+        if remembered is None:
+            return None
+        original = remembered[0]
+        self.confirm(session, original)
+        return original
+
+    def _append_unique(
+        self, session: Session, message: ChatMessage, cid: str, publish: Callable[[ChatMessage], None]
+    ) -> None:
+        message.cid = cid
+        message.sender_key = session.sender_key
+
+        def committed(stored: ChatMessage) -> None:
+            self._remember_cid(stored)
+            if stored is message:
+                publish(message)
+            else:
+                # It was a resend of a message committed before (elsewhere,
+                # or before a restart): nothing was stored; confirm that one.
+                self.confirm(session, stored)
+
+        self.store.append_then(message, committed)
+
+    def confirm(self, session: Session, original: ChatMessage) -> None:
+        """Tell *session* (if still online) that *original*, its message, is
+        committed, as its own echo (``broadcast`` or ``sent``) told it first:
+        the answer to a resend of its ``cid`` (the protocol calls it when
+        only storage knew the message)."""
+        if self.sessions.get(session.key) is not session:
+            return
+        session.participant.receive_own(copied(original))
+
+    def _remember_cid(self, message: ChatMessage) -> None:
+        assert message.sender_key is not None and message.cid is not None
+        recent = self._recent
+        now = self.clock.seconds()
+        key = (message.sender_key, message.cid)
+        old = recent.pop(key, None)
+        if old is not None:
+            self._recent_text -= len(old[0].text)
+        recent[key] = (message, now)
+        self._recent_text += len(message.text)
+        while recent and (
+            len(recent) > RECENT_CIDS
+            or self._recent_text > RECENT_CIDS_TEXT
+            or next(iter(recent.values()))[1] < now - RECENT_CIDS_SECONDS
+        ):
+            _, (gone, _) = recent.popitem(last=False)
+            self._recent_text -= len(gone.text)
 
     def typing(self, session: Session, to: str | None = None, room_name: str | None = None) -> None:
         """Tell the private peer *to*, or the other members of a room, that *session* types."""
@@ -595,6 +743,10 @@ class Hub:
         message's path, whichever node it was sent on."""
         assert message.room is not None
         room = self.rooms.get(name_key(message.room))
+        # Set only when the sender gave a cid: its echo is its confirmation.
+        own = message.from_session
+        if own is not None:
+            message.from_session = None
         if room is None:
             return
         if room.flush_call is not None:
@@ -602,13 +754,21 @@ class Hub:
             self._flush_presence(room)
         self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
-        # The plan is a list of its own: a participant that goes offline while
-        # it is handed the message changes the members, not this list.
-        plan = room.plan
-        if plan is None:
-            plan = room.plan = _plan(room)
-        for deliver in plan:
-            deliver(message)
+        if own is None or room.members.get(own.key) is not own:
+            # The plan is a list of its own: a participant that goes offline
+            # while it is handed the message changes the members, not this list.
+            plan = room.plan
+            if plan is None:
+                plan = room.plan = _plan(room)
+            for deliver in plan:
+                deliver(message)
+        else:
+            # The sender gave a cid: its echo is its confirmation, so it is
+            # left out of a plan made for this message (a rare path: people
+            # typing), and its output queue puts the echo in order.
+            for deliver in _plan(room, own):
+                deliver(message)
+            own.participant.receive_own(message)
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()
@@ -621,12 +781,20 @@ class Hub:
         # `sent` confirmation).
         recipient, sender = message.to_session, message.from_session
         message.to_session = message.from_session = None
+        # With a cid, the sender's copy is its confirmation.
+        own = message.cid is not None
         if recipient is not None and self.sessions.get(recipient.key) is recipient:
             self.stats.delivered_private += 1
-            recipient.participant.receive_message(message)
+            if own and recipient is sender:
+                recipient.participant.receive_own(message)
+            else:
+                recipient.participant.receive_message(message)
         if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             self.stats.delivered_private += 1
-            sender.participant.receive_message(message)
+            if own:
+                sender.participant.receive_own(message)
+            else:
+                sender.participant.receive_message(message)
 
     # -- replies and corrections -------------------------------------------
     #

@@ -99,6 +99,11 @@ class ServerConfig:
     room_burst: int = ROOM_CREATE_BURST
     #: strports description to serve Prometheus metrics on; None: no metrics.
     metrics: str | None = None
+    #: strports description to serve ``/healthz`` on (chatserv.health); None: none.
+    health: str | None = None
+    #: A ``--workers`` child: the inherited listening sockets, one per
+    #: ``listen`` entry, to adopt instead of binding (chatserv.workers).
+    adopt_fds: list[int] | None = None
 
 
 class Listener(Service):
@@ -110,15 +115,22 @@ class Listener(Service):
     and the failure in public hands.
     """
 
-    def __init__(self, description: str, factory: Any, reactor: Any) -> None:
+    def __init__(self, description: str, factory: Any, reactor: Any, fd: int | None = None) -> None:
         self.description = description
         self.factory = factory
         self.reactor = reactor
+        #: A listening socket inherited from a ``--workers`` parent, or None.
+        self.fd = fd
         self.port: IListeningPort | None = None
         self.listening: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
         super().startService()
+        if self.fd is not None:
+            from .workers import adopt
+
+            self._listening(adopt(self.reactor, self.description, self.fd, self.factory))
+            return
         attempt = serverFromString(self.reactor, with_backlog(self.description)).listen(self.factory)
         failures: list[Any] = []
         attempt.addCallbacks(self._listening, failures.append)
@@ -147,11 +159,16 @@ class ChatServer(MultiService):
 
     name = "chat-server"  # type: ignore[assignment]
 
-    def __init__(self, factory: ChatFactory, listen: list[str], reactor: Any) -> None:
+    def __init__(
+        self, factory: ChatFactory, listen: list[str], reactor: Any, adopt_fds: list[int] | None = None
+    ) -> None:
         super().__init__()
         self.factory = factory
         self.hub = factory.hub
-        self.listeners = [Listener(description, factory, reactor) for description in listen]
+        fds: list[int | None] = list(adopt_fds) if adopt_fds is not None else [None] * len(listen)
+        self.listeners = [
+            Listener(description, factory, reactor, fd) for description, fd in zip(listen, fds, strict=True)
+        ]
         for listener in self.listeners:
             listener.setServiceParent(self)
         self.listening: Deferred[list[IListeningPort]] = DeferredList(
@@ -199,7 +216,7 @@ def build_server(
             hashing = own_pool = HashPool(reactor)
         accounts = Accounts(store, reactor, hashing.queue, require_accounts=config.require_accounts)
     factory = ChatFactory(hub, reactor, limits, accounts=accounts, history=store)
-    server = ChatServer(factory, config.listen, reactor)
+    server = ChatServer(factory, config.listen, reactor, config.adopt_fds)
     if own_pool is not None:
         own_pool.setServiceParent(server)
     return server
@@ -274,9 +291,9 @@ def makeService(config: ServerConfig, reactor: Any = None, store: Storage | None
     server.setServiceParent(application)
     bridge = None
     if config.telegram is not None:
-        from .bridge import TelegramBridge
+        from .bridge.cluster import build_bridge
 
-        bridge = TelegramBridge(config.telegram, server.hub, reactor, store)
+        bridge = build_bridge(config.telegram, server.hub, reactor, store)
     if config.metrics is not None:
         from .metrics import MetricsService
 
@@ -284,6 +301,17 @@ def makeService(config: ServerConfig, reactor: Any = None, store: Storage | None
         # the process, and must do so before a service below starts threads
         # the interpreter would wait for.
         MetricsService(config.metrics, reactor, server, bridge).setServiceParent(application)
+    if config.health is not None:
+        from .health import HealthService, NodeHealth
+
+        # Beside metrics, for the same reason.
+        check = NodeHealth(reactor, store, server.hub.cluster).problems
+        HealthService(config.health, reactor, check).setServiceParent(application)
+    if config.adopt_fds is not None:
+        from .workers import ParentLifeline
+
+        # A --workers child: stop when the parent is gone.
+        ParentLifeline(reactor).setServiceParent(application)
     if store is not None and config.db is not None:
         # After the server: it starts only once the server listens (a server
         # that cannot listen exits at once, with no storage threads to wait

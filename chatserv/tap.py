@@ -18,6 +18,8 @@ from .service import DEFAULT_LISTEN, ServerConfig
 from .service import makeService as _makeService
 from .storage import StorageError
 from .windows import HISTORY_MEMORY
+from .workers import adopted_fds, workers_service
+from .workers import check_options as check_workers_options
 
 
 class _Coerce(usage.CoerceParameter):  # type: ignore[misc]
@@ -60,6 +62,22 @@ class Options(TelegramOptions, usage.Options):
             "Serve Prometheus metrics at /metrics on this address, e.g. tcp:9100:interface=127.0.0.1 "
             "(off by default).",
         ],
+        ["workers", None, 1, "Node processes sharing the --listen sockets (above 1 needs --cluster).", int],
+        [
+            "health",
+            None,
+            None,
+            "Serve GET /healthz on this address, e.g. tcp:8080:interface=127.0.0.1: 200 while the "
+            "database and the cluster are reachable, 503 otherwise (off by default).",
+        ],
+        ["cluster", None, None, "Redis URL of the cluster this node joins, e.g. redis://127.0.0.1:6379/0."],
+        [
+            "cluster-name",
+            None,
+            "chatserv",
+            "Chat name: prefix of its Redis keys and channels.",
+        ],
+        ["adopt-fds", None, None, "Internal (set by --workers): the inherited listening sockets."],
     ]
     optFlags = [
         ["require-accounts", None, "Refuse guest logins: every user needs an account."],
@@ -82,6 +100,8 @@ class Options(TelegramOptions, usage.Options):
         "retain-days": above(0),
         "log-level": one_of(logs.LEVELS),
         "metrics": endpoint,
+        "workers": at_least(1),
+        "health": endpoint,
     }
 
     def __init__(self) -> None:
@@ -110,6 +130,8 @@ class Options(TelegramOptions, usage.Options):
         matters; ``--help`` still prints it.
         """
         try:
+            # Kept for --workers, whose children get the same options.
+            self.argv = list(options) if options is not None else sys.argv[1:]
             super().parseOptions(options)
         except usage.UsageError as e:
             text = str(e)
@@ -120,6 +142,9 @@ class Options(TelegramOptions, usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        # First: "--workers cannot share systemd:..." says more than the
+        # listener check's complaint about that same description would.
+        check_workers_options(self)
         for name, check in self.CHECKS.items():
             value = self.get(name)
             problem = check(value) if value is not None else None
@@ -147,6 +172,8 @@ class Options(TelegramOptions, usage.Options):
             require_accounts=bool(self["require-accounts"]),
             retain_days=self["retain-days"],
             metrics=self["metrics"],
+            health=self["health"],
+            adopt_fds=adopted_fds(self),
         )
 
 
@@ -154,6 +181,8 @@ def makeService(options: Options, reactor: Any = None, store: Any = None) -> Mul
     logs.set_level(options["log-level"])
     if options["telegram-chat"] is not None:
         check_runtime(reactor)  # one line and a non-zero exit if the bridge cannot run
+    if options["workers"] > 1 and options["adopt-fds"] is None:
+        return workers_service(options, reactor)
     try:
         return _makeService(options.config(), reactor=reactor, store=store)
     except StorageError as e:

@@ -127,6 +127,7 @@ def message_object(message: ChatMessage) -> dict[str, Any]:
         clock, iso = _stamps(message.ts)
         obj = message.wire["obj"] = {
             "id": message.id,
+            "pos": message.pos,
             "time": clock,
             "ts": iso,
             "room": message.room,
@@ -161,6 +162,7 @@ def private_object(message: ChatMessage) -> dict[str, Any]:
     clock, iso = _stamps(message.ts)
     obj = {
         "id": message.id,
+        "pos": message.pos,
         "time": clock,
         "ts": iso,
         "from": message.sender,
@@ -180,20 +182,41 @@ def private_frame(message: ChatMessage) -> bytes:
     return data
 
 
+def _sent_object(message: ChatMessage) -> dict[str, Any]:
+    clock, iso = _stamps(message.ts)
+    return {
+        "cmd": "sent",
+        "id": message.id,
+        "pos": message.pos,
+        "time": clock,
+        "ts": iso,
+        "to": message.recipient,
+        "msg": message.text,
+    }
+
+
 def sent_frame(message: ChatMessage) -> bytes:
     data = message.wire.get("json-sent")
     if data is None:
-        obj = message_object(message)
-        data = message.wire["json-sent"] = frame(
-            {
-                "cmd": "sent",
-                "id": message.id,
-                "time": obj["time"],
-                "ts": obj["ts"],
-                "to": message.recipient,
-                "msg": message.text,
-            }
-        )
+        data = message.wire["json-sent"] = frame(_sent_object(message))
+    return data
+
+
+def own_frame(message: ChatMessage) -> bytes:
+    """What the sender of *message*, sent with a ``cid``, reads as its
+    confirmation, with that ``cid``: its ``broadcast`` echo, or ``sent`` for
+    a private message (``private`` when it wrote to itself). Other
+    recipients get the shared frames, without the cid."""
+    data = message.wire.get("json-own")
+    if data is None:
+        if message.room is not None:
+            obj = {"cmd": "broadcast", **message_object(message)}
+        elif message.recipient != message.sender:
+            obj = _sent_object(message)
+        else:
+            obj = {"cmd": "private", **private_object(message)}
+        obj["cid"] = message.cid
+        data = message.wire["json-own"] = frame(obj)
     return data
 
 
@@ -228,6 +251,35 @@ def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool
     return b"".join((start, b',"items":[', b",".join(parts), b"]", end))
 
 
+def forward_page(
+    head: dict[str, Any], events: list[tuple[bool, dict[str, Any]]], more: bool
+) -> bytes:
+    """A ``history`` page forward (``after``): *events* in position order,
+    each ``(is_message, object)``, split into ``items`` and ``corrections``.
+    Within :data:`MAX_PAGE_BYTES` the oldest events are kept (at least one),
+    so that the highest ``pos`` of the page is where the next one starts;
+    ``more`` is then set too."""
+    items: list[bytes] = []
+    corrections: list[bytes] = []
+    total = 0
+    for is_message, obj in events:
+        encoded = _dumps(obj).encode("utf-8")
+        if total and total + len(encoded) + 1 > MAX_PAGE_BYTES:
+            more = True
+            break
+        (items if is_message else corrections).append(encoded)
+        total += len(encoded) + 1
+    start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
+    return b"".join(
+        (
+            start,
+            b',"items":[', b",".join(items),
+            b'],"corrections":[', b",".join(corrections),
+            b'],"more":true}\n' if more else b'],"more":false}\n',
+        )
+    )
+
+
 def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
     return history_page({"cmd": "history", "room": room}, [message_object(m) for m in messages])
 
@@ -243,22 +295,50 @@ def users_frame(room: str, names: tuple[str, ...] | list[str]) -> bytes:
     return frame({"cmd": "users", "room": room, "list": list(names)})
 
 
-def _name_list(names: tuple[str, ...]) -> str:
-    if len(names) == 1:
+def members_page_frame(cmd: str, room: str, names: list[str], count: int, more: bool) -> bytes:
+    """A page of a large room's member list for a ``lazy_members`` client:
+    ``users`` (the first page, where others get the whole list) or
+    ``members`` (an answer to ``members``); *count* is how many members it has."""
+    return frame({"cmd": cmd, "room": room, "list": names, "count": count, "more": more})
+
+
+def lazy_presence_frame(change: PresenceChange, max_names: int) -> bytes:
+    """What a ``lazy_members`` client hears of a window's changes in a large
+    room: the new member count, and who joined and left unless that is more
+    than *max_names* names (then ``reload``: pages it holds may be stale).
+    The same bytes for every such member: O(1) per member per window."""
+
+    def make() -> bytes:
+        obj: dict[str, Any] = {"cmd": "presence", "room": change.room}
+        if len(change.joined) + len(change.left) > max_names:
+            obj.update(joined=[], left=[], reload=True)
+        else:
+            obj.update(joined=list(change.joined), left=list(change.left))
+        obj["count"] = len(change.members)
+        return frame(obj)
+
+    return _cached(change, "json-lazy", make)
+
+
+def _name_list(names: tuple[str, ...], count: int) -> str:
+    if count == 1:
         return names[0]
-    if len(names) <= 3:
+    if count <= 3:
         return ", ".join(names[:-1]) + " y " + names[-1]
-    return ", ".join(names[:2]) + f" y {len(names) - 2} más"
+    return ", ".join(names[:2]) + f" y {count - 2} más"
 
 
-def join_text(names: tuple[str, ...]) -> str:
-    verb = "se ha unido" if len(names) == 1 else "se han unido"
-    return f"{_name_list(names)} {verb} al chat"
+def join_text(names: tuple[str, ...], count: int = -1) -> str:
+    """"Ana se ha unido al chat"; *count* (when not -1) is how many joined,
+    of whom *names* holds at least the first three."""
+    count = len(names) if count < 0 else count
+    verb = "se ha unido" if count == 1 else "se han unido"
+    return f"{_name_list(names, count)} {verb} al chat"
 
 
 def leave_text(names: tuple[str, ...]) -> str:
     verb = "ha abandonado" if len(names) == 1 else "han abandonado"
-    return f"{_name_list(names)} {verb} el chat"
+    return f"{_name_list(names, len(names))} {verb} el chat"
 
 
 def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) -> bytes:
@@ -269,7 +349,7 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
     encoded per window serves every newcomer. Other members get ``system``
     notices and the new list (seed 000), or a ``presence`` delta.
     """
-    if own_name in change.joined:
+    if own_name in entered(change):
         return _cached(change, "json-users", lambda: users_frame(change.room, change.members))
     if delta:
         return _cached(
@@ -285,6 +365,16 @@ def presence_frames(change: PresenceChange, own_name: str, delta: bool = False) 
             ),
         )
     return _cached(change, "json-system", lambda: _system_frames(change))
+
+
+def entered(change: PresenceChange) -> frozenset[str]:
+    """The names in ``change.joined``, as a set: every member of the room asks
+    whether it is one of them, and a window of a login storm holds thousands
+    (a scan of the tuple made each window cost members x newcomers)."""
+    entered = change.wire.get("entered")
+    if entered is None:
+        entered = change.wire["entered"] = frozenset(change.joined)
+    return entered  # type: ignore[no-any-return]
 
 
 def _system_frames(change: PresenceChange) -> bytes:
@@ -328,25 +418,32 @@ def typing_frame(typing: Typing) -> bytes:
     return data
 
 
+def correction_object(correction: Correction) -> dict[str, Any]:
+    """The ``edited`` or ``deleted`` frame as an object (also an item of
+    ``corrections`` in a ``history`` page forward)."""
+    clock, iso = _stamps(correction.ts)
+    obj: dict[str, Any] = {
+        "cmd": "deleted" if correction.deleted else "edited",
+        "id": correction.id,
+        "pos": correction.pos,
+        "time": clock,
+        "ts": iso,
+        "from": correction.sender,
+    }
+    if correction.room is not None:
+        obj["room"] = correction.room
+    else:
+        obj["to"] = correction.recipient
+    if correction.text is not None:
+        obj["msg"] = correction.text
+    return obj
+
+
 def correction_frame(correction: Correction) -> bytes:
     """``edited`` or ``deleted``: the same bytes for every recipient."""
     data = correction.wire.get("json")
     if data is None:
-        clock, iso = _stamps(correction.ts)
-        obj: dict[str, Any] = {
-            "cmd": "deleted" if correction.deleted else "edited",
-            "id": correction.id,
-            "time": clock,
-            "ts": iso,
-            "from": correction.sender,
-        }
-        if correction.room is not None:
-            obj["room"] = correction.room
-        else:
-            obj["to"] = correction.recipient
-        if correction.text is not None:
-            obj["msg"] = correction.text
-        data = correction.wire["json"] = frame(obj)
+        data = correction.wire["json"] = frame(correction_object(correction))
     return data
 
 
@@ -451,12 +548,21 @@ def plain_window(messages: list[ChatMessage]) -> bytes:
 
 
 def plain_presence(change: PresenceChange, own_name: str) -> bytes:
-    joined = tuple(name for name in change.joined if name != own_name)
+    if own_name not in entered(change):
+        # The same lines for every member that was there before the window.
+        return _cached(change, "plain", lambda: _plain_presence(change.joined, change.left))
+    # A newcomer hears of the others who came in its window; the text names
+    # three at most, so only the first four need looking at.
+    others = tuple(name for name in change.joined[:4] if name != own_name)
+    return _plain_presence(others, change.left, len(change.joined) - 1)
+
+
+def _plain_presence(joined: tuple[str, ...], left: tuple[str, ...], joined_count: int = -1) -> bytes:
     lines = []
     if joined:
-        lines.append(plain_line(join_text(joined) + "."))
-    if change.left:
-        lines.append(plain_line(leave_text(change.left) + "."))
+        lines.append(plain_line(join_text(joined, joined_count) + "."))
+    if left:
+        lines.append(plain_line(leave_text(left) + "."))
     return b"".join(lines)
 
 

@@ -267,3 +267,20 @@ async def test_a_peer_that_vanished_is_closed_the_usual_way_and_the_others_still
             break
         await sleep(0.02)
     assert protocol._lost and server.hub.find("Ana") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_with_a_cid_gets_its_echo_once_in_order_and_the_others_the_shared_frame(server, clients):
+    ana, luis = await room_of_two(clients)
+    hub = server.hub
+    post(server, "Ana", "before")  # waits for the end of the turn
+    # Luis's own message, with a cid, committed in the same turn.
+    own = ChatMessage(hub.ids.take(), 0.0, "Luis", "mine", room=GENERAL, cid="c-1")
+    own.from_session = hub.find("Luis")
+    hub.deliver_to_room(own)
+    post(server, "Ana", "after")
+    mine = [await luis.expect("broadcast") for _ in range(3)]
+    assert [(f["msg"], f.get("cid")) for f in mine] == [("before", None), ("mine", "c-1"), ("after", None)]
+    theirs = [await ana.expect("broadcast") for _ in range(3)]
+    assert [(f["msg"], f.get("cid")) for f in theirs] == [("before", None), ("mine", None), ("after", None)]
+    assert await luis.quiet(0.1) == []

@@ -64,6 +64,18 @@ class BridgeConfig:
     #: Corrections (edits, deletions) waiting for Telegram per group; past it
     #: the oldest are dropped (they are not kept across restarts).
     corrections_max: int = 200
+    #: Clustered (docs/TELEGRAM.md, *Several nodes*): the cluster's Redis URL
+    #: (``redis://host:port/db``), its name (the prefix of every Redis key) and
+    #: the shared PostgreSQL database. With ``cluster_url`` set the bridge runs
+    #: on the node holding the lease, and its state lives in ``db_url``.
+    cluster_url: str | None = None
+    cluster_name: str = "chatserv"
+    db_url: str | None = None
+
+    @property
+    def bot_id(self) -> str:
+        """The bot's id: the token's part before the colon (the lease is per bot)."""
+        return self.token.split(":", 1)[0]
 
     def chats(self) -> list[tuple[int, str]]:
         """Every bridged ``(chat id, room)``, the first one first."""
@@ -84,6 +96,11 @@ class BridgeConfig:
             raise ValueError("a Telegram chat is bridged only once")
         if len({name_key(r) for _, r in chats}) != len(chats):
             raise ValueError("each Telegram chat needs a room of its own")
+        if self.cluster_url is not None:
+            from ..storage.engine import is_postgres
+
+            if self.db_url is None or not is_postgres(self.db_url):
+                raise ValueError("a clustered Telegram bridge keeps its state in PostgreSQL: --db postgresql://…")
 
 
 # -- twistd options --------------------------------------------------------
@@ -201,6 +218,11 @@ def config_from_options(options: Any) -> BridgeConfig | None:
             marker=options["telegram-marker"],
             queue_max=options["telegram-queue"],
             state_path=options["telegram-state"],
+            # The cluster's options (--cluster, --cluster-name, chatserv.tap),
+            # read where they exist: without them the bridge is one node's.
+            cluster_url=options.get("cluster"),
+            cluster_name=options.get("cluster-name") or "chatserv",
+            db_url=options.get("db") if options.get("cluster") else None,
         )
     except ValueError as e:
         raise usage.UsageError(str(e)) from None

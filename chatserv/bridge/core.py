@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from ..names import name_key
 from ..storage import MessageStore
 from .config import BridgeConfig
 from .outbox import Outbox, Pacer
-from .state import BridgeState, Ref
+from .state import BridgeState, Ref, StateBackend
 
 log = Logger()
 
@@ -94,9 +95,22 @@ class BridgeCore(Service):
     """The bridge's state; see the module docstring."""
 
     def __init__(
-        self, config: BridgeConfig, hub: Hub, reactor: Any, store: MessageStore | None = None
+        self,
+        config: BridgeConfig,
+        hub: Hub,
+        reactor: Any,
+        store: MessageStore | None = None,
+        *,
+        backend: StateBackend | None = None,
+        on_lost: Callable[[str, int], None] | None = None,
+        catch_up: bool = False,
     ) -> None:
         self.config = config
+        #: Clustered: called with a reason (and the database's term, when it
+        #: refused ours) once this node must stop bridging (see .cluster).
+        self.on_lost = on_lost
+        #: Clustered: queue what the rooms said while no node bridged them.
+        self.catch_up = catch_up
         self.hub = hub
         self.reactor = reactor
         #: whether chat ids recorded by earlier runs still name the same
@@ -115,7 +129,14 @@ class BridgeCore(Service):
         # No client may take a name that looks like one of ours.
         hub.reserve_suffix(config.marker)
         self.run = uuid.uuid4().hex[:12]
-        self.state = BridgeState(config.state_path, reactor, config.map_size, self.run)
+        self.state = BridgeState(
+            config.state_path,
+            reactor,
+            config.map_size,
+            self.run,
+            backend=backend,
+            on_fenced=(lambda e: on_lost(str(e), e.term)) if on_lost is not None else None,
+        )
         self.session: Session | None = None
         self.tg_users: dict[int, _TgUser] = {}
         #: name keys of every session the bridge holds: their messages and
@@ -132,6 +153,16 @@ class BridgeCore(Service):
         self.ready: Deferred[None] = Deferred()
         self._starting: Deferred[None] | None = None
         self._pump_d: Deferred[None] | None = None
+        self._poll_d: Deferred[None] | None = None
+        self._poll_call: Deferred[Any] | None = None
+        #: the offset of the next getUpdates (None: whatever Telegram holds)
+        self._next_update: int | None = None
+        #: the last chat message relayed from Telegram, and the last one the
+        #: bridge's session heard (committed): the offset waits for the former
+        self._last_relayed: int | None = None
+        self._last_heard = 0
+        self._relaying = False
+        self._heard_waiters: list[tuple[int, Deferred[None]]] = []
         self._wake: Deferred[None] | None = None
         self._kick_call: IDelayedCall | None = None
         self._log_setup: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
@@ -173,6 +204,15 @@ class BridgeCore(Service):
         raise NotImplementedError  # in .pump
 
     def _kick(self) -> None:
+        raise NotImplementedError  # in .pump
+
+    def _heard(self, message_id: int) -> None:
+        raise NotImplementedError  # in .relay
+
+    def _chat_message(self, message: ChatMessage) -> None:
+        raise NotImplementedError  # in .pump
+
+    async def _sleep(self, delay: float) -> None:
         raise NotImplementedError  # in .pump
 
     def _chat_private(self, message: ChatMessage) -> None:

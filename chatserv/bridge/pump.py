@@ -17,7 +17,7 @@ from .aio import as_deferred
 from .core import _DROPPED, _RETRY, BridgeCore, _Group
 from .format import excerpt, reply_text
 from .outbox import Batch, Entry, dropped_notice
-from .state import Ref
+from .state import Fenced, Ref
 
 log = Logger()
 
@@ -48,6 +48,8 @@ class SendPump(BridgeCore):
     """Chat lines queued per group and sent to Telegram in order, paced."""
 
     def _chat_message(self, message: ChatMessage) -> None:
+        if message.room is not None:
+            self._heard(message.id)
         if message.room is None:
             self._chat_private(message)
             return
@@ -92,6 +94,8 @@ class SendPump(BridgeCore):
             return
         added, dropped = group.outbox.add(chat_id, sender, text, reply_tg)
         self.state.queue_add(added, group.chat_id)
+        if chat_id is not None:
+            self.state.set_mark(group.chat_id, chat_id)
         if dropped:
             self.state.queue_remove(dropped)
             if not group.overflowing:
@@ -159,6 +163,13 @@ class SendPump(BridgeCore):
             if wait > 0:
                 await self._idle(wait)
                 continue
+            try:
+                # Clustered: a deposed leader sends nothing more.
+                await self.state.check_term()
+            except Fenced:
+                return
+            if not self.running:
+                return  # stopped during the check: the next leader sends it
             if self._direct:
                 chat_id, text = self._direct[0]
                 result = await self._send(chat_id, text, html=False)

@@ -3,12 +3,16 @@ answers to ``/users`` and to private chats with the bot)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from twisted.internet.defer import CancelledError, Deferred
+
 from ..logs import Logger
+from .aio import as_deferred
 from .core import BridgeCore, _Group
 from .format import display_name, excerpt, message_body
-from .state import Ref
+from .state import Fenced, Ref
 
 log = Logger()
 
@@ -42,12 +46,55 @@ class InboundRelay(BridgeCore):
             log.info("Telegram restarted its update numbering at {id}", id=uid)
         else:
             self._catching_up = False
+        if uid in self.state.unsure:
+            self.state.unsure.discard(uid)
+            if await self._relayed_before(update):
+                log.info("update {id} was relayed before the last stop; not again", id=uid)
+                self.state.set_offset(uid, force=True, write=False)
+                return
         try:
             self._relay_update(update)
         finally:
             # Marked handled even if relaying failed: an update that breaks
-            # the bridge must not come back after every restart.
-            self.state.set_offset(uid, force=True)
+            # the bridge must not come back after every restart. Written
+            # with the end of the batch, once the chat has committed it.
+            self.state.set_offset(uid, force=True, write=False)
+
+    async def _relayed_before(self, update: Any) -> bool:
+        """Whether the chat already holds *update*'s message: the last run
+        relayed it and stopped before writing the offset. Looked up among
+        the room's latest messages from Telegram, numbered from the batch's
+        first id on, by sender and text (and then mapped, for replies)."""
+        msg = update.message
+        store = self.store
+        if msg is None or store is None or not getattr(store, "keeps_history", False):
+            return False  # an edit is applied again: the same text twice
+        group = self.groups.get(msg.chat.id)
+        body = message_body(msg)
+        if group is None or body is None:
+            return False
+        if msg.sender_chat is not None:
+            base = display_name(None, msg.sender_chat)
+        else:
+            base = display_name(msg.from_user)
+        try:
+            # This runs in PTB's handler, an asyncio task: a Deferred is
+            # awaited as a Future there.
+            page = await store.room_page(group.room, None, 200).asFuture(asyncio.get_running_loop())
+        except Exception as e:
+            log.warn("cannot read the chat history: {error}", error=str(e))
+            return False
+        for m in page:
+            if (
+                m.id >= self.state.unsure_from
+                and m.text == body
+                and m.sender.startswith(base)
+                and m.sender.endswith(self.config.marker)
+            ):
+                ref = Ref(m.id, m.sender, excerpt(body), self.run)
+                self.state.map_add(msg.chat.id, msg.message_id, [ref])
+                return True
+        return False
 
     async def _on_handler_error(self, update: Any, context: Any) -> None:
         log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))
@@ -90,6 +137,7 @@ class InboundRelay(BridgeCore):
         if msg.reply_to_message is not None and not _is_topic_root(msg.reply_to_message):
             reply_to = self._reply(chat.id, msg.reply_to_message)
         message = self.hub.broadcast(session, body, group.room, reply_to=reply_to)
+        self._last_relayed = message.id
         self.state.map_add(chat.id, msg.message_id, [Ref(message.id, session.name, excerpt(body), self.run)])
 
     def _reply(self, tg_chat: int, original: Any) -> dict[str, Any]:
@@ -147,6 +195,132 @@ class InboundRelay(BridgeCore):
         self._direct.append((msg.chat.id, PRIVATE_ANSWER))
         self._kick()
 
-    def _poll_error(self, error: Exception) -> None:
-        # PTB retries polling by itself (backing off up to 30 s); we only log.
-        log.warn("polling Telegram failed: {error}", error=self._redact(str(error)))
+    # -- polling ----------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        """Fetch updates with ``getUpdates`` and relay them, one batch at a time.
+
+        Our own loop rather than PTB's Updater, because the Updater confirms
+        a batch to Telegram (its next ``getUpdates`` carries the offset) as
+        soon as it has fetched it, before the batch is handled: a node that
+        dies then loses it. Here the next request, which confirms the batch,
+        goes out only after every update of it is relayed, committed to the
+        chat's storage, and the new offset is written to the bridge state.
+        In a cluster the state's fencing is checked before a batch is relayed
+        (a deposed leader relays nothing), and 409 Conflict (someone else
+        polls this bot) ends this node's leadership.
+        """
+        from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
+
+        from .pump import _seconds
+
+        cfg = self.config
+        delay = cfg.backoff_initial
+        failures = 0
+        webhook_cleared = False
+        while self.running:
+            try:
+                if not webhook_cleared:
+                    # Polling is refused while a webhook is set.
+                    await self._polling(self.bot.delete_webhook())
+                    webhook_cleared = True
+                    if not self.ready.called:
+                        self.ready.callback(None)
+                updates = await self._polling(
+                    self.bot.get_updates(
+                        offset=self._next_update,
+                        timeout=int(cfg.poll_timeout),
+                        # Deletions are not among them: the Bot API tells
+                        # bots of none (docs/TELEGRAM.md).
+                        allowed_updates=["message", "edited_message"],
+                    )
+                )
+            except CancelledError:
+                return
+            except Conflict as e:
+                if self.on_lost is not None:
+                    log.warn(
+                        "Telegram says another client polls this bot ({error})", error=self._redact(str(e))
+                    )
+                    self.on_lost("409 Conflict from Telegram", 0)
+                    return
+                failures += 1
+                if failures == 1:
+                    log.warn(
+                        "another program polls this bot ({error}); only one may: retrying",
+                        error=self._redact(str(e)),
+                    )
+                await self._sleep(delay)
+                delay = min(cfg.backoff_max, delay * 2)
+                continue
+            except InvalidToken:
+                log.critical("Telegram refused the bot token; the bridge stops receiving (the chat runs on)")
+                return
+            except RetryAfter as e:
+                await self._sleep(_seconds(e))
+                continue
+            except TelegramError as e:
+                failures += 1
+                emit = log.warn if failures == 1 else log.debug
+                emit("polling Telegram failed: {error}", error=self._redact(str(e)))
+                await self._sleep(delay)
+                delay = min(cfg.backoff_max, delay * 2)
+                continue
+            if failures:
+                log.info("polling Telegram works again after {n} failed attempts", n=failures)
+            failures = 0
+            delay = cfg.backoff_initial
+            if not updates or not self.running:
+                continue
+            self._relaying = True
+            try:
+                # Fenced: a deposed leader relays nothing.
+                self.state.begin_batch([u.update_id for u in updates], self.hub.ids.upcoming)
+                await self.state.flush()
+                for update in updates:
+                    self._next_update = update.update_id + 1
+                    await as_deferred(self.app.process_update(update))
+                await self._committed()
+                self.state.end_batch()
+                await self.state.flush()
+            except Fenced:
+                return  # the state told the lease; this bridge is being stopped
+            finally:
+                self._relaying = False
+
+    async def _polling(self, call: Any) -> Any:
+        # Only a request in flight is cancelled at stop, never a batch being
+        # relayed: that one is finished and its offset written.
+        self._poll_call = as_deferred(call)
+        try:
+            return await self._poll_call
+        finally:
+            self._poll_call = None
+
+    async def _committed(self) -> None:
+        """Wait until the chat has committed (and so delivered to the
+        bridge's own session) the last message this batch relayed."""
+        wanted = self._last_relayed
+        if wanted is None or self._last_heard >= wanted:
+            return
+        d: Deferred[None] = Deferred()
+        self._heard_waiters.append((wanted, d))
+        d.addTimeout(self.config.http_timeout, self.reactor)
+        try:
+            await d
+        except (TimeoutError, CancelledError):
+            log.warn("message {id} relayed from Telegram was not committed in time", id=wanted)
+
+    def _heard(self, message_id: int) -> None:
+        """The bridge's session heard chat message *message_id* (committed)."""
+        if message_id > self._last_heard:
+            self._last_heard = message_id
+        for waiter in list(self._heard_waiters):
+            if waiter[0] <= message_id:
+                self._heard_waiters.remove(waiter)
+                if not waiter[1].called:
+                    waiter[1].callback(None)
+
+    def _poll_died(self, failure: Any) -> None:
+        if not failure.check(CancelledError):
+            log.failure("receiving from Telegram stopped", failure)

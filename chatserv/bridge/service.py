@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from datetime import timedelta
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -102,6 +101,12 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
         try:
             queued = await self.state.open()
         except StateError as e:
+            if self.on_lost is not None:
+                # Clustered: another node may do better; the lease decides.
+                log.warn("{error}; this node gives up the Telegram bridge", error=str(e))
+                self._logout_all()
+                self.on_lost(str(e), getattr(e, "term", 0))
+                return
             log.critical("{error}; the chat server runs without the Telegram bridge", error=str(e))
             self._logout_all()
             return
@@ -126,15 +131,66 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
             outbox = Outbox(self.config.queue_max, self.config.max_length, seqs=seqs)
             self.state.queue_remove(outbox.restore(restored.get(group.chat_id, [])))
             group.outbox = outbox
+        if self.catch_up:
+            await self._catch_up()
+        for group in self.groups.values():
+            assert group.outbox is not None
             early, group.early = group.early, deque()
+            queued_ids = {e.chat_id for e in group.outbox.entries}
             for item in early:
-                self._enqueue(group, *item)
-            outbox.dropped += group.early_dropped
+                if item[0] is None or item[0] not in queued_ids:
+                    self._enqueue(group, *item)
+            group.outbox.dropped += group.early_dropped
         if queued:
             log.info("{n} chat lines still queued for Telegram from the last run", n=len(queued))
         self._pump_d = ensureDeferred(self._pump())
         self._pump_d.addErrback(self._pump_died)
         await self._start_telegram()
+
+    async def _catch_up(self) -> None:
+        """A new leader of a cluster: queue what the bridged rooms said while
+        no node bridged them, from the chat history.
+
+        Every line queued for a group raises its mark (the highest chat
+        message id queued for it, kept with the shared state), so the lines
+        after the mark are the ones no leader queued. Lines from Telegram
+        users (the marker) and lines still queued or already sent are left
+        out; at most ``queue_max`` of the newest are taken, like the queue.
+        """
+        if self.store is None or not getattr(self.store, "keeps_history", False):
+            return
+        sent = set(self.state.sent_ids())
+        for group in self.groups.values():
+            assert group.outbox is not None
+            mark = self.state.marks.get(group.chat_id)
+            if mark is None:
+                # The first leader ever: the bridge starts now, and a later
+                # gap is caught up from here.
+                if self._first_id is not None:
+                    self.state.set_mark(group.chat_id, self._first_id - 1)
+                continue
+            try:
+                page = await self.store.room_page(group.room, None, self.config.queue_max)
+            except Exception as e:
+                log.warn("cannot read the chat history to catch up: {error}", error=str(e))
+                continue
+            queued = {e.chat_id for e in group.outbox.entries}
+            missed = [
+                m
+                for m in page
+                if m.id > mark
+                and m.id not in queued
+                and m.id not in sent
+                and not m.sender.endswith(self.config.marker)
+            ]
+            for message in missed:
+                self._chat_message(message)
+            if missed:
+                log.info(
+                    "{n} chat lines of room {room} said while no node bridged it are queued for Telegram",
+                    n=len(missed),
+                    room=group.room,
+                )
 
     def _build_application(self) -> Any:
         from telegram import Update
@@ -187,20 +243,9 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
         log.info("Telegram bot @{username} is up", username=self.bot.username)
         await as_deferred(app.start())
         await self._confirm_offset()
-        await as_deferred(
-            app.updater.start_polling(
-                timeout=timedelta(seconds=self.config.poll_timeout),
-                # Deletions are not among them: the Bot API tells bots of
-                # none (docs/TELEGRAM.md).
-                allowed_updates=["message", "edited_message"],
-                error_callback=self._poll_error,
-                # Telegram may drop out between getMe and deleteWebhook too;
-                # stopping the service cancels these retries.
-                bootstrap_retries=-1,
-            )
-        )
+        self._poll_d = ensureDeferred(self._poll())
+        self._poll_d.addErrback(self._poll_died)
         self._kick()
-        self.ready.callback(None)
 
     async def _confirm_offset(self) -> None:
         """Tell Telegram which updates the last run handled, so it does not
@@ -233,6 +278,18 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
             self._pump_d.addTimeout(5, self.reactor)
             try:
                 await self._pump_d
+            except Exception:
+                pass
+        if self._poll_call is not None and not self._poll_call.called:
+            self._poll_call.cancel()
+        if self._poll_d is not None and not self._poll_d.called:
+            if self._relaying:
+                # A batch being relayed is finished, and its offset written.
+                self._poll_d.addTimeout(10, self.reactor)
+            else:
+                self._poll_d.cancel()
+            try:
+                await self._poll_d
             except Exception:
                 pass
         app = self.app

@@ -14,13 +14,14 @@ thread.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -30,6 +31,10 @@ from .outbox import Entry
 log = Logger()
 
 SCHEMA_VERSION = 2
+#: Seconds between attempts to write the state after a failure.
+WRITE_RETRY = 1.0
+#: Seconds a stop waits for the last write.
+CLOSE_TIMEOUT = 5.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS msgmap (
@@ -81,84 +86,196 @@ class Loaded:
     refs: list[tuple[int, int, int, Ref]]  # (n, tg_chat, tg_msg, ref)
     #: (telegram chat or None for version-1 rows, entry), oldest first
     outbox: list[tuple[int | None, Entry]]
+    #: every saved key (``offset``; ``mark:{tg_chat}``, the highest chat
+    #: message id queued for that group)
+    meta: dict[str, str] = field(default_factory=dict)
 
 
-def _open(path: str, map_size: int) -> tuple[sqlite3.Connection, Loaded]:
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StateError(f"{path} was written by a newer chatserv (schema {version} > {SCHEMA_VERSION})")
-    if path != ":memory:":
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(_SCHEMA)
-    if version < 2:
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
-        for statement in _UPGRADE_2:
-            if statement.split()[5] not in columns:
-                conn.execute(statement)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    row = conn.execute("SELECT value FROM meta WHERE key = 'offset'").fetchone()
-    offset = int(row[0]) if row else 0
-    row = conn.execute("SELECT max(chat_id) FROM msgmap").fetchone()
-    max_chat_id = int(row[0]) if row and row[0] is not None else 0
-    refs = [
-        (n, tg_chat, tg_msg, Ref(chat_id, sender, excerpt, run))
-        for n, tg_chat, tg_msg, chat_id, sender, excerpt, run in conn.execute(
-            "SELECT n, tg_chat, tg_msg, chat_id, sender, excerpt, run FROM msgmap "
-            "WHERE n > (SELECT coalesce(max(n), 0) FROM msgmap) - ? ORDER BY n, rowid",
-            (map_size,),
-        )
-    ]
-    outbox = []
-    for seq, chat_id, sender, text, tg_chat, reply_tg in conn.execute(
-        "SELECT seq, chat_id, sender, text, tg_chat, reply_tg FROM outbox ORDER BY seq"
-    ):
-        outbox.append((tg_chat, Entry(seq, chat_id, sender, text, reply_tg)))
-    return conn, Loaded(offset, max_chat_id, refs, outbox)
+#: One change for a backend to write: ``(kind, params)`` with kind one of
+#: ``map`` (n, tg_chat, tg_msg, chat_id, sender, excerpt, run), ``map_trim``
+#: (n,), ``queue_put`` (seq, chat_id, sender, text, tg_chat, reply_tg) and
+#: ``queue_del`` (seq,).
+Op = tuple[str, tuple[Any, ...]]
+
+
+class Fenced(StateError):
+    """The shared database holds a newer leader's term: this node's writes
+    are refused (see :mod:`.lease`). *term* is the one it holds."""
+
+    def __init__(self, term: int) -> None:
+        super().__init__(f"a newer Telegram bridge leader (term {term}) owns the shared state")
+        self.term = term
+
+
+class StateBackend(Protocol):
+    """Where the state is kept. Blocking calls, made from the state's one
+    worker thread only."""
+
+    #: Whether writes are fenced by a leader term (a shared database).
+    fenced: bool
+
+    def open(self, map_size: int) -> Loaded:
+        """Create or upgrade the tables and load what they hold."""
+
+    def write(self, ops: list[Op], meta: dict[str, str]) -> None:
+        """Apply *ops* and *meta* in one transaction (or raise :class:`Fenced`)."""
+
+    def check(self) -> None:
+        """Raise :class:`Fenced` unless this writer's term is still the newest."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteBackend:
+    """The state in a SQLite file of its own (one node)."""
+
+    fenced = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: sqlite3.Connection | None = None
+
+    def open(self, map_size: int) -> Loaded:
+        path = self.path
+        try:
+            conn = self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StateError(
+                    f"{path} was written by a newer chatserv (schema {version} > {SCHEMA_VERSION})"
+                )
+            return self._load(conn, version, map_size)
+        except sqlite3.Error as e:
+            raise StateError(f"cannot use the bridge state file {path}: {e}") from e
+
+    def _load(self, conn: sqlite3.Connection, version: int, map_size: int) -> Loaded:
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(_SCHEMA)
+        if version < 2:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+            for statement in _UPGRADE_2:
+                if statement.split()[5] not in columns:
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        row = conn.execute("SELECT max(chat_id) FROM msgmap").fetchone()
+        max_chat_id = int(row[0]) if row and row[0] is not None else 0
+        refs = [
+            (n, tg_chat, tg_msg, Ref(chat_id, sender, excerpt, run))
+            for n, tg_chat, tg_msg, chat_id, sender, excerpt, run in conn.execute(
+                "SELECT n, tg_chat, tg_msg, chat_id, sender, excerpt, run FROM msgmap "
+                "WHERE n > (SELECT coalesce(max(n), 0) FROM msgmap) - ? ORDER BY n, rowid",
+                (map_size,),
+            )
+        ]
+        outbox = []
+        for seq, chat_id, sender, text, tg_chat, reply_tg in conn.execute(
+            "SELECT seq, chat_id, sender, text, tg_chat, reply_tg FROM outbox ORDER BY seq"
+        ):
+            outbox.append((tg_chat, Entry(seq, chat_id, sender, text, reply_tg)))
+        return Loaded(int(meta.get("offset", 0)), max_chat_id, refs, outbox, meta)
+
+    _SQL = {
+        "map": "INSERT INTO msgmap (n, tg_chat, tg_msg, chat_id, sender, excerpt, run)"
+        " VALUES (?,?,?,?,?,?,?)",
+        "map_trim": "DELETE FROM msgmap WHERE n <= ?",
+        "queue_put": "INSERT OR REPLACE INTO outbox (seq, chat_id, sender, text, tg_chat, reply_tg)"
+        " VALUES (?,?,?,?,?,?)",
+        "queue_del": "DELETE FROM outbox WHERE seq = ?",
+    }
+
+    def write(self, ops: list[Op], meta: dict[str, str]) -> None:
+        conn = self.conn
+        assert conn is not None
+        with conn:
+            conn.execute("BEGIN")
+            for kind, params in ops:
+                conn.execute(self._SQL[kind], params)
+            for key, value in meta.items():
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 class BridgeState:
-    """The bridge's memory: in RAM for lookups, written behind to SQLite."""
+    """The bridge's memory: in RAM for lookups, written behind to a
+    :class:`StateBackend` (its own SQLite file, or the shared PostgreSQL
+    database of a cluster, :mod:`.pgstate`)."""
 
-    def __init__(self, path: str, reactor: Any, map_size: int = 10_000, run: str = "") -> None:
+    def __init__(
+        self,
+        path: str,
+        reactor: Any,
+        map_size: int = 10_000,
+        run: str = "",
+        backend: StateBackend | None = None,
+        on_fenced: Callable[[Fenced], None] | None = None,
+    ) -> None:
         self.path = path
         self.reactor = reactor
         self.map_size = map_size
         self.run = run
+        self.backend: StateBackend = backend if backend is not None else SQLiteBackend(path)
+        #: Called once when the shared database refuses a write (a newer leader).
+        self.on_fenced = on_fenced
+        self.fenced: Fenced | None = None
         self.offset = 0
         #: the highest chat message id in the map: tells whether the server
         #: numbers its messages on from there after a restart
         self.max_chat_id = 0
+        #: Telegram chat -> the highest chat message id queued for it (clustered:
+        #: where a new leader's catch-up from the chat history starts)
+        self.marks: dict[int, int] = {}
         self._map: OrderedDict[tuple[int, int], list[Ref]] = OrderedDict()
         #: chat message id -> the Telegram messages that carry it, oldest first
         self._by_chat: dict[int, list[tuple[int, int]]] = {}
         self._n = 0
-        self._conn: sqlite3.Connection | None = None
+        self._open = False
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name="chatserv-telegram-state")
-        self._ops: list[tuple[str, tuple[Any, ...]]] = []
+        self._ops: list[Op] = []
         self._meta: dict[str, str] = {}
         self._flushing: Deferred[None] | None = None
         self._flush_call: Any = None
+        self._idle: list[Deferred[None]] = []
         self._closed = False
+        #: After a failed write the changes are kept and tried again from then on.
+        self._retry_at = 0.0
+        self._failing = False
+        #: The batch of updates being relayed when the last leader stopped
+        #: (see :meth:`begin_batch`): those may be in the chat already.
+        self.unsure: set[int] = set()
+        self.unsure_from = 0
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self._pool, f, *args)
 
     async def open(self) -> list[tuple[int | None, Entry]]:
-        """Load the file (creating it); return the queued lines it held."""
+        """Load the state (creating its tables); return the queued lines it held."""
         self._pool.start()
         try:
-            self._conn, loaded = await self._in_thread(_open, self.path, self.map_size)
-        except sqlite3.Error as e:
-            self._pool.stop()
-            raise StateError(f"cannot use the bridge state file {self.path}: {e}") from e
+            loaded = await self._in_thread(self.backend.open, self.map_size)
         except BaseException:
             self._pool.stop()
             raise
+        self._open = True
         self.offset = loaded.offset
         self.max_chat_id = loaded.max_chat_id
+        for key, value in loaded.meta.items():
+            if key.startswith("mark:"):
+                self.marks[int(key[5:])] = int(value)
+        if loaded.meta.get("pending"):
+            pending = json.loads(loaded.meta["pending"])
+            self.unsure = {u for u in pending["updates"] if u > self.offset}
+            self.unsure_from = int(pending["from"])
         for n, tg_chat, tg_msg, ref in loaded.refs:
             self._n = max(self._n, n)
             self._map.setdefault((tg_chat, tg_msg), []).append(ref)
@@ -167,11 +284,37 @@ class BridgeState:
 
     # -- update offsets ---------------------------------------------------
 
-    def set_offset(self, update_id: int, force: bool = False) -> None:
+    def set_offset(self, update_id: int, force: bool = False, write: bool = True) -> None:
+        """Update *update_id* is handled; with *write* false it is written
+        only with :meth:`end_batch`."""
         if update_id > self.offset or force:
             self.offset = update_id
-            self._meta["offset"] = str(update_id)
+            if write:
+                self._meta["offset"] = str(update_id)
+                self._schedule()
+
+    def set_mark(self, tg_chat: int, chat_id: int) -> None:
+        """Chat message *chat_id* is queued for *tg_chat* (or was seen there)."""
+        if chat_id > self.marks.get(tg_chat, 0):
+            self.marks[tg_chat] = chat_id
+            self._meta[f"mark:{tg_chat}"] = str(chat_id)
             self._schedule()
+
+    def begin_batch(self, update_ids: list[int], first_chat_id: int) -> None:
+        """Updates *update_ids* are about to be relayed, as chat messages
+        numbered from *first_chat_id* on. Written (by the next flush) before
+        they are, and cleared with their offset: a leader that finds it set
+        knows the chat may hold some of them although the offset does not
+        say so (the last one stopped between the two commits)."""
+        self._meta["pending"] = json.dumps({"updates": update_ids, "from": first_chat_id})
+        self._schedule()
+
+    def end_batch(self) -> None:
+        """The batch is relayed and committed: write the offset it reached
+        and clear the mark of :meth:`begin_batch`, in one transaction."""
+        self._meta["offset"] = str(self.offset)
+        self._meta["pending"] = ""
+        self._schedule()
 
     # -- the Telegram <-> chat id map --------------------------------------
 
@@ -194,15 +337,10 @@ class BridgeState:
                     if not where:
                         del self._by_chat[ref.chat_id]  # type: ignore[arg-type]
         for ref in refs:
-            self._ops.append(
-                (
-                    "INSERT INTO msgmap (n, tg_chat, tg_msg, chat_id, sender, excerpt, run)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (self._n, tg_chat, tg_msg, ref.chat_id, ref.sender, ref.excerpt, ref.run),
-                )
-            )
+            row = (self._n, tg_chat, tg_msg, ref.chat_id, ref.sender, ref.excerpt, ref.run)
+            self._ops.append(("map", row))
         if self._n % 1000 == 0:
-            self._ops.append(("DELETE FROM msgmap WHERE n <= ?", (self._n - self.map_size,)))
+            self._ops.append(("map_trim", (self._n - self.map_size,)))
         self._schedule()
 
     def map_get(self, tg_chat: int, tg_msg: int) -> list[Ref]:
@@ -217,6 +355,10 @@ class BridgeState:
             if chat == tg_chat and (chat, msg) in self._map
         ]
 
+    def sent_ids(self) -> list[int]:
+        """The chat message ids the map holds (relayed either way)."""
+        return list(self._by_chat)
+
     def _index(self, tg_chat: int, tg_msg: int, ref: Ref) -> None:
         if ref.chat_id is None:
             return
@@ -228,13 +370,7 @@ class BridgeState:
 
     def queue_add(self, entries: list[Entry], tg_chat: int | None = None) -> None:
         for e in entries:
-            self._ops.append(
-                (
-                    "INSERT OR REPLACE INTO outbox (seq, chat_id, sender, text, tg_chat, reply_tg)"
-                    " VALUES (?,?,?,?,?,?)",
-                    (e.seq, e.chat_id, e.sender, e.text, tg_chat, e.reply_tg),
-                )
-            )
+            self._ops.append(("queue_put", (e.seq, e.chat_id, e.sender, e.text, tg_chat, e.reply_tg)))
         if entries:
             self._schedule()
 
@@ -244,55 +380,114 @@ class BridgeState:
         # Groups share the table and its seq numbers, so a run from the head
         # of one group's queue is not a range of seqs: delete by seq.
         for e in entries:
-            self._ops.append(("DELETE FROM outbox WHERE seq = ?", (e.seq,)))
+            self._ops.append(("queue_del", (e.seq,)))
         self._schedule()
+
+    # -- fencing (a shared database) ------------------------------------------
+
+    async def check_term(self) -> None:
+        """Raise :class:`Fenced` unless this node's term still owns the
+        state: asked before relaying a batch of updates and before each
+        send, so a deposed leader does neither. Free without fencing."""
+        if self.fenced is not None:
+            raise self.fenced
+        if not self.backend.fenced or not self._open:
+            return
+        try:
+            await self._in_thread(self.backend.check)
+        except Fenced as e:
+            self._fence(e)
+            raise
+
+    def _fence(self, error: Fenced) -> None:
+        if self.fenced is None:
+            self.fenced = error
+            self._ops.clear()
+            self._meta.clear()
+            log.warn("{error}: this node's bridge state writes stop", error=str(error))
+            if self.on_fenced is not None:
+                self.on_fenced(error)
 
     # -- writing ------------------------------------------------------------
 
     def _schedule(self) -> None:
         # Everything changed within one reactor turn goes to disk in one
         # transaction; while a write is running, the next one gathers.
-        if self._flush_call is None and self._flushing is None and self._conn is not None:
-            self._flush_call = self.reactor.callLater(0, self._flush)
+        if self._flush_call is None and self._flushing is None and self._open and self.fenced is None:
+            delay = max(0.0, self._retry_at - self.reactor.seconds())
+            self._flush_call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
         self._flush_call = None
-        if self._conn is None or (not self._ops and not self._meta):
+        if not self._open or (not self._ops and not self._meta) or self.fenced is not None:
+            self._wake_idle()
             return
         ops, self._ops = self._ops, []
         meta, self._meta = self._meta, {}
-        self._flushing = self._in_thread(_write, self._conn, ops, meta)
-        self._flushing.addErrback(lambda f: log.failure("writing the Telegram bridge state failed", f))
-        self._flushing.addBoth(self._flushed)
+        d = self._flushing = self._in_thread(self.backend.write, ops, meta)
+        d.addCallbacks(self._written, self._write_failed, errbackArgs=(ops, meta))
+        d.addBoth(self._flushed)
+
+    def _written(self, _: object) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("writing the Telegram bridge state works again")
+
+    def _write_failed(self, failure: Any, ops: list[Op], meta: dict[str, str]) -> None:
+        if failure.check(Fenced):
+            self._fence(failure.value)
+            return
+        if not self._failing:
+            self._failing = True
+            log.failure("writing the Telegram bridge state failed; retrying every second", failure)
+        # The transaction was rolled back: keep its changes, before any made
+        # since, and try again shortly (a database restarting, a full disk).
+        self._ops[:0] = ops
+        merged = dict(meta)
+        merged.update(self._meta)
+        self._meta = merged
+        self._retry_at = self.reactor.seconds() + WRITE_RETRY
 
     def _flushed(self, _: object) -> None:
         self._flushing = None
-        if self._ops or self._meta:
+        if (self._ops or self._meta) and self.fenced is None:
             self._schedule()
+        else:
+            self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    async def flush(self) -> None:
+        """Wait until everything changed so far is written; raise
+        :class:`Fenced` if the database refused it."""
+        if self._open and (self._ops or self._meta or self._flushing is not None):
+            d: Deferred[None] = Deferred()
+            self._idle.append(d)
+            if self._flush_call is not None and self._flush_call.active():
+                self._flush_call.cancel()
+                self._flush_call = None
+                self._flush()
+            elif self._flush_call is None and self._flushing is None:
+                self._flush()
+            await d
+        if self.fenced is not None:
+            raise self.fenced
 
     async def close(self) -> None:
-        """Write what is pending and release the file and the thread."""
-        if self._closed or self._conn is None:
+        """Write what is pending and release the backend and the thread."""
+        if self._closed or not self._open:
             return
         self._closed = True
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
-        while self._flushing is not None:
-            await self._flushing
-        if self._ops or self._meta:
-            self._flush()
-            while self._flushing is not None:
-                await self._flushing
-        conn, self._conn = self._conn, None
-        await self._in_thread(conn.close)
+        flushed = Deferred.fromCoroutine(self.flush())
+        # A database that is down does not hold the stop up for long.
+        flushed.addTimeout(CLOSE_TIMEOUT, self.reactor)
+        try:
+            await flushed
+        except (Fenced, TimeoutError, CancelledError):
+            pass
+        self._open = False
+        await self._in_thread(self.backend.close)
         self._pool.stop()
-
-
-def _write(conn: sqlite3.Connection, ops: list[tuple[str, tuple[Any, ...]]], meta: dict[str, str]) -> None:
-    with conn:
-        conn.execute("BEGIN")
-        for sql, params in ops:
-            conn.execute(sql, params)
-        for key, value in meta.items():
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

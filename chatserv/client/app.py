@@ -25,7 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chatserv-client",
         description="Desktop chat client for chatserv (Tk on the Twisted reactor).",
     )
-    parser.add_argument("--host", help=f"server host (default: the last one used, else {real.host})")
+    parser.add_argument(
+        "--host",
+        help=f"server host, or several as host:port,host:port (the nodes of a cluster, tried in turn;"
+        f" default: the last one used, else {real.host})",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        metavar="HOST:PORT",
+        help="a server to connect to; repeat it for the nodes of a cluster (joined to --host's list)",
+    )
     parser.add_argument(
         "--port", type=int, help=f"server port (default: the last one used, else {real.port})"
     )
@@ -90,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.host = args.host
     if args.port is not None:
         settings.port = args.port
+    if args.server:
+        given = [args.host] if args.host is not None else []
+        settings.host = ",".join(given + args.server)
     if args.tls:
         settings.tls = True
     if args.cafile:

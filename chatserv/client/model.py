@@ -116,10 +116,28 @@ class Conversation:
     #: folded name -> (name as written, clock time when it expires)
     typing: dict[str, tuple[str, float]] = field(default_factory=dict)
     members: list[str] = field(default_factory=list)
+    #: How many members the room has when ``members`` is only the pages
+    #: loaded so far (a large room, see client.members); None: it is whole.
+    member_count: int | None = None
+    #: More names follow the loaded pages.
+    members_more: bool = False
     draft: str = ""
     #: identities of server messages already shown, so replays are not doubled
     seen: set[tuple[object, ...]] = field(default_factory=set)
     had_history: bool = False
+    #: The highest stream position (``pos``) of a message of this
+    #: conversation seen so far; None when the server sends no positions.
+    last_pos: int | None = None
+    #: After a reconnect: asking for what was missed (``history`` with
+    #: ``after``); live frames wait in ``held`` until it has all arrived.
+    catching_up: bool = False
+    held: list[dict[str, object]] = field(default_factory=list)
+
+    def saw_pos(self, frame: dict[str, object]) -> None:
+        pos = frame.get("pos")
+        if isinstance(pos, int) and not isinstance(pos, bool):
+            if self.last_pos is None or pos > self.last_pos:
+                self.last_pos = pos
 
     @property
     def is_room(self) -> bool:
@@ -273,11 +291,22 @@ class ChatModel:
 
     def is_online(self, name: str) -> bool:
         folded = fold(name)
-        return any(fold(n) == folded for n in self.online())
+        general = self.conversations[GENERAL_KEY]
+        if any(fold(n) == folded for n in general.members):
+            return True
+        # Only some pages of a large room are loaded: who is not in them
+        # may well be online (the server says no_such_user if not).
+        return general.members_more
 
-    def set_members(self, key: ConvKey, names: list[str]) -> None:
+    def set_members(
+        self, key: ConvKey, names: list[str], count: int | None = None, more: bool = False
+    ) -> None:
+        """The room's member list: whole, or (*count* given) the pages
+        loaded of a large room, with *more* names to come."""
         conv = self.conversation(key)
         conv.members = list(names)
+        conv.member_count = count
+        conv.members_more = more
         self._emit("members_changed", conv)
         if key == GENERAL_KEY:
             # Private tabs show whether their peer is online.
@@ -358,6 +387,8 @@ class ChatModel:
         general = self.conversations[GENERAL_KEY]
         general.lines.clear()
         general.members.clear()
+        general.member_count = None
+        general.members_more = False
         general.seen.clear()
         general.unread = 0
         general.had_history = False

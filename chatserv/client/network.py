@@ -9,7 +9,7 @@ any client (Tk, a bot, tests).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 Frame = dict[str, Any]
 
@@ -170,6 +171,64 @@ def make_endpoint(reactor: Any, address: ServerAddress) -> IStreamClientEndpoint
     return endpoint
 
 
+def parse_servers(
+    text: str, default_port: int, tls: bool = False, cafile: str | None = None
+) -> list[ServerAddress]:
+    """``"a:2001,b:2002"`` (or one ``host``, or ``[::1]:2001``) as addresses;
+    an entry without a port gets *default_port*. Raises ValueError for an
+    entry whose port is not a number from 1 to 65535."""
+    found: list[ServerAddress] = []
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, port = entry, default_port
+        if entry.startswith("["):  # [IPv6]:port
+            close = entry.find("]")
+            host, rest = entry[1:close], entry[close + 1 :]
+            if rest.startswith(":"):
+                port = _port(rest[1:], entry)
+        elif entry.count(":") == 1:  # a bare IPv6 address has several
+            host, _, number = entry.partition(":")
+            port = _port(number, entry)
+        found.append(ServerAddress(host, port, tls, cafile))
+    if not found:
+        raise ValueError("no server given")
+    return found
+
+
+def _port(text: str, entry: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{entry}: the port must be a number from 1 to 65535")
+    return int(text)
+
+
+def describe(addresses: Sequence[ServerAddress]) -> str:
+    return ",".join(str(a) for a in addresses)
+
+
+@implementer(IStreamClientEndpoint)
+class RoundRobinEndpoint:
+    """Connects to each of several servers in turn: every attempt, the first
+    and every reconnection, goes to the next one. So when a node of a cluster
+    dies, the next attempt is another node; ``ClientService``'s back-off
+    still spaces the attempts out."""
+
+    def __init__(self, reactor: Any, addresses: Sequence[ServerAddress]) -> None:
+        if not addresses:
+            raise ValueError("no server given")
+        self.reactor = reactor
+        self.addresses = list(addresses)
+        self._next = 0
+        #: The server of the latest attempt.
+        self.current = self.addresses[0]
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        self.current = self.addresses[self._next % len(self.addresses)]
+        self._next += 1
+        return make_endpoint(self.reactor, self.current).connect(factory)  # type: ignore[no-any-return]
+
+
 RetryPolicy = Callable[[int], float]
 
 
@@ -198,6 +257,12 @@ class ConnectionKeeper:
         self.on_wait = on_wait
         self.policy = policy or default_policy()
         self.service: ClientService | None = None
+        self.endpoint: RoundRobinEndpoint | None = None
+
+    @property
+    def current(self) -> ServerAddress | None:
+        """The server of the latest connection attempt."""
+        return self.endpoint.current if self.endpoint is not None else None
 
     def _retry_after(self, attempt: int) -> float:
         delay = self.policy(attempt)
@@ -208,11 +273,14 @@ class ConnectionKeeper:
     def running(self) -> bool:
         return self.service is not None
 
-    def start(self, address: ServerAddress) -> None:
+    def start(self, address: ServerAddress | Sequence[ServerAddress]) -> None:
+        """Connect to *address*, or to each of several in turn (round robin)."""
         if self.service is not None:
             raise RuntimeError("already started")
+        addresses = [address] if isinstance(address, ServerAddress) else list(address)
+        self.endpoint = RoundRobinEndpoint(self.reactor, addresses)
         self.service = ClientService(
-            make_endpoint(self.reactor, address),
+            self.endpoint,
             _ChatFactory(self.handler, self.reactor),
             retryPolicy=self._retry_after,
             clock=self.reactor,

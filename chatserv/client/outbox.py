@@ -13,6 +13,12 @@ what it does promise):
   messages that may have reached the server are looked for in the history
   sent after the next login, so they are not posted twice; the rest is sent
   again once logged in. Nothing is dropped without the user seeing why.
+* every message carries a client id (``cid``) that stays the same when it is
+  sent again: a server that knows ``cid`` (PROTOCOL.md) stores it once and
+  echoes the cid back, which confirms exactly that line; one that does not
+  ignores the field. Messages of a conversation that is catching up after a
+  reconnect (``history`` with ``after``) wait until it has: what the server
+  already had is confirmed from the catch-up, not sent again.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class Outgoing:
     reply_to: int | None = None
     #: written before the connection was lost: may have reached the server
     maybe_delivered: bool = False
+    #: the client's id for it, the same on every resend (``cid``)
+    cid: str = ""
 
 
 class Delivery:
@@ -82,6 +90,8 @@ class Delivery:
                 frame["room"] = out.target
         if out.reply_to is not None:
             frame["reply_to"] = out.reply_to
+        if out.cid:
+            frame["cid"] = out.cid
         return frame
 
     def _set_state(self, out: Outgoing, state: SendState, note: str = "") -> None:
@@ -103,6 +113,9 @@ class Delivery:
                 continue
             if out.key.kind == "room" and out.key not in self.ready:
                 continue
+            conv = self.model.get(out.key)
+            if conv is not None and conv.catching_up:
+                continue  # the catch-up may show it arrived; then it is not resent
             if out.key.kind == "private" and not self.model.is_online(out.target):
                 if out.line.state is not SendState.HELD:
                     self._set_state(
@@ -162,8 +175,14 @@ class Delivery:
         """Match a message of ours the server relayed (or replayed) with the
         line we showed when it was typed."""
         msg = item.get("msg")
+        cid = item.get("cid")
         for out in self.outbox:
-            if out.key != key or out.text != msg:
+            if out.key != key:
+                continue
+            if isinstance(cid, str) and out.cid:
+                if out.cid != cid:
+                    continue
+            elif out.text != msg:
                 continue
             if maybe_only:
                 if not (out.maybe_delivered and out.line.state is SendState.QUEUED):
@@ -178,6 +197,37 @@ class Delivery:
             return True
         return False
 
+    def _confirm_cid(self, key: ConvKey, item: Frame) -> Outgoing | None:
+        """The message of ours in *key* that *item* (an echo carrying our
+        ``cid``) confirms: marked sent, with its id and time."""
+        cid = item.get("cid")
+        if not isinstance(cid, str):
+            return None
+        for out in self.outbox:
+            if out.key == key and out.cid == cid:
+                self._done(out)
+                out.line.time = _str(item, "time") or out.line.time
+                if isinstance(item.get("id"), int):
+                    out.line.msg_id = item["id"]
+                self._set_state(out, SendState.SENT)
+                return out
+        return None
+
+    def _confirm_private(self, key: ConvKey, item: Frame) -> bool:
+        """A private message of ours that the catch-up after a reconnect
+        shows stored: confirmed, not sent again."""
+        if self._confirm_cid(key, item) is not None:
+            return True
+        for out in self.outbox:
+            if out.key == key and out.maybe_delivered and out.text == item.get("msg"):
+                if out.line.state is SendState.QUEUED:
+                    self._done(out)
+                    if isinstance(item.get("id"), int):
+                        out.line.msg_id = item["id"]
+                    self._set_state(out, SendState.SENT)
+                    return True
+        return False
+
     def _acked(self, seq: int) -> None:
         self._acks = [a for a in self._acks if a > seq]
         for out in list(self.outbox):
@@ -189,7 +239,7 @@ class Delivery:
         self._acks.clear()
         for out in self.outbox:
             if out.line.state is SendState.SENDING:
-                out.maybe_delivered = out.key.kind == "room"
+                out.maybe_delivered = True
                 out.ack = None
                 self._set_state(out, SendState.QUEUED, _("not sent yet"))
             elif out.line.state is SendState.QUEUED and not out.line.note:

@@ -4,10 +4,21 @@ wrote until the server has confirmed it.
 
 What the user wrote waits in the outbox until the server has confirmed it
 (see :mod:`chatserv.client.outbox` for how).
+
+Several servers (the nodes of a cluster, docs/CLUSTER.md): each connection
+attempt goes to the next one (:class:`~chatserv.client.network.RoundRobinEndpoint`).
+After a reconnect, to whichever node, the session logs in again (retrying
+``name_taken`` while the cluster has not yet noticed the old session is
+gone) and catches up: every open conversation whose messages carried
+positions (``pos``) asks ``history`` with ``after`` = the highest position
+it has shown, page after page, before it shows live messages again; so a
+node's death shows as a short "reconnecting" and no gap.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +29,7 @@ from twisted.python.failure import Failure
 
 from chatserv.client.errors import _str, readable_error, with_detail
 from chatserv.client.i18n import _, join_names, ngettext
+from chatserv.client.members import MemberLists
 from chatserv.client.model import (
     GENERAL,
     GENERAL_KEY,
@@ -37,16 +49,20 @@ from chatserv.client.network import (
     RetryPolicy,
     ServerAddress,
     clean_text,
+    describe,
     encode_frame,
 )
 from chatserv.client.outbox import MAX_MESSAGE_LINE, RATE_LIMIT_RETRY, Delivery, Outgoing
 
 #: Send ``typing`` at most this often per conversation (seconds).
 TYPING_EVERY = 3.0
-#: After a reconnect our old session may not be gone yet on the server side;
-#: ``name_taken`` then is retried this many times, this far apart.
-NAME_RETRIES = 5
+#: After a reconnect our old session may not be gone yet on the server side
+#: (in a cluster, a dead node's names are freed within 15 s); ``name_taken``
+#: then is retried this many times, this far apart.
+NAME_RETRIES = 10
 NAME_RETRY_DELAY = 2.0
+#: Messages per catch-up page (the server serves at most 200).
+CATCH_UP_PAGE = 200
 #: Seconds before asking again when the server is too busy checking passwords.
 BUSY_RETRY = 5.0
 
@@ -114,7 +130,14 @@ class ChatSession(Delivery):
         self.reactor = reactor
         self.keeper = ConnectionKeeper(reactor, self, self._waiting, policy)
         self.conn: ChatLineProtocol | None = None
+        self.members = MemberLists(model, self._send_if_connected)
         self.address: ServerAddress | None = None
+        #: every server to try, in turn (``address`` is the first)
+        self.addresses: list[ServerAddress] = []
+        #: conversations whose catch-up ``history`` request is unanswered, in order
+        self.catching: list[ConvKey] = []
+        self._cid_prefix = os.urandom(16).hex()  # 128 random bits: never repeats (PROTOCOL.md)
+        self._cid_seq = 0
         self.creds: Credentials | None = None
         self.outbox: list[Outgoing] = []
         #: conversations we may post to on the current connection
@@ -144,27 +167,29 @@ class ChatSession(Delivery):
             call.cancel()
 
     # -- user actions ----------------------------------------------------
-    def connect(self, address: ServerAddress, creds: Credentials) -> None:
-        """Start (or restart) connecting; conversations are kept when it is
-        the same user on the same server."""
+    def connect(self, address: ServerAddress | Sequence[ServerAddress], creds: Credentials) -> None:
+        """Start (or restart) connecting, to *address* or to each of several
+        servers in turn; conversations are kept when it is the same user on
+        the same servers."""
         if self.keeper.running:
             raise RuntimeError("already connected; disconnect first")
+        addresses = [address] if isinstance(address, ServerAddress) else list(address)
         same = (
-            self.address is not None
+            self.addresses
             and self.creds is not None
-            and str(self.address) == str(address)
+            and describe(self.addresses) == describe(addresses)
             and fold(self.creds.user) == fold(creds.user)
         )
         if not same:
             self.model.reset()
             self.outbox.clear()
-        self.address, self.creds = address, creds
+        self.address, self.addresses, self.creds = addresses[0], addresses, creds
         self._registered = False
         self._name_retries = 0
         self.model.me = creds.user
-        self.model.server = str(address)
+        self.model.server = str(addresses[0])
         self.model.set_state(ConnState.CONNECTING)
-        self.keeper.start(address)
+        self.keeper.start(addresses)
 
     def disconnect(self) -> Deferred[None]:
         for name in list(self._timers):
@@ -186,7 +211,8 @@ class ChatSession(Delivery):
         line = Line(
             LineKind.MESSAGE, text, sender=self.model.me, own=True, state=SendState.QUEUED
         )
-        out = Outgoing(key, conv.title, text, line)
+        self._cid_seq += 1
+        out = Outgoing(key, conv.title, text, line, cid=f"{self._cid_prefix}-{self._cid_seq}")
         if reply_to is not None and reply_to.can_reply:
             out.reply_to = reply_to.msg_id
             line.reply_to = quote_of(reply_to)
@@ -283,10 +309,18 @@ class ChatSession(Delivery):
     # -- connection events (FrameHandler) -------------------------------------
     def connection_made(self, conn: ChatLineProtocol) -> None:
         self.conn = conn
+        self.members.reset()
         self.ready.clear()
         self.joining.clear()
         self._acks.clear()
         self._typing_sent.clear()
+        self.catching.clear()
+        if self.keeper.current is not None:
+            self.model.server = str(self.keeper.current)
+        for conv in self.model.conversations.values():
+            # What arrives live waits until what was missed has been asked for.
+            conv.catching_up = conv.last_pos is not None
+            conv.held.clear()
         self.model.set_state(ConnState.LOGGING_IN)
         self._send_login()
 
@@ -337,7 +371,9 @@ class ChatSession(Delivery):
             return
         # "sent": the server tells us the id of each private message we
         # send, so that we can edit or delete it later.
-        frame: Frame = {"cmd": "login", "user": self.creds.user, "features": ["sent"]}
+        # "lazy_members": a large room's member list comes as a count and
+        # pages (client.members), not as the whole list on every change.
+        frame: Frame = {"cmd": "login", "user": self.creds.user, "features": ["sent", "lazy_members"]}
         if self.creds.password:
             frame["password"] = self.creds.password
         self.conn.send_frame(frame)
@@ -357,7 +393,9 @@ class ChatSession(Delivery):
         self.ready.add(GENERAL_KEY)
         for conv in list(self.model.conversations.values()):
             if conv.is_room and not conv.is_general:
-                self._send_join(conv.key)
+                self._send_join(conv.key)  # catches up once joined
+            elif conv.catching_up:
+                self._ask_after(conv)
         if self.conn is not None and self.model.rooms_supported is not False:
             self.conn.send_frame({"cmd": "rooms"})
         self._flush()
@@ -418,14 +456,84 @@ class ChatSession(Delivery):
     def _is_me(self, name: str | None) -> bool:
         return name is not None and fold(name) == fold(self.model.me)
 
+    # -- catching up after a reconnect -------------------------------------------
+    def _ask_after(self, conv: Conversation) -> None:
+        """Ask for *conv*'s messages after the last one shown."""
+        if self.conn is None or conv.last_pos is None:
+            self._caught_up(conv)
+            return
+        frame: Frame = {"cmd": "history", "after": conv.last_pos, "limit": CATCH_UP_PAGE}
+        if conv.is_room:
+            frame["room"] = GENERAL if conv.is_general else conv.title
+        else:
+            frame["with"] = conv.title
+        self.catching.append(conv.key)
+        self.conn.send_frame(frame)
+
+    def _catch_up_page(self, conv: Conversation, items: list[Frame], more: bool) -> None:
+        before = conv.last_pos
+        for item in items:
+            sender, msg = _str(item, "from"), _str(item, "msg")
+            if sender is None or msg is None:
+                continue
+            conv.saw_pos(item)
+            ident = _identity(item)
+            if ident in conv.seen:
+                self._catch_up_correction(conv, item, msg)
+                continue
+            conv.seen.add(ident)
+            own = self._is_me(sender)
+            if own:
+                confirmed = (
+                    self._confirm_room(conv.key, item, maybe_only=True)
+                    if conv.is_room
+                    else self._confirm_private(conv.key, item)
+                )
+                if confirmed:
+                    continue
+            self.model.add_line(conv, _message_line(LineKind.MESSAGE, item, sender, msg, own))
+        if more and items and conv.last_pos != before:
+            self._ask_after(conv)
+        else:
+            self._caught_up(conv)
+
+    def _caught_up(self, conv: Conversation) -> None:
+        """*conv* shows everything up to now: what arrived meanwhile follows,
+        and its waiting messages go out."""
+        conv.catching_up = False
+        held, conv.held = conv.held, []
+        for frame in held:
+            try:
+                getattr(self, "_on_" + str(frame["cmd"]))(frame)
+            except Exception:
+                self.log.failure("Could not handle a held {cmd} frame", cmd=frame["cmd"])
+        self._flush()
+
     def _on_history(self, frame: Frame) -> None:
-        conv = self._room_conv(frame)
+        if "with" in frame:
+            peer = _str(frame, "with")
+            conv_or_none = self.model.get(ConvKey.private(peer)) if peer else None
+            if conv_or_none is None:
+                return
+            conv = conv_or_none
+        else:
+            conv = self._room_conv(frame)
         items = [i for i in frame.get("items") or [] if isinstance(i, dict)]
+        if "more" in frame and self.catching and self.catching[0] == conv.key and conv.catching_up:
+            self.catching.pop(0)
+            self._catch_up_page(conv, items, frame.get("more") is True)
+            return
+        if not conv.is_room:
+            return  # private pages are only asked for to catch up
         fresh = []
         for item in items:
             sender, msg = _str(item, "from"), _str(item, "msg")
             if sender is None or msg is None:
                 continue
+            pos, last = item.get("pos"), conv.last_pos
+            if conv.catching_up and isinstance(pos, int) and last is not None and pos > last:
+                continue  # the catch-up brings it, in order with what came before it
+            conv.saw_pos(item)
             ident = _identity(item)
             if ident in conv.seen:
                 self._catch_up_correction(conv, item, msg)
@@ -453,28 +561,52 @@ class ChatSession(Delivery):
 
     def _on_users(self, frame: Frame) -> None:
         key = self._room_key(frame)
-        names = _str_list(frame.get("list"))
         if key not in self.model.conversations:
             return  # a room we already left
-        self.model.set_members(key, names)
+        self.members.users(key, frame)
         if key == GENERAL_KEY and self.model.state is ConnState.LOGGING_IN:
             self._logged_in()
             return
         if key in self.joining:
             self.joining.remove(key)
             self.ready.add(key)
+            conv = self.model.get(key)
+            if conv is not None and conv.catching_up:
+                self._ask_after(conv)
         self._flush()
+
+    def _send_if_connected(self, frame: Frame) -> None:
+        if self.conn is not None:
+            self.conn.send_frame(frame)
+
+    def _on_members(self, frame: Frame) -> None:
+        self.members.page(self._room_key(frame), frame)
+
+    def _on_presence(self, frame: Frame) -> None:
+        # Only in large rooms: the client does not ask for `presence`.
+        self.members.presence(self._room_key(frame), frame)
+
+    def more_members(self, key: ConvKey) -> None:
+        """The member list of *key* is scrolled to its end: load the next page."""
+        self.members.want_more(key)
 
     def _on_broadcast(self, frame: Frame) -> None:
         sender, msg = _str(frame, "from"), _str(frame, "msg")
         if sender is None or msg is None:
             return
         conv = self._room_conv(frame)
+        if conv.catching_up:
+            conv.held.append(frame)
+            return
+        conv.saw_pos(frame)
         ident = _identity(frame)
-        conv.seen.add(ident)
         self.model.clear_typing(conv.key, sender)
         if self._is_me(sender) and self._confirm_room(conv.key, frame):
+            conv.seen.add(ident)
             return
+        if ident in conv.seen and ident[0] == "id":
+            return  # shown already (a catch-up, or a resend the server recognised)
+        conv.seen.add(ident)
         self.model.add_line(conv, _message_line(LineKind.MESSAGE, frame, sender, msg, self._is_me(sender)))
 
     def _on_private(self, frame: Frame) -> None:
@@ -483,6 +615,14 @@ class ChatSession(Delivery):
             return
         key = ConvKey.private(sender)
         conv = self.model.conversation(key, sender)
+        if conv.catching_up:
+            conv.held.append(frame)
+            return
+        conv.saw_pos(frame)
+        ident = _identity(frame)
+        if ident in conv.seen and ident[0] == "id":
+            return
+        conv.seen.add(ident)
         self.model.clear_typing(key, sender)
         self.model.add_line(conv, _message_line(LineKind.MESSAGE, frame, sender, msg))
 
@@ -492,6 +632,13 @@ class ChatSession(Delivery):
         to, msg, msg_id = _str(frame, "to"), _str(frame, "msg"), frame.get("id")
         conv = self.model.get(ConvKey.private(to)) if to else None
         if conv is None or not isinstance(msg_id, int):
+            return
+        if conv.catching_up:
+            conv.held.append(frame)
+            return
+        conv.saw_pos(frame)
+        conv.seen.add(_identity(frame))
+        if self._confirm_cid(conv.key, frame) is not None:
             return
         for line in conv.lines:
             if line.own and line.msg_id is None and line.text == msg and line.kind is LineKind.MESSAGE:
@@ -594,6 +741,12 @@ class ChatSession(Delivery):
             return
         if ref == "typing":
             return  # the peer left or the room is gone: nothing to tell
+        if ref == "history" and self.catching:
+            # A catch-up the server refused: show what comes from now on.
+            conv = self.model.get(self.catching.pop(0))
+            if conv is not None:
+                self._caught_up(conv)
+            return
         if ref == "rooms":
             if code == "unknown_cmd":
                 self.model.set_rooms_unsupported()

@@ -30,7 +30,7 @@ from chatserv.client.model import (
     ModelObserver,
     fold,
 )
-from chatserv.client.network import ServerAddress
+from chatserv.client.network import parse_servers
 from chatserv.client.session import ChatSession, Credentials, quote_of
 from chatserv.client.theme import ACCENT, BORDER, OWN_COLOUR, QUOTE_BG, SURFACE, TEXT, apply_theme
 from chatserv.client.views import AutoScrollbar, ConversationView, conv_title, tab_text
@@ -190,7 +190,7 @@ class ChatWindow(ModelObserver):
         )
         self.users.grid(row=0, column=0, sticky="nsew", padx=(8, 0), pady=6)
         users_scroll = AutoScrollbar(users_box, command=self.users.yview)
-        self.users.configure(yscrollcommand=users_scroll.set)
+        self.users.configure(yscrollcommand=partial(self._users_scrolled, users_scroll))
         users_scroll.grid(row=0, column=1, sticky="ns")
         self.users.bind("<Double-Button-1>", self._user_double_click)
         self.users.bind("<Return>", self._user_double_click)
@@ -226,12 +226,18 @@ class ChatWindow(ModelObserver):
         self.settings = settings
         if self.save:
             save_settings(settings)
-        address = ServerAddress(
-            settings.host, settings.port, settings.tls, settings.cafile or self.cafile or None
-        )
+        try:
+            # "a:2001,b:2002": the nodes of a cluster, tried in turn.
+            addresses = parse_servers(
+                settings.host, settings.port, settings.tls, settings.cafile or self.cafile or None
+            )
+        except ValueError as exc:
+            self.form.error.set(str(exc))
+            self.show_form()
+            return
         creds = Credentials(settings.user, password, settings.register)
         self.form.error.set("")
-        self.session.connect(address, creds)
+        self.session.connect(addresses, creds)
         self.show_chat()
         self._render_title()
 
@@ -530,18 +536,32 @@ class ChatWindow(ModelObserver):
     def _render_users(self) -> None:
         conv = self.model.get(self._users_key())
         names = conv.members if conv else []
+        # A large room's list holds the pages loaded so far (client.members):
+        # the heading says how many members there are.
+        n = conv.member_count if conv is not None and conv.member_count is not None else len(names)
         if conv is None or conv.is_general:
-            self.users_label.configure(text=_("Online ({n})").format(n=len(names)))
+            self.users_label.configure(text=_("Online ({n})").format(n=n))
         else:
-            self.users_label.configure(
-                text=_("In {room} ({n})").format(room=conv_title(conv), n=len(names))
-            )
-        if list(self.users.get(0, "end")) != names:
+            self.users_label.configure(text=_("In {room} ({n})").format(room=conv_title(conv), n=n))
+        shown = list(self.users.get(0, "end"))
+        if shown == names:
+            return
+        if shown != names[: len(shown)]:
             self.users.delete(0, "end")
-            for name in names:
-                self.users.insert("end", name)
-                if fold(name) == fold(self.model.me):
-                    self.users.itemconfigure("end", foreground=OWN_COLOUR)
+            shown = []
+        # A page appended: only its names are inserted, so scrolling through
+        # a large room never redraws what is already there.
+        me = fold(self.model.me)
+        for name in names[len(shown) :]:
+            self.users.insert("end", name)
+            if fold(name) == me:
+                self.users.itemconfigure("end", foreground=OWN_COLOUR)
+
+    def _users_scrolled(self, scrollbar: AutoScrollbar, first: str, last: str) -> None:
+        """The member list moved or changed: near its end, load the next page."""
+        scrollbar.set(first, last)
+        if float(last) >= 0.9:
+            self.session.more_members(self._users_key())
 
     def _render_typing(self) -> None:
         conv = self.model.get(self.model.active)

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 from .. import conversation, wire
 from ..accounts import Identity
 from ..addresses import host
-from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
+from ..errors import AuthFailed, ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
-from . import paging
+from . import members, paging
 from .base import Dialect
 
 if TYPE_CHECKING:
+    from ..hub import Room
     from ..output import RoomFanout
     from ..protocol import ChatProtocol
 
@@ -59,6 +60,25 @@ def _optional_text(frame: dict[str, Any], field: str) -> str | None:
     if frame.get(field) is None:
         return None
     return _text(frame, field)
+
+
+#: The longest client message id (``cid``).
+MAX_CID = 64
+
+
+def _cid(frame: dict[str, Any]) -> str | None:
+    """The client's own id for the message it sends, if it gave one: 1 to
+    64 printable ASCII characters (it is echoed back, and kept as a key)."""
+    value = frame.get("cid")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_CID
+        or not all(" " <= c <= "~" for c in value)
+    ):
+        raise BadRequest(f"el campo 'cid' debe ser un texto de 1 a {MAX_CID} caracteres ASCII imprimibles")
+    return value
 
 
 PING = wire.frame({"cmd": "ping"})
@@ -129,10 +149,28 @@ class JsonDialect(Dialect):
         elif "sent" in self.features:
             self.send(wire.sent_frame(message))
 
+    def receive_own(self, message: ChatMessage) -> None:
+        self.send(wire.own_frame(message))  # the echo or `sent`, with its cid
+
     def receive_presence(self, change: PresenceChange) -> None:
         session = self.connection.session
         assert session is not None
+        if "lazy_members" in self.features and members.is_large(len(change.members)):
+            room = self.factory.hub.room(change.room)
+            if room is not None:
+                if session.name in wire.entered(change):
+                    self.send(members.entered_frame(self.factory.hub, room, change))
+                else:
+                    self.send(members.presence_frame(change))
+                return
         self.send(wire.presence_frames(change, session.name, "presence" in self.features))
+
+    def _users_answer(self, room: Room) -> bytes:
+        """The member list of *room* for this client: whole, or the first
+        page of a large room for a lazy_members client."""
+        if "lazy_members" in self.features and members.is_large(len(room.members)):
+            return members.first_page(self.factory.hub, room)
+        return wire.users_frame(room.name, room.names())
 
     def receive_typing(self, typing: Typing) -> None:
         self.send(wire.typing_frame(typing))
@@ -157,6 +195,12 @@ class JsonDialect(Dialect):
         accounts = self.factory.accounts
         if accounts is not None:
             if password is None:
+                # Most guest logins are decided from memory (chatserv.registered):
+                # no query, and no pause in reading the connection.
+                identity = accounts.guest_now(user)
+                if identity is not None:
+                    self._login_as(identity, features)
+                    return
                 d = accounts.admit_guest(user)
             else:
                 d = accounts.authenticate(user, password, host(self.connection.transport.getPeer()))
@@ -200,20 +244,45 @@ class JsonDialect(Dialect):
         session = self.connection.session
         assert session is not None
         text = _text(frame, "msg")
+        cid = _cid(frame)
+        room = _optional_text(frame, "room")
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"))
+            self._reply(frame, text, "broadcast", room=room, cid=cid)
             return
-        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"))
+        try:
+            self.factory.hub.broadcast(session, text, room, cid=cid)
+        except NotInRoom as refusal:
+            self._resent(cid, refusal, "broadcast")
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
         assert session is not None
         to = _text(frame, "to")
         text = _text(frame, "msg")
+        cid = _cid(frame)
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "message", to=to)
+            self._reply(frame, text, "message", to=to, cid=cid)
             return
-        self.factory.hub.private(session, to, text)
+        try:
+            self.factory.hub.private(session, to, text, cid=cid)
+        except NoSuchUser as refusal:
+            self._resent(cid, refusal, "message")
+
+    def _resent(self, cid: str | None, refusal: ChatError, ref: str) -> None:
+        """*refusal* of a message that may be a resend the hub no longer
+        remembers (another server took the first, or a restart came between):
+        if storage has the sender's *cid*, confirm that message instead."""
+        store, session = self.factory.history, self.connection.session
+        if cid is None or store is None:
+            raise refusal
+        assert session is not None
+
+        def answer(original: ChatMessage | None) -> None:
+            if original is None:
+                raise refusal
+            self.factory.hub.confirm(session, original)
+
+        self.connection._hold(store.message_by_cid(session.sender_key, cid), answer, ref)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")
@@ -233,7 +302,23 @@ class JsonDialect(Dialect):
         # Who is in a room is for its members, as its messages and presence
         # are; `rooms` tells anyone which rooms exist and how full they are.
         room = self.factory.hub.member_room(session, _optional_text(frame, "room"))
-        self.send(wire.users_frame(room.name, room.names()))
+        self.send(self._users_answer(room))
+
+    def _cmd_members(self, frame: dict[str, Any]) -> None:
+        # One page of a room's member list, by name (see dialects.members).
+        session = self.connection.session
+        assert session is not None
+        room = self.factory.hub.member_room(session, _optional_text(frame, "room"))
+        after = _optional_text(frame, "after")
+        if after is not None:
+            try:
+                after = check_name(after)
+            except BadName as e:
+                raise InvalidName(str(e)) from None
+        limit = frame.get("limit", members.FIRST_PAGE)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        self.send(members.page(self.factory.hub, room, after, limit))
 
     def _cmd_typing(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -271,7 +356,7 @@ class JsonDialect(Dialect):
         self.send(hub.window_frame(room, "json-history", wire.room_history_frame))
         if already_in:
             # No presence change will follow; answer with the list now.
-            self.send(wire.users_frame(room.name, room.names()))
+            self.send(self._users_answer(room))
 
     def _cmd_leave(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -316,6 +401,7 @@ class JsonDialect(Dialect):
         "broadcast": _cmd_broadcast,
         "message": _cmd_message,
         "users": _cmd_users,
+        "members": _cmd_members,
         "typing": _cmd_typing,
         "join": _cmd_join,
         "leave": _cmd_leave,

@@ -4,6 +4,10 @@
 a room the session is in; ``{"cmd": "history", "with": U, ...}`` through the
 session's private conversation with U. Both answer one ``history`` frame,
 oldest item first, with ``more`` telling whether older messages exist.
+With ``after: POS`` instead of ``before`` a page goes forward in the stream
+(the messages committed after position POS, oldest first, and the
+corrections since of the messages before it; ``more``: newer ones remain):
+how a client that reconnects catches up.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from .. import wire
 from ..errors import ChatError, InvalidName
-from ..events import ChatMessage
+from ..events import ChatMessage, Correction
 from ..hub import Hub, Session
 from ..names import MAX_NAME_LENGTH, BadName, check_name
 from ..storage import MAX_PAGE
@@ -36,6 +40,16 @@ def _int_field(frame: dict[str, Any], field: str) -> int | None:
     return value
 
 
+def _after_field(frame: dict[str, Any]) -> int | None:
+    value = frame.get("after")
+    if value is None:
+        return None
+    # 0 is a position too: "from the start of the stream".
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise ChatError(f"el campo 'after' debe ser un entero entre 0 y {MAX_ID}")
+    return value
+
+
 def history(
     hub: Hub, store: Any, session: Session, frame: dict[str, Any], since: float
 ) -> Deferred[bytes]:
@@ -45,6 +59,9 @@ def history(
     at once for a request that cannot be answered.
     """
     before = _int_field(frame, "before")
+    after = _after_field(frame)
+    if before is not None and after is not None:
+        raise ChatError("pide 'before' o 'after', no ambos")
     limit = _int_field(frame, "limit")
     # Larger requests are served up to the bound rather than refused, so a
     # client need not know the server's figure.
@@ -57,6 +74,9 @@ def history(
         answer: dict[str, Any] = {"cmd": "history", "with": peer}
         if store is None:
             return succeed(wire.frame({**answer, "items": [], "more": False}))
+        if after is not None:
+            d = store.private_events_after(session.name, peer, after, limit + 1, since)
+            return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.private_object))
         # Fetch one more than asked to learn whether there is an older page.
         d = store.private_page(session.name, peer, before, limit + 1, since)
         return d.addCallback(lambda found: _encode(answer, found, limit, wire.private_object))
@@ -65,6 +85,13 @@ def history(
     # Only members page through a room, as only members read it live.
     room = hub.member_room(session, room_name)
     answer = {"cmd": "history", "room": room.name}
+    if after is not None:
+        if store is None:
+            # Without a database only the window is known (and no corrections).
+            forward: list[ChatMessage | Correction] = [m for m in room.history if m.pos > after]
+            return succeed(_encode_after(answer, forward[: limit + 1], limit, wire.message_object))
+        d = store.room_events_after(room.name, after, limit + 1)
+        return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.message_object))
     if store is None:
         window = [m for m in room.history if before is None or m.id < before]
         return succeed(_encode(answer, window[-(limit + 1) :], limit, wire.message_object))
@@ -92,6 +119,19 @@ def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: 
     page = found[1:] if more else found
     # Bounded in bytes as well (wire.MAX_PAGE_BYTES): `more` then says so.
     return wire.history_page(answer, [item(m) for m in page], more)
+
+
+def _encode_after(
+    answer: dict[str, Any], found: list[ChatMessage | Correction], limit: int, item: Any
+) -> bytes:
+    """A page forward: the oldest *limit* events of *found* (messages as
+    *item* renders them, corrections as their frames); ``more`` when newer remain."""
+    more = len(found) > limit
+    events = [
+        (True, item(e)) if isinstance(e, ChatMessage) else (False, wire.correction_object(e))
+        for e in found[:limit]
+    ]
+    return wire.forward_page(answer, events, more)
 
 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:

@@ -1,7 +1,8 @@
 """A fake Telegram Bot API on loopback, for the real python-telegram-bot to talk to.
 
 It implements what the bridge uses (``getMe``, ``deleteWebhook``,
-``getUpdates`` with long polling and offsets, ``sendMessage`` with
+``getUpdates`` with long polling and offsets (and 409 Conflict for a
+second poller), ``sendMessage`` with
 ``reply_parameters``, ``editMessageText``, ``deleteMessage``) as the Bot API
 documents them, checks what a real server would refuse (bad HTML, over-long
 texts, a wrong token, too many messages into one group), and can be told to
@@ -125,6 +126,8 @@ class FakeBotAPI:
     calls: list[tuple[str, float, str]] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     violations: int = 0
+    #: long polls ended by another poller's getUpdates (409 Conflict)
+    conflicts: int = 0
     #: (chat id, message id, new plain text) of every editMessageText
     edits: list[tuple[int, int, str]] = field(default_factory=list)
     #: (chat id, message id) of every deleteMessage
@@ -184,6 +187,10 @@ class FakeBotAPI:
 
     def fail(self, method: str, kind: str, times: int = 1, retry_after: int = 1) -> None:
         self._faults.setdefault(method, deque()).extend(Fault(kind, retry_after) for _ in range(times))
+
+    def fail_clear(self) -> None:
+        """Forget the faults not yet served."""
+        self._faults.clear()
 
     # -- the Telegram side's people and messages --------------------------------
 
@@ -352,6 +359,10 @@ class FakeBotAPI:
         timeout = float(params.get("timeout", 0) or 0)
         self.offsets.append(offset)
         self.calls.append(("getUpdates", self.reactor.seconds(), "ok"))
+        # Telegram allows one poller per bot: a new getUpdates ends one still
+        # waiting with 409 Conflict.
+        for poll in list(self._polls):
+            self._conflict(poll)
         if offset:
             # Telegram: an offset confirms every update before it, for good.
             self.updates = [u for u in self.updates if u["update_id"] >= offset]
@@ -362,6 +373,18 @@ class FakeBotAPI:
         self._polls.append(poll)
         request.notifyFinish().addErrback(lambda _: self._abandon(poll))
         return server.NOT_DONE_YET
+
+    def _conflict(self, poll: _Poll) -> None:
+        self._abandon(poll)
+        self.conflicts += 1
+        self.calls.append(("getUpdates", self.reactor.seconds(), "409"))
+        description = (
+            "Conflict: terminated by other getUpdates request;"
+            " make sure that only one bot instance is running"
+        )
+        body = {"ok": False, "error_code": 409, "description": description}
+        poll.request.write(self._reply(poll.request, 409, body))
+        poll.request.finish()
 
     def _abandon(self, poll: _Poll) -> None:
         poll.done = True

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from telegram import Message
 from twisted.internet.task import Clock
+from twisted.python import usage
 
 from chatserv.bridge.aio import ReactorMismatch, require_asyncio_reactor
 from chatserv.bridge.config import BridgeConfig, check_runtime
@@ -200,6 +201,31 @@ def test_options(monkeypatch, tmp_path):
     assert config.token == "1:file"
     with pytest.raises(SystemExit, match="--telegram-room"):
         parse(["--telegram-chat", "-5", "--telegram-room", "dos palabras"])
+
+
+def test_cluster_options_reach_the_bridge(monkeypatch):
+    """The bridge reads --cluster, --cluster-name and --db where the options
+    define them (chatserv.tap's cluster options), and needs PostgreSQL then."""
+    from chatserv.bridge.cluster import ClusteredBridge, build_bridge
+    from chatserv.bridge.config import config_from_options
+    from chatserv.hub import Hub
+
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "4242:env")
+    options = parse(["--telegram-chat", "-100"])
+    assert options.config().telegram.cluster_url is None
+    options.update({"cluster": "redis://127.0.0.1:6379/0", "cluster-name": "dos", "db": "postgresql://x@h/db"})
+    config = config_from_options(options)
+    assert config is not None
+    assert (config.cluster_url, config.cluster_name, config.db_url) == (
+        "redis://127.0.0.1:6379/0",
+        "dos",
+        "postgresql://x@h/db",
+    )
+    assert config.bot_id == "4242"
+    assert isinstance(build_bridge(config, Hub(Clock()), Clock()), ClusteredBridge)
+    options["db"] = "chat.sqlite3"
+    with pytest.raises(usage.UsageError, match="PostgreSQL"):
+        config_from_options(options)
 
 
 def test_fake_bot_identity():

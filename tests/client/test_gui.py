@@ -491,3 +491,27 @@ async def test_the_window_remembers_its_size(tk_root):
     finally:
         window.close()
         top.destroy()
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_room_shows_count_and_first_page_then_loads_more_on_scroll(tk_root, chat_server):
+    from tests.test_members import Quiet
+
+    for i in range(1200):
+        chat_server.hub.login(Quiet(), f"m{i:04d}")
+    ana = GuiClient(tk_root, chat_server.port, "Ana")
+    try:
+        await ana.online()
+        users = ana.window.users
+        await wait_for(lambda: ana.window.users_label.cget("text") == "Online (1201)", "member count")
+        ana.top.update()
+        first = users.size()
+        assert 0 < first < 1201, "a large room's whole list was loaded at login"
+        assert users.get(0) == "Ana"  # case-folded order, as the server pages it
+        users.yview_moveto(1.0)
+        ana.top.update()
+        await wait_for(lambda: users.size() > first, "the next page after scrolling to the end")
+        assert users.get(first) == ana.model.conversations[GENERAL_KEY].members[first]
+        assert ana.window.users_label.cget("text") == "Online (1201)"
+    finally:
+        await ana.close()

@@ -29,6 +29,9 @@ from chatserv.client.outbox import FLUSH_BATCH
 from chatserv.client.session import BUSY_RETRY, ChatSession, Credentials
 from tests.client.support import FailureLog
 
+#: What the client asks for at every login.
+FEATURES = ["sent", "lazy_members"]
+
 
 class Harness:
     """A session wired to a protocol on a StringTransport, on a fake clock."""
@@ -55,11 +58,17 @@ class Harness:
         self.proto.connectionLost(Failure(ConnectionError("gone")))
         self.proto = None
 
-    def sent(self) -> list[dict[str, Any]]:
+    def sent(self, cids: bool = False) -> list[dict[str, Any]]:
+        """The frames sent since the last call; without their ``cid`` (each
+        message's own client id) unless *cids*."""
         assert self.transport is not None
         data = self.transport.value()
         self.transport.clear()
-        return [json.loads(line) for line in data.splitlines()]
+        frames = [json.loads(line) for line in data.splitlines()]
+        if not cids:
+            for frame in frames:
+                frame.pop("cid", None)
+        return frames
 
     def recv(self, **frame: Any) -> None:
         assert self.proto is not None
@@ -67,7 +76,7 @@ class Harness:
 
     def login(self, users: list[str] | None = None, items: list[dict[str, Any]] | None = None) -> None:
         self.connect()
-        assert self.sent() == [{"cmd": "login", "user": self.model.me, "features": ["sent"]}]
+        assert self.sent() == [{"cmd": "login", "user": self.model.me, "features": FEATURES}]
         self.recv(cmd="history", room="general", items=items or [])
         self.recv(cmd="users", room="general", list=users or [self.model.me])
         assert self.model.state is ConnState.ONLINE
@@ -161,7 +170,7 @@ def test_offline_outbox_kept_and_sent_after_relogin_without_duplicates():
     assert ("info", None, "Connection to the server lost.") in h.general()
 
     h.connect()
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": FEATURES}]
     # the server got "en vuelo" before the drop: history says so
     h.recv(cmd="history", room="general", items=[
         {"id": 7, "time": "11:00:00", "room": "general", "from": "Ana", "msg": "en vuelo"},
@@ -221,7 +230,7 @@ def test_name_taken_after_reconnect_is_retried():
     h.recv(cmd="error", code="name_taken", msg="en uso", ref="login")
     assert h.recorder.failures == []
     h.clock.advance(2.5)
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"]}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": FEATURES}]
 
 
 def test_server_pings_are_answered():
@@ -245,7 +254,7 @@ def test_a_busy_server_is_asked_again_later():
     h.sent()
     h.recv(cmd="error", code="server_busy", msg="ocupado", ref="login")
     h.clock.advance(BUSY_RETRY)
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": FEATURES, "password": "secreto123"}]
 
 
 def test_register_then_login_and_servers_without_accounts():
@@ -253,7 +262,7 @@ def test_register_then_login_and_servers_without_accounts():
     h.connect()
     assert h.sent() == [{"cmd": "register", "user": "Ana", "password": "secreto123"}]
     h.recv(cmd="registered", user="Ana")
-    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": ["sent"], "password": "secreto123"}]
+    assert h.sent() == [{"cmd": "login", "user": "Ana", "features": FEATURES, "password": "secreto123"}]
 
     old = Harness(password="secreto123", register=True)
     old.connect()
@@ -415,3 +424,45 @@ def test_own_private_messages_learn_their_id_from_sent():
     assert line.msg_id == 12
     h.recv(cmd="edited", id=12, time="10:00:09", to="Luis", msg="te espero dentro", **{"from": "Ana"})
     assert line.text == "te espero dentro" and line.edited
+
+
+# -- large rooms (lazy_members) ---------------------------------------------------
+
+
+def test_large_room_first_page_count_and_paging_on_request():
+    h = Harness()
+    h.connect()
+    h.sent()
+    h.recv(cmd="history", room="general", items=[])
+    first = [f"u{i:03d}" for i in range(200)]
+    h.recv(cmd="users", room="general", list=first, count=900, more=True)
+    general = h.model.conversations[GENERAL_KEY]
+    assert h.model.state is ConnState.ONLINE
+    assert general.member_count == 900 and general.members_more and general.members == first
+    h.sent()
+    h.session.more_members(GENERAL_KEY)
+    h.session.more_members(GENERAL_KEY)  # one request in flight at a time
+    assert h.sent() == [{"cmd": "members", "room": "general", "limit": 200, "after": "u199"}]
+    h.recv(cmd="members", room="general", list=["u200", "u201"], count=900, more=False)
+    assert general.members == first + ["u200", "u201"] and not general.members_more
+    # Someone unknown is not shown offline while pages are missing; here the
+    # list is complete, so they are.
+    assert not h.model.is_online("zzz")
+
+
+def test_large_room_presence_applies_count_and_names_and_reload():
+    h = Harness()
+    h.connect()
+    h.sent()
+    h.recv(cmd="history", room="general", items=[])
+    h.recv(cmd="users", room="general", list=["Ana", "Bea", "Dani"], count=700, more=True)
+    general = h.model.conversations[GENERAL_KEY]
+    assert h.model.is_online("Nadie")  # may be in a page not loaded
+    h.sent()
+    h.recv(cmd="presence", room="general", joined=["Carla", "Zoe"], left=["Bea"], count=701)
+    # Carla sorts among the loaded names; Zoe comes with a later page.
+    assert general.members == ["Ana", "Carla", "Dani"] and general.member_count == 701
+    h.recv(cmd="presence", room="general", joined=[], left=[], count=950, reload=True)
+    assert h.sent() == [{"cmd": "members", "room": "general", "limit": 200}]
+    h.recv(cmd="members", room="general", list=["Aaron", "Ana"], count=950, more=True)
+    assert general.members == ["Aaron", "Ana"] and general.member_count == 950
