@@ -270,7 +270,7 @@ async def test_a_peer_that_vanished_is_closed_the_usual_way_and_the_others_still
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_sender_with_a_cid_gets_its_echo_once_in_order_and_the_others_the_shared_frame(server, clients):
+async def test_a_sender_with_a_cid_gets_its_own_echo_once_and_in_order(server, clients):
     ana, luis = await room_of_two(clients)
     hub = server.hub
     post(server, "Ana", "before")  # waits for the end of the turn
