@@ -9,7 +9,7 @@ import it, and none of them needs the hub for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -36,6 +36,15 @@ class ChatMessage:
     edited: float | None = None
     #: When its author deleted it (``text`` is then empty), or None.
     deleted: float | None = None
+    #: Its place in the database's one stream of committed events (messages
+    #: and corrections, every room and conversation), in commit order; 0
+    #: until the message log commits it, and set before anyone is handed it.
+    pos: int = 0
+    #: The sender's own id for it (the ``cid`` of ``broadcast``/``message``),
+    #: by which a resend is recognised; None when the sender gave none.
+    cid: str | None = None
+    #: Whose ``cid`` it is (see :func:`sender_key`); set only with ``cid``.
+    sender_key: str | None = None
     #: Encoded forms, filled lazily by transports, keyed by their format name.
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
     #: A private message's two ends, the sessions that held the names when it
@@ -80,12 +89,26 @@ class Correction:
     text: str | None
     room: str | None = None
     recipient: str | None = None
+    #: Its own place in the stream (see ChatMessage.pos), set before it is delivered.
+    pos: int = 0
     wire: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def deleted(self) -> bool:
         return self.text is None
 
+
+def sender_key(key: str, account: bool) -> str:
+    """Whose client message ids (``cid``) a sender's are: an account's, or a
+    guest name's, kept apart, so that a guest's ids never answer for the
+    account that later registers the name (or the reverse)."""
+    return ("a:" if account else "g:") + key
+
+
+def copied(message: ChatMessage) -> ChatMessage:
+    """*message* as a new object with no encodings and no sessions bound: for
+    a confirmation to one session that must not touch the shared one."""
+    return replace(message, wire={}, to_session=None, from_session=None)
 
 
 def corrected(message: ChatMessage, correction: Correction) -> ChatMessage:
@@ -94,7 +117,8 @@ def corrected(message: ChatMessage, correction: Correction) -> ChatMessage:
     copy = ChatMessage(
         message.id, message.ts, message.sender, correction.text or "", room=message.room,
         recipient=message.recipient, reply_to=message.reply_to, edit_of=message.edit_of,
-        edited=message.edited, deleted=message.deleted,
+        edited=message.edited, deleted=message.deleted, pos=message.pos, cid=message.cid,
+        sender_key=message.sender_key,
     )
     if correction.text is None:
         copy.deleted = correction.ts

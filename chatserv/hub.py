@@ -28,7 +28,7 @@ goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ from .errors import (
     NotYourMessage,
     TooFast,
 )
-from .events import ChatMessage, Correction, PresenceChange, Typing, corrected
+from .events import ChatMessage, Correction, PresenceChange, Typing, copied, corrected, sender_key
 from .local import LocalCluster, MemoryLog
 from .logs import Logger
 from .names import BadName, check_name, name_key
@@ -67,6 +67,13 @@ ROOM_CREATE_RATE = 0.1
 ROOM_CREATE_BURST = 10
 #: Rooms one ``rooms`` answer lists, at most (and by default).
 ROOMS_PAGE = 100
+#: The hub remembers the messages sent with a ``cid`` that it saw committed
+#: for this long, up to this many and this much text, so that a resend is
+#: answered without asking the database (which stays the truth; without a
+#: database this is the whole window, see docs/PROTOCOL.md).
+RECENT_CIDS_SECONDS = 600.0
+RECENT_CIDS = 10_000
+RECENT_CIDS_TEXT = 16 * 1024 * 1024
 
 log = Logger()
 
@@ -118,11 +125,18 @@ class MessageLog(Protocol):
 class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
-    __slots__ = ("name", "key", "participant", "rooms", "creations", "trusted", "__weakref__")
+    __slots__ = (
+        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "__weakref__",
+    )
 
-    def __init__(self, name: str, key: str, participant: Participant, trusted: bool = False) -> None:
+    def __init__(
+        self, name: str, key: str, participant: Participant, trusted: bool = False, account: bool = False
+    ) -> None:
         self.name = name
         self.key = key
+        #: Whose client message ids (``cid``) this session's are: its
+        #: account's, or its guest name's (chatserv.events.sender_key).
+        self.sender_key = sender_key(key, account)
         self.participant = participant
         self.rooms: set[str] = set()
         #: An in-process participant (the Telegram bridge), whose input is
@@ -233,6 +247,10 @@ class Hub:
         # Taken once: the per-message path pays no look-up for the seam.
         self._publish_room = self.cluster.publish_room
         self._publish_private = self.cluster.publish_private
+        #: Committed messages sent with a ``cid``: ``(sender_key, cid)`` ->
+        #: ``(message, when)``, oldest first (see RECENT_CIDS).
+        self._recent: OrderedDict[tuple[str, str], tuple[ChatMessage, float]] = OrderedDict()
+        self._recent_text = 0
 
     # -- sessions ---------------------------------------------------------
 
@@ -255,18 +273,21 @@ class Hub:
 
         return asked.addCallback(decided)
 
-    def login(self, participant: Participant, name: object, *, trusted: bool = False) -> Session:
+    def login(
+        self, participant: Participant, name: object, *, trusted: bool = False, account: bool = False
+    ) -> Session:
         """Bring *name* online in the room ``general``; raise if it may not be.
 
         *trusted* is for in-process participants (the Telegram bridge): their
         names skip the client name rules, so they may hold a space ("Luis (TG)")
-        and no client can ever claim or impersonate them. In a cluster, a
-        client's login follows :meth:`claim`.
+        and no client can ever claim or impersonate them. *account*: the name
+        is an account's, not a guest's (their ``cid``s are kept apart). In a
+        cluster, a client's login follows :meth:`claim`.
         """
         name, key = self._login_name(name, trusted)
         if key in self.sessions or not self.cluster.claim_name(key):
             raise NameTaken("name_taken", name=name)
-        session = Session(name, key, participant, trusted)
+        session = Session(name, key, participant, trusted, account)
         self.sessions[key] = session
         self.stats.logins += 1
         log.debug("login {name}", name=name)
@@ -471,27 +492,53 @@ class Hub:
         *,
         reply_to: dict[str, Any] | None = None,
         edit_of: int | None = None,
+        cid: str | None = None,
     ) -> ChatMessage:
-        """Post *text* to a room the session is in (``general`` by default)."""
+        """Post *text* to a room the session is in (``general`` by default).
+
+        With *cid* (the sender's own id for the message) a resend of a
+        message already committed stores and relays nothing: the sender is
+        confirmed again with the original, which is returned.
+        """
         room = self.member_room(session, room_name)
+        if cid is not None:
+            original = self._repeated(session, cid)
+            if original is not None:
+                return original
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, room=room.name,
             reply_to=reply_to, edit_of=edit_of,
         )
         self.stats.received_room += 1
-        self.store.append_then(message, self._publish_room)
+        if cid is None:
+            self.store.append_then(message, self._publish_room)
+        else:
+            # The sender's echo carries the cid: it goes to this session only.
+            message.from_session = session
+            self._append_unique(session, message, cid, self._publish_room)
         return message
 
     def private(
-        self, session: Session, to: str, text: str, *, reply_to: dict[str, Any] | None = None
+        self,
+        session: Session,
+        to: str,
+        text: str,
+        *,
+        reply_to: dict[str, Any] | None = None,
+        cid: str | None = None,
     ) -> ChatMessage:
-        """Send *text* to the online user *to*, and a copy to the sender."""
+        """Send *text* to the online user *to*, and a copy to the sender
+        (*cid*: as for :meth:`broadcast`)."""
         target = self.find(to) if isinstance(to, str) else None
         # Or online on another node: delivered there, by name.
         shown = target.name if target is not None else self._elsewhere(to)
         if shown is None:
             raise NoSuchUser("not_online", name=to)
+        if cid is not None:
+            original = self._repeated(session, cid)
+            if original is not None:
+                return original
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, recipient=shown,
@@ -499,8 +546,72 @@ class Hub:
             to_session=target, from_session=session,
         )
         self.stats.received_private += 1
-        self.store.append_then(message, self._publish_private)
+        if cid is None:
+            self.store.append_then(message, self._publish_private)
+        else:
+            self._append_unique(session, message, cid, self._publish_private)
         return message
+
+    # -- client message ids (cid) -------------------------------------------
+    #
+    # The database is the truth (a unique index on the sender and its cid,
+    # checked in the commit transaction, so it holds across restarts and
+    # servers); the hub remembers what it saw committed lately, so that the
+    # usual resend, a client retrying on the same server, costs no query.
+
+    def _repeated(self, session: Session, cid: str) -> ChatMessage | None:
+        """The committed message *session*'s sender already sent as *cid*,
+        confirmed to *session* again; None when the hub does not know one."""
+        remembered = self._recent.get((session.sender_key, cid))
+        if remembered is None:
+            return None
+        original = remembered[0]
+        self._confirm(session, original)
+        return original
+
+    def _append_unique(
+        self, session: Session, message: ChatMessage, cid: str, publish: Callable[[ChatMessage], None]
+    ) -> None:
+        message.cid = cid
+        message.sender_key = session.sender_key
+
+        def committed(stored: ChatMessage) -> None:
+            self._remember_cid(stored)
+            if stored is message:
+                publish(message)
+            else:
+                # It was a resend of a message committed before (elsewhere,
+                # or before a restart): nothing was stored; confirm that one.
+                self._confirm(session, stored)
+
+        self.store.append_then(message, committed)
+
+    def _confirm(self, session: Session, original: ChatMessage) -> None:
+        """Tell *session* (if still online) that *original*, its message, is
+        committed, as its own echo (``broadcast`` or ``sent``) told it first."""
+        if self.sessions.get(session.key) is not session:
+            return
+        copy = copied(original)
+        copy.from_session = session
+        session.participant.receive_message(copy)
+
+    def _remember_cid(self, message: ChatMessage) -> None:
+        assert message.sender_key is not None and message.cid is not None
+        recent = self._recent
+        now = self.clock.seconds()
+        key = (message.sender_key, message.cid)
+        old = recent.pop(key, None)
+        if old is not None:
+            self._recent_text -= len(old[0].text)
+        recent[key] = (message, now)
+        self._recent_text += len(message.text)
+        while recent and (
+            len(recent) > RECENT_CIDS
+            or self._recent_text > RECENT_CIDS_TEXT
+            or next(iter(recent.values()))[1] < now - RECENT_CIDS_SECONDS
+        ):
+            _, (gone, _) = recent.popitem(last=False)
+            self._recent_text -= len(gone.text)
 
     def typing(self, session: Session, to: str | None = None, room_name: str | None = None) -> None:
         """Tell the private peer *to*, or the other members of a room, that *session* types."""
@@ -612,6 +723,8 @@ class Hub:
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()
+        if message.from_session is not None:
+            message.from_session = None  # set for the echo of a cid only
 
     def deliver_private(self, message: ChatMessage) -> None:
         """Hand a committed private message to its two ends."""
@@ -620,13 +733,15 @@ class Hub:
         # meanwhile, and the next holder must never read the message (nor its
         # `sent` confirmation).
         recipient, sender = message.to_session, message.from_session
-        message.to_session = message.from_session = None
         if recipient is not None and self.sessions.get(recipient.key) is recipient:
             self.stats.delivered_private += 1
             recipient.participant.receive_message(message)
         if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             self.stats.delivered_private += 1
             sender.participant.receive_message(message)
+        # Cleared after the fan-out, not before: the sender's end renders its
+        # own copy (with its cid) by knowing it is from_session.
+        message.to_session = message.from_session = None
 
     # -- replies and corrections -------------------------------------------
     #

@@ -12,7 +12,9 @@ in one reactor turn is "committed" together at the end of that turn, and
 delivered in append order. So a server (or a test) without a database sees
 the same path and the same timing as one with a database: a message reaches
 its recipients in a later reactor turn than the one that sent it, never
-within the sender's call.
+within the sender's call. Its positions (``pos``) come from a counter in
+this process with the same meaning as the database's stream: every message
+and correction takes the next one when it is committed.
 """
 
 from __future__ import annotations
@@ -76,11 +78,17 @@ class MemoryLog:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        #: The last position taken (see ChatMessage.pos).
+        self.position = 0
         self._items: list[Any] = []
         self._then: list[Callable[[Any], None]] = []
         self._due = False
+        #: Messages with a cid queued: only then does a commit look for repeats.
+        self._cids = 0
 
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
+        if message.cid is not None:
+            self._cids += 1
         self._queue(message, deliver)
 
     def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
@@ -101,5 +109,33 @@ class MemoryLog:
         items, then = self._items, self._then
         self._items, self._then = [], []
         self._due = False
+        if self._cids:
+            self._cids = 0
+            self._commit_unique(items, then)
+            return
+        position = self.position
+        for item in items:
+            position += 1
+            item.pos = position  # committed: its place is known before it is shared
+        self.position = position
         for item, deliver in zip(items, then, strict=True):
             deliver(item)
+
+    def _commit_unique(self, items: list[Any], then: list[Callable[[Any], None]]) -> None:
+        """A commit with cids: a repeat within the batch is not committed and
+        is answered with the first (across batches the hub remembers them)."""
+        held: dict[tuple[str | None, str], ChatMessage] = {}
+        originals: list[Any] = []
+        for item in items:
+            original = None
+            cid = getattr(item, "cid", None)
+            if cid is not None:
+                original = held.setdefault((item.sender_key, cid), item)
+                if original is item:
+                    original = None
+            if original is None:
+                self.position += 1
+                item.pos = self.position
+            originals.append(original)
+        for item, original, deliver in zip(items, originals, then, strict=True):
+            deliver(item if original is None else original)

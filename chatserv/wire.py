@@ -131,6 +131,7 @@ def message_object(message: ChatMessage) -> dict[str, Any]:
         clock, iso = _stamps(message.ts)
         obj = message.wire["obj"] = {
             "id": message.id,
+            "pos": message.pos,
             "time": clock,
             "ts": iso,
             "room": message.room,
@@ -165,6 +166,7 @@ def private_object(message: ChatMessage) -> dict[str, Any]:
     clock, iso = _stamps(message.ts)
     obj = {
         "id": message.id,
+        "pos": message.pos,
         "time": clock,
         "ts": iso,
         "from": message.sender,
@@ -184,20 +186,41 @@ def private_frame(message: ChatMessage) -> bytes:
     return data
 
 
+def _sent_object(message: ChatMessage) -> dict[str, Any]:
+    clock, iso = _stamps(message.ts)
+    return {
+        "cmd": "sent",
+        "id": message.id,
+        "pos": message.pos,
+        "time": clock,
+        "ts": iso,
+        "to": message.recipient,
+        "msg": message.text,
+    }
+
+
 def sent_frame(message: ChatMessage) -> bytes:
     data = message.wire.get("json-sent")
     if data is None:
-        obj = message_object(message)
-        data = message.wire["json-sent"] = frame(
-            {
-                "cmd": "sent",
-                "id": message.id,
-                "time": obj["time"],
-                "ts": obj["ts"],
-                "to": message.recipient,
-                "msg": message.text,
-            }
-        )
+        data = message.wire["json-sent"] = frame(_sent_object(message))
+    return data
+
+
+def own_frame(message: ChatMessage) -> bytes:
+    """What the sender of *message*, sent with a ``cid``, reads as its
+    confirmation, with that ``cid``: its ``broadcast`` echo, or ``sent`` for
+    a private message (``private`` when it wrote to itself). Other
+    recipients get the shared frames, without the cid."""
+    data = message.wire.get("json-own")
+    if data is None:
+        if message.room is not None:
+            obj = {"cmd": "broadcast", **message_object(message)}
+        elif message.recipient != message.sender:
+            obj = _sent_object(message)
+        else:
+            obj = {"cmd": "private", **private_object(message)}
+        obj["cid"] = message.cid
+        data = message.wire["json-own"] = frame(obj)
     return data
 
 
@@ -208,17 +231,21 @@ def sent_frame(message: ChatMessage) -> bytes:
 MAX_PAGE_BYTES = 256 * 1024
 
 
-def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool | None = None) -> bytes:
+def history_page(
+    head: dict[str, Any], objects: list[dict[str, Any]], more: bool | None = None, oldest: bool = False
+) -> bytes:
     """A ``history`` frame of *head*'s fields and the newest *objects* (given
     oldest first) that fit in :data:`MAX_PAGE_BYTES`; ``more`` (when not None)
-    is set as well when older items had to be left out.
+    is set as well when older items had to be left out. With *oldest* (a
+    page forward, ``after``) the oldest that fit are kept instead, and
+    ``more`` says newer items were left out.
 
-    Items are encoded one by one, newest first, so that a page of large
+    Items are encoded one by one, from the end kept, so that a page of large
     messages stops at the bound instead of being built whole first.
     """
     parts: list[bytes] = []
     total = 0
-    for obj in reversed(objects):
+    for obj in objects if oldest else reversed(objects):
         item = _dumps(obj).encode("utf-8")
         if parts and total + len(item) + 1 > MAX_PAGE_BYTES:
             if more is not None:
@@ -226,7 +253,8 @@ def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool
             break
         parts.append(item)
         total += len(item) + 1
-    parts.reverse()
+    if not oldest:
+        parts.reverse()
     start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
     end = b"}\n" if more is None else (b',"more":true}\n' if more else b',"more":false}\n')
     return b"".join((start, b',"items":[', b",".join(parts), b"]", end))
@@ -340,6 +368,7 @@ def correction_frame(correction: Correction) -> bytes:
         obj: dict[str, Any] = {
             "cmd": "deleted" if correction.deleted else "edited",
             "id": correction.id,
+            "pos": correction.pos,
             "time": clock,
             "ts": iso,
             "from": correction.sender,

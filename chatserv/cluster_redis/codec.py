@@ -24,7 +24,7 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def message_notice(message: ChatMessage, node: str) -> str:
     notice: dict[str, Any] = {
-        "t": "m", "n": node, "pos": message.pos, "id": message.id, "ts": message.ts,  # type: ignore[attr-defined]
+        "t": "m", "n": node, "pos": message.pos, "id": message.id, "ts": message.ts,
         "from": message.sender, "text": message.text,
     }
     if message.room is not None:
@@ -44,7 +44,7 @@ def decode_message(notice: dict[str, Any]) -> ChatMessage:
         room=notice.get("room"), recipient=notice.get("to"),
         reply_to=notice.get("reply_to"), edit_of=notice.get("edit_of"),
     )
-    message.pos = notice["pos"]  # type: ignore[attr-defined]
+    message.pos = notice["pos"]
     for name in ("cid", "sender_key"):
         if name in notice:
             setattr(message, name, notice[name])
@@ -54,7 +54,7 @@ def decode_message(notice: dict[str, Any]) -> ChatMessage:
 def correction_notice(correction: Correction, node: str) -> str:
     return _dumps(  # type: ignore[no-any-return]
         {
-            "t": "c", "n": node, "pos": correction.pos, "id": correction.id,  # type: ignore[attr-defined]
+            "t": "c", "n": node, "pos": correction.pos, "id": correction.id,
             "ts": correction.ts, "from": correction.sender, "text": correction.text,
             "room": correction.room, "to": correction.recipient,
         }
@@ -66,7 +66,7 @@ def decode_correction(notice: dict[str, Any]) -> Correction:
         notice["id"], notice["ts"], notice["from"], notice["text"],
         room=notice.get("room"), recipient=notice.get("to"),
     )
-    correction.pos = notice["pos"]  # type: ignore[attr-defined]
+    correction.pos = notice["pos"]
     return correction
 
 

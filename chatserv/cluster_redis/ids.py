@@ -21,6 +21,7 @@ from typing import Any
 
 from twisted.internet.threads import deferToThreadPool
 
+from ..events import MessageIds
 from ..logs import Logger
 from ..storage.engine import redact
 from ..storage.schema import StorageError
@@ -33,7 +34,7 @@ SEQUENCE = "chatserv_id_blocks"
 _INIT_LOCK = 0x63686964
 
 
-class BlockIds:
+class BlockIds(MessageIds):
     """:class:`chatserv.events.MessageIds` over reserved blocks."""
 
     def __init__(self, dsn: str, reactor: Any, block: int = BLOCK) -> None:

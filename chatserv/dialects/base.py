@@ -64,7 +64,9 @@ class Dialect:
         """Bring *identity* online for this connection: what a login is in
         either dialect before it answers in its own (*how*: shown in the log)."""
         connection = self.connection
-        session = connection.session = self.factory.hub.login(self, identity.name)
+        session = connection.session = self.factory.hub.login(
+            self, identity.name, account=identity.account
+        )
         connection.MAX_LENGTH = self.factory.limits.max_line
         self.history_since = identity.since
         self.factory.log_budget.line(
@@ -102,7 +104,13 @@ class Dialect:
     # -- replies, edits, deletes (see chatserv.conversation) -----------------
 
     def _reply(
-        self, frame: dict[str, Any], text: str, ref: str, room: str | None = None, to: str | None = None
+        self,
+        frame: dict[str, Any],
+        text: str,
+        ref: str,
+        room: str | None = None,
+        to: str | None = None,
+        cid: str | None = None,
     ) -> None:
         """Post *text* as a reply to ``frame["reply_to"]``: find the original
         (perhaps in storage), let the hub check the session may quote it in
@@ -119,9 +127,9 @@ class Dialect:
         def post(original: ChatMessage | None) -> None:
             quote = hub.reply_quote(session, original, room_name=room, to=to, since=self.history_since)
             if to is None:
-                hub.broadcast(session, text, room, reply_to=quote)
+                hub.broadcast(session, text, room, reply_to=quote, cid=cid)
             else:
-                hub.private(session, to, text, reply_to=quote)
+                hub.private(session, to, text, reply_to=quote, cid=cid)
 
         self.connection._hold(conversation.find(hub, self.factory.history, wanted, rooms), post, ref)
 

@@ -60,6 +60,25 @@ def _optional_text(frame: dict[str, Any], field: str) -> str | None:
     return _text(frame, field)
 
 
+#: The longest client message id (``cid``).
+MAX_CID = 64
+
+
+def _cid(frame: dict[str, Any]) -> str | None:
+    """The client's own id for the message it sends, if it gave one: 1 to
+    64 printable ASCII characters (it is echoed back, and kept as a key)."""
+    value = frame.get("cid")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_CID
+        or not all(" " <= c <= "~" for c in value)
+    ):
+        raise BadRequest(f"el campo 'cid' debe ser un texto de 1 a {MAX_CID} caracteres ASCII imprimibles")
+    return value
+
+
 PING = wire.frame({"cmd": "ping"})
 
 
@@ -112,6 +131,10 @@ class JsonDialect(Dialect):
     # -- hub events (Participant) -------------------------------------------
 
     def receive_message(self, message: ChatMessage) -> None:
+        if message.cid is not None and message.from_session is self.connection.session:
+            # This session sent it with a cid: its confirmation carries it.
+            self.send(wire.own_frame(message))
+            return
         if message.room is not None:
             self.send(wire.broadcast_frame(message))
             return
@@ -194,20 +217,22 @@ class JsonDialect(Dialect):
         session = self.connection.session
         assert session is not None
         text = _text(frame, "msg")
+        cid = _cid(frame)
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"))
+            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"), cid=cid)
             return
-        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"))
+        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"), cid=cid)
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
         assert session is not None
         to = _text(frame, "to")
         text = _text(frame, "msg")
+        cid = _cid(frame)
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "message", to=to)
+            self._reply(frame, text, "message", to=to, cid=cid)
             return
-        self.factory.hub.private(session, to, text)
+        self.factory.hub.private(session, to, text, cid=cid)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")

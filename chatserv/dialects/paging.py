@@ -4,6 +4,9 @@
 a room the session is in; ``{"cmd": "history", "with": U, ...}`` through the
 session's private conversation with U. Both answer one ``history`` frame,
 oldest item first, with ``more`` telling whether older messages exist.
+With ``after: POS`` instead of ``before`` a page goes forward in the stream
+(the messages committed after position POS, oldest first; ``more``: newer
+ones remain): how a client that reconnects catches up.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ def _int_field(frame: dict[str, Any], field: str) -> int | None:
     return value
 
 
+def _after_field(frame: dict[str, Any]) -> int | None:
+    value = frame.get("after")
+    if value is None:
+        return None
+    # 0 is a position too: "from the start of the stream".
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise ChatError(f"el campo 'after' debe ser un entero entre 0 y {MAX_ID}")
+    return value
+
+
 def history(
     hub: Hub, store: Any, session: Session, frame: dict[str, Any], since: float
 ) -> Deferred[bytes]:
@@ -45,6 +58,9 @@ def history(
     at once for a request that cannot be answered.
     """
     before = _int_field(frame, "before")
+    after = _after_field(frame)
+    if before is not None and after is not None:
+        raise ChatError("pide 'before' o 'after', no ambos")
     limit = _int_field(frame, "limit")
     # Larger requests are served up to the bound rather than refused, so a
     # client need not know the server's figure.
@@ -57,6 +73,9 @@ def history(
         answer: dict[str, Any] = {"cmd": "history", "with": peer}
         if store is None:
             return succeed(wire.frame({**answer, "items": [], "more": False}))
+        if after is not None:
+            d = store.private_after(session.name, peer, after, limit + 1, since)
+            return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.private_object))
         # Fetch one more than asked to learn whether there is an older page.
         d = store.private_page(session.name, peer, before, limit + 1, since)
         return d.addCallback(lambda found: _encode(answer, found, limit, wire.private_object))
@@ -65,6 +84,12 @@ def history(
     # Only members page through a room, as only members read it live.
     room = hub.member_room(session, room_name)
     answer = {"cmd": "history", "room": room.name}
+    if after is not None:
+        if store is None:
+            window = [m for m in room.history if m.pos > after]
+            return succeed(_encode_after(answer, window[: limit + 1], limit, wire.message_object))
+        d = store.room_after(room.name, after, limit + 1)
+        return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.message_object))
     if store is None:
         window = [m for m in room.history if before is None or m.id < before]
         return succeed(_encode(answer, window[-(limit + 1) :], limit, wire.message_object))
@@ -92,6 +117,12 @@ def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: 
     page = found[1:] if more else found
     # Bounded in bytes as well (wire.MAX_PAGE_BYTES): `more` then says so.
     return wire.history_page(answer, [item(m) for m in page], more)
+
+
+def _encode_after(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:
+    """A page forward: the oldest *limit* of *found*; ``more`` when newer remain."""
+    more = len(found) > limit
+    return wire.history_page(answer, [item(m) for m in found[:limit]], more, oldest=True)
 
 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:

@@ -36,15 +36,20 @@ class MessageStore(Protocol):
     #: History outlives the hub's windows (see chatserv.hub.MessageLog).
     keeps_history: bool
 
-    def append(self, message: ChatMessage) -> Deferred[None]:
-        """Commit *message* (group commit); fire in append order once durable."""
+    def append(self, message: ChatMessage) -> Deferred[ChatMessage | None]:
+        """Commit *message* (group commit) at the next stream position (set
+        on it as ``pos``); fire in append order once durable, with None, or
+        with the stored original when *message* repeats its sender's ``cid``
+        (nothing is stored then)."""
 
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         """The same without a Deferred: call ``deliver(message)`` once durable
-        (the hub's hot path); what cannot be stored is logged, not delivered."""
+        (the hub's hot path), or ``deliver(original)`` for a repeated ``cid``;
+        what cannot be stored is logged, not delivered."""
 
     def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
-        """Record an edit or deletion (the original text is kept), then call
+        """Record an edit or deletion (the original text is kept) at the
+        next stream position (set as ``correction.pos``), then call
         ``deliver(correction)``; what cannot be stored is logged, not delivered."""
 
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
@@ -70,6 +75,25 @@ class MessageStore(Protocol):
 
     def rooms(self) -> Deferred[list[RoomInfo]]:
         """Every room that has stored messages."""
+
+    def room_after(self, room: str, after: int, limit: int) -> Deferred[list[ChatMessage]]:
+        """Up to *limit* messages of *room* with positions above *after*, oldest first."""
+
+    def private_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+
+    def events_after(self, pos: int, limit: int) -> Deferred[list[ChatMessage | Correction]]:
+        """Catch-up: up to *limit* committed events (messages as they read
+        now, and corrections) with positions above *pos*, in position order,
+        across every room and conversation."""
+
+    def current_position(self) -> Deferred[int]:
+        """The last position committed (0 when none has been)."""
+
+    def position_now(self) -> int:
+        """Start-up: the same, read synchronously."""
 
 
 class AccountStore(Protocol):

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..events import ChatMessage, Correction
 from ..logs import Logger
 from ..names import BadName, check_name, name_key, rekey
-from .schema import LATEST, MIGRATIONS, VERSION_TABLE, SchemaTooNew, StorageError
+from .schema import LATEST, MIGRATIONS, POSITION_INDEXES, VERSION_TABLE, SchemaTooNew, StorageError
 
 log = Logger()
 
@@ -76,10 +76,16 @@ def _extra(m: ChatMessage) -> str | None:
 
 def _row(m: ChatMessage, body: Any) -> tuple[Any, ...]:
     if m.room is not None:
-        return (m.id, m.ts, m.sender, m.room, name_key(m.room), None, None, body, _extra(m))
+        return (
+            m.id, m.ts, m.sender, m.room, name_key(m.room), None, None, body, _extra(m),
+            m.pos, m.sender_key, m.cid,
+        )
     assert m.recipient is not None
     conversation = conversation_key(m.sender, m.recipient)
-    return (m.id, m.ts, m.sender, None, None, m.recipient, conversation, body, _extra(m))
+    return (
+        m.id, m.ts, m.sender, None, None, m.recipient, conversation, body, _extra(m),
+        m.pos, m.sender_key, m.cid,
+    )
 
 
 def _text(body: Any) -> str:
@@ -88,9 +94,15 @@ def _text(body: Any) -> str:
 
 def _message(row: Sequence[Any]) -> ChatMessage:
     """A message as it reads now: corrected text, or empty when deleted."""
-    id_, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts = row
+    (
+        id_, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts,
+        pos, cid, key,
+    ) = row
     body = _text(body)
-    message = ChatMessage(int(id_), float(ts), sender, body, room=room, recipient=recipient)
+    message = ChatMessage(
+        int(id_), float(ts), sender, body, room=room, recipient=recipient, pos=int(pos or 0),
+        cid=cid, sender_key=key,
+    )
     if extra:
         for f, v in json.loads(extra).items():
             if f in _EXTRA_FIELDS:
@@ -105,14 +117,15 @@ def _message(row: Sequence[Any]) -> ChatMessage:
 
 
 _SELECT = (
-    "SELECT id, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts"
-    " FROM messages"
+    "SELECT id, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts,"
+    " pos, cid, sender_key FROM messages"
 )
 _INSERT_HEAD = (
-    "INSERT INTO messages (id, ts, sender, room, room_key, recipient, conversation, body, extra) VALUES "
+    "INSERT INTO messages (id, ts, sender, room, room_key, recipient, conversation, body, extra,"
+    " pos, sender_key, cid) VALUES "
 )
-_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-#: Rows per INSERT statement at most: 64 x 9 parameters stays under the 999
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: Rows per INSERT statement at most: 64 x 12 parameters stays under the 999
 #: that SQLite builds before 3.32 allow.
 _MAX_ROWS = 64
 
@@ -289,33 +302,189 @@ class Engine:
 
     # -- messages -----------------------------------------------------------
 
-    def insert_messages(self, messages: list[ChatMessage]) -> None:
-        """Store *messages* in one transaction: the group commit."""
-        rows = self._rows(messages)
+    def insert_messages(self, messages: list[ChatMessage]) -> list[ChatMessage | None] | None:
+        """Store *messages* in one transaction (the group commit), each at
+        the next stream position, which is set on it (``pos``).
 
-        def insert() -> None:
+        A message whose sender's ``cid`` is stored already (or comes earlier
+        in the batch) is not stored and takes no position. Returns None when
+        every message was stored, else one entry per message: None (stored)
+        or the original message that holds its ``cid``.
+        """
+
+        def insert() -> list[ChatMessage | None] | None:
             with self._transaction():
-                self._insert_rows(rows)
+                return self._insert_batch(messages, self._take_positions())
 
-        self._call(insert, idempotent=False)
+        return self._call(insert, idempotent=False)
+
+    def _take_positions(self) -> int:
+        """Lock the stream counter for this transaction; the last position taken.
+
+        Every transaction that takes positions calls this first: on
+        PostgreSQL the row lock (FOR UPDATE) makes the transactions of all
+        servers on the database take positions one at a time, each seeing
+        what the previous one committed (its cids included), so positions
+        follow commit order; SQLite has one writer at a time anyway.
+        """
+        row = self._execute(f"SELECT pos FROM stream_position WHERE id = 1{self._FOR_UPDATE}").fetchone()
+        return int(row[0])
+
+    #: How the dialect locks the row it reads for the rest of the transaction.
+    _FOR_UPDATE = ""
+
+    def _insert_batch(self, messages: list[ChatMessage], last: int) -> list[ChatMessage | None] | None:
+        """Inside a transaction holding the counter (*last* taken so far):
+        store what is new in *messages* at the positions after *last*."""
+        originals = self._originals(messages)
+        fresh = messages
+        if originals is not None:
+            fresh = [m for m, o in zip(messages, originals, strict=True) if o is None]
+        for message in fresh:
+            last += 1
+            message.pos = last
+        self._insert_rows(self._rows(fresh))
+        self._execute("UPDATE stream_position SET pos = ? WHERE id = 1", (last,))
+        return originals
+
+    def _originals(self, messages: list[ChatMessage]) -> list[ChatMessage | None] | None:
+        """For each of *messages*, the message that already holds its
+        ``(sender_key, cid)``, stored or earlier in the batch; None when no
+        message is a repeat (the common case costs no query at all)."""
+        cids = sorted({m.cid for m in messages if m.cid is not None})
+        if not cids:
+            return None
+        held: dict[tuple[str | None, str], ChatMessage] = {}
+        for start in range(0, len(cids), _IN_CHUNK):
+            chunk = cids[start : start + _IN_CHUNK]
+            sql = f"{_SELECT} WHERE cid IN ({', '.join('?' * len(chunk))})"
+            for row in self._fetchall(sql, chunk):
+                stored = _message(row)
+                assert stored.cid is not None
+                held[(stored.sender_key, stored.cid)] = stored
+        originals: list[ChatMessage | None] = []
+        repeats = False
+        for message in messages:
+            if message.cid is None:
+                originals.append(None)
+                continue
+            key = (message.sender_key, message.cid)
+            original = held.get(key)
+            if original is None:
+                held[key] = message
+            repeats = repeats or original is not None
+            originals.append(original)
+        return originals if repeats else None
 
     def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
-        return [_row(m, m.text) for m in messages]
+        body = self._body
+        return [_row(m, body(m.text)) for m in messages]
+
+    # -- the stream -----------------------------------------------------------
+
+    def position(self) -> int:
+        """The last position committed (0 when nothing has been)."""
+        return self._call(self._position)
+
+    def _position(self) -> int:
+        return int(self._execute("SELECT pos FROM stream_position WHERE id = 1").fetchone()[0])
+
+    def events_after(self, pos: int, limit: int) -> list[ChatMessage | Correction]:
+        """Up to *limit* committed events (messages as they read now, and
+        corrections) with positions above *pos*, in position order.
+
+        Two queries, so both are bounded by the counter read first: every
+        position up to it is committed, and a commit landing between the
+        queries cannot leave a hole in what is returned.
+        """
+
+        def read() -> tuple[list[Any], list[Any]]:
+            last = self._position()
+            messages = self._fetchall(
+                f"{_SELECT} WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT ?", (pos, last, limit)
+            )
+            edits = self._fetchall(
+                "SELECT e.message_id, e.ts, m.sender, e.body, m.room, m.recipient, e.pos"
+                " FROM message_edits e JOIN messages m ON m.id = e.message_id"
+                " WHERE e.pos > ? AND e.pos <= ? ORDER BY e.pos LIMIT ?",
+                (pos, last, limit),
+            )
+            return messages, edits
+
+        message_rows, edit_rows = self._call(read)
+        events: list[ChatMessage | Correction] = [_message(row) for row in message_rows]
+        for id_, ts, sender, body, room, recipient, edit_pos in edit_rows:
+            events.append(
+                Correction(
+                    int(id_), float(ts), sender, None if body is None else _text(body), room=room,
+                    recipient=recipient, pos=int(edit_pos),
+                )
+            )
+        events.sort(key=lambda event: event.pos)
+        return events[:limit]
+
+    def room_after(self, room: str, after: int, limit: int) -> list[ChatMessage]:
+        """Up to *limit* messages of *room* with positions above *after*, oldest first."""
+        params = (name_key(room), after, limit)
+        rows = self._call(
+            partial(self._fetchall, f"{_SELECT} WHERE room_key = ? AND pos > ? ORDER BY pos LIMIT ?", params)
+        )
+        return [_message(row) for row in rows]
+
+    def private_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> list[ChatMessage]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+        params = (conversation_key(a, b), after, since, limit)
+        rows = self._call(
+            partial(
+                self._fetchall,
+                f"{_SELECT} WHERE conversation = ? AND pos > ? AND ts >= ? ORDER BY pos LIMIT ?",
+                params,
+            )
+        )
+        return [_message(row) for row in rows]
+
+    def _number_positions(self) -> None:
+        """Migration 6: give every stored message and correction its place
+        in the stream: messages in id order, then corrections in time order
+        (each after its message), and set the counter to the last."""
+        self._execute(
+            "UPDATE messages SET pos = r.n FROM"
+            " (SELECT id, row_number() OVER (ORDER BY id) AS n FROM messages) AS r"
+            " WHERE messages.id = r.id"
+        )
+        (last,) = self._execute("SELECT count(*) FROM messages").fetchone()
+        rowid = self._ROWID
+        self._execute(
+            f"UPDATE message_edits SET pos = r.n + ? FROM (SELECT {rowid} AS row_id,"
+            " row_number() OVER (ORDER BY ts, message_id) AS n FROM message_edits) AS r"
+            f" WHERE message_edits.{rowid} = r.row_id",
+            (int(last),),
+        )
+        (edits,) = self._execute("SELECT count(*) FROM message_edits").fetchone()
+        for statement in POSITION_INDEXES:
+            self._execute(statement)
+        self._execute("INSERT INTO stream_position (id, pos) VALUES (1, ?)", (int(last) + int(edits),))
+
+    #: The dialect's name for a row's physical id (message_edits has no key).
+    _ROWID = "rowid"
 
     def message(self, message_id: int) -> ChatMessage | None:
         """Message *message_id* as it reads now, or None."""
         row = self._call(lambda: self._execute(f"{_SELECT} WHERE id = ?", (message_id,)).fetchone())
         return None if row is None else _message(row)
 
-    def correct(self, correction: Correction) -> None:
+    def correct(self, correction: Correction) -> int:
         """Record an edit (or, with ``text`` None, a deletion) of a stored
-        message; its original text stays in ``body`` and every correction
-        in ``message_edits``."""
+        message at the next stream position, and return it; the original
+        text stays in ``body`` and every correction in ``message_edits``."""
         text = correction.text
         body = None if text is None else self._body(text)
 
-        def update() -> None:
+        def update() -> int:
             with self._transaction():
+                pos = self._take_positions() + 1
                 if text is None:
                     self._execute(
                         "UPDATE messages SET deleted_ts = ? WHERE id = ?", (correction.ts, correction.id)
@@ -326,11 +495,13 @@ class Engine:
                         (body, correction.ts, correction.id),
                     )
                 self._execute(
-                    "INSERT INTO message_edits (message_id, ts, body) VALUES (?, ?, ?)",
-                    (correction.id, correction.ts, body),
+                    "INSERT INTO message_edits (message_id, ts, body, pos) VALUES (?, ?, ?, ?)",
+                    (correction.id, correction.ts, body, pos),
                 )
+                self._execute("UPDATE stream_position SET pos = ? WHERE id = 1", (pos,))
+                return pos
 
-        self._call(update, idempotent=False)
+        return self._call(update, idempotent=False)
 
     def versions(self, message_id: int) -> list[tuple[float, str | None]]:
         """Every text message *message_id* had, oldest first, as ``(ts, text)``;
@@ -628,8 +799,8 @@ class PostgresEngine(Engine):
     def _lock_schema(self) -> None:
         self._execute("SELECT pg_advisory_xact_lock(?)", (_PG_MIGRATION_LOCK,))
 
-    def _rows(self, messages: list[ChatMessage]) -> list[tuple[Any, ...]]:
-        return [_row(m, m.text.encode("utf-8")) for m in messages]
+    _FOR_UPDATE = " FOR UPDATE"
+    _ROWID = "ctid"
 
     def _body(self, text: str) -> Any:
         return text.encode("utf-8")
@@ -650,20 +821,36 @@ class PostgresEngine(Engine):
                     raise
                 return fn()
 
-    def insert_messages(self, messages: list[ChatMessage]) -> None:
+    def insert_messages(self, messages: list[ChatMessage]) -> list[ChatMessage | None] | None:
         try:
-            super().insert_messages(messages)
+            return super().insert_messages(messages)
         except self._psycopg.OperationalError:
             # The connection died around the commit: the batch may or may
-            # not be stored. Ids are primary keys, so replaying it with
-            # ON CONFLICT DO NOTHING stores exactly what is missing.
-            rows = self._rows(messages)
-
-            def replay() -> None:
+            # not be stored. Ids are primary keys: what is stored under its
+            # id keeps the position it got, and only the rest is stored now.
+            def replay() -> list[ChatMessage | None] | None:
                 with self._transaction():
-                    self._insert_rows(rows, " ON CONFLICT (id) DO NOTHING")
+                    return self._replay(messages)
 
-            self._call(replay)
+            return self._call(replay)
+
+    def _replay(self, messages: list[ChatMessage]) -> list[ChatMessage | None] | None:
+        last = self._take_positions()
+        ids = [m.id for m in messages]
+        stored: dict[int, int] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            sql = f"SELECT id, pos FROM messages WHERE id IN ({', '.join('?' * len(chunk))})"
+            stored.update((int(i), int(p)) for i, p in self._fetchall(sql, chunk))
+        missing = [m for m in messages if m.id not in stored]
+        for message in messages:
+            if message.id in stored:
+                message.pos = stored[message.id]
+        found = self._insert_batch(missing, last)
+        if found is None:
+            return None
+        originals = dict(zip((m.id for m in missing), found, strict=True))
+        return [originals.get(m.id) for m in messages]
 
     def close(self) -> None:
         with self.lock:

@@ -73,10 +73,11 @@ class _Group:
     previous run was in flight, and tells each submitter, in order.
 
     ``work`` returns one result per item, or None for "None for each". A
-    submitter waits with a Deferred (:meth:`submit`), or, on the hot path of
-    message commits, with a plain function called with its item
-    (:meth:`submit_then`), which saves a Deferred and two callbacks per
-    message; failures of those are logged once per batch.
+    submitter waits with a Deferred (:meth:`submit`), fired with its result,
+    or, on the hot path of message commits, with a plain function
+    (:meth:`submit_then`) called with its item, or with its result when
+    that is not None; this saves a Deferred and two callbacks per message.
+    Failures of those are logged once per batch.
     """
 
     def __init__(
@@ -161,7 +162,7 @@ class _Group:
             elif waiter.__class__ is Deferred:
                 waiter.callback(result)
             else:
-                waiter(item)
+                waiter(item if result is None else result)
         self._next()
 
     def _failed(self, failure: Failure, items: list[Any], waiters: list[Any]) -> None:
@@ -250,16 +251,21 @@ class ThreadedStore:
 
     # -- messages ---------------------------------------------------------------
 
-    def append(self, message: ChatMessage) -> Deferred[None]:
-        """Commit *message* with whatever else is queued; fire once it is durable."""
+    def append(self, message: ChatMessage) -> Deferred[ChatMessage | None]:
+        """Commit *message* with whatever else is queued; fire once it is
+        durable (``message.pos`` set) with None, or with the original message
+        when *message* repeats a stored ``cid`` of its sender (then nothing
+        was stored)."""
         if self._closed:
             return fail(StorageClosed("the message store is closed"))
         return self._commits.submit(message)
 
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         """Like :meth:`append`, but call ``deliver(message)`` once it is
-        durable, without a Deferred: the hub's hot path. A message that cannot
-        be stored is logged and never delivered."""
+        durable, without a Deferred: the hub's hot path. A repeated ``cid``
+        calls ``deliver(original)`` instead (another object: the caller
+        tells them apart). A message that cannot be stored is logged and
+        never delivered."""
         if self._closed:
             log.error("store closed: message {id} not stored, not relayed", id=message.id)
             return
@@ -280,7 +286,11 @@ class ThreadedStore:
         # delivered, which follows its commit), so no ordering with the
         # batches queued in _commits is needed; the one writer thread keeps
         # corrections in the order they were made.
-        self._write(self.writer.correct, correction).addCallbacks(lambda _: deliver(correction), failed)
+        def recorded(pos: int) -> None:
+            correction.pos = pos  # before anyone is handed it
+            deliver(correction)
+
+        self._write(self.writer.correct, correction).addCallbacks(recorded, failed)
 
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
         """Message *message_id* as it reads now (edits applied), or None."""
@@ -289,21 +299,21 @@ class ThreadedStore:
     def congested(self) -> bool:
         return self._commits.weight > self.max_backlog
 
-    def _insert(self, messages: list[ChatMessage]) -> list[Failure | None] | None:
-        """Writer thread: one transaction for the batch. If it fails, store
-        the messages one by one, so that one message the database refuses
-        does not take the rest of its batch down with it."""
+    def _insert(self, messages: list[ChatMessage]) -> Sequence[ChatMessage | Failure | None] | None:
+        """Writer thread: one transaction for the batch (None for each
+        message stored, the original for a repeated ``cid``). If it fails,
+        store the messages one by one, so that one message the database
+        refuses does not take the rest of its batch down with it."""
         try:
-            self.writer.insert_messages(messages)
-            return None
+            return self.writer.insert_messages(messages)
         except Exception:
             if len(messages) == 1:
                 raise
-        results: list[Failure | None] = []
+        results: list[ChatMessage | Failure | None] = []
         for message in messages:
             try:
-                self.writer.insert_messages([message])
-                results.append(None)
+                found = self.writer.insert_messages([message])
+                results.append(None if found is None else found[0])
             except Exception:
                 results.append(Failure())
         return results
@@ -343,6 +353,32 @@ class ThreadedStore:
 
     def rooms(self) -> Deferred[list[RoomInfo]]:
         return self._read(self.reader.rooms)
+
+    # -- the stream (catch-up) ----------------------------------------------------
+
+    def room_after(self, room: str, after: int, limit: int) -> Deferred[list[ChatMessage]]:
+        """Up to *limit* messages of *room* with positions above *after*, oldest first."""
+        return self._read(self.reader.room_after, room, after, limit)
+
+    def private_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+        return self._read(self.reader.private_after, a, b, after, limit, since)
+
+    def events_after(self, pos: int, limit: int) -> Deferred[list[ChatMessage | Correction]]:
+        """Up to *limit* committed events with positions above *pos*, in
+        position order, across every room and conversation: messages as they
+        read now, and corrections (see :meth:`Engine.events_after`)."""
+        return self._read(self.reader.events_after, pos, limit)
+
+    def current_position(self) -> Deferred[int]:
+        """The last position committed (0 when none has been)."""
+        return self._read(self.reader.position)
+
+    def position_now(self) -> int:
+        """The same, read synchronously: start-up only, before the server listens."""
+        return self.reader.position()
 
     # -- accounts ---------------------------------------------------------------
 

@@ -141,7 +141,7 @@ async def test_edit_and_delete_in_a_room(durable):
             "from": "Ana",
             "msg": "hola a todos",
         }
-        assert set(edited) == {"cmd", "id", "time", "ts", "room", "from", "msg"}
+        assert set(edited) == {"cmd", "id", "pos", "time", "ts", "room", "from", "msg"}
     item = (await _page(luis, room="general"))["items"][-1]
     assert item["msg"] == "hola a todos" and item["edited"] == edited["ts"]
 

@@ -34,6 +34,21 @@ def private_msg(id_: int, sender: str, recipient: str, ts: float | None = None) 
     return ChatMessage(id_, ts, sender, f"p{id_}", recipient=recipient)
 
 
+def seed_v1_message(engine, id_: int, text: str, room: str = "general", ts: float | None = None) -> None:
+    """A room message as the schema of version 1 stores it (the engine's own
+    INSERT is the latest schema's)."""
+    body = text.encode() if engine.dialect == "postgresql" else text
+
+    def seed() -> None:
+        with engine._transaction():
+            engine._execute(
+                "INSERT INTO messages (id, ts, sender, room, room_key, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (id_, 1_700_000_000.0 + id_ if ts is None else ts, "Ana", room, room.casefold(), body),
+            )
+
+    engine._call(seed)
+
+
 # -- migrations ----------------------------------------------------------------
 
 
@@ -55,7 +70,7 @@ def test_upgrade_from_version_1_keeps_the_data(db_url):
     engine = open_engine(db_url)
     try:
         assert engine.migrate(target=1) == 1
-        engine.insert_messages([room_msg(1, "antes de migrar")])
+        seed_v1_message(engine, 1, "antes de migrar")
         with pytest.raises(Exception):  # noqa: B017 - no accounts table before version 2
             engine.accounts()
     finally:
