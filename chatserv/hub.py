@@ -688,7 +688,8 @@ class Hub:
         for message in messages:
             merged.setdefault(message.id, message)
             self.ids.seen(message.id)
-        window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
+        # Stream order: across a cluster, id order is not commit order.
+        window = sorted(merged.values(), key=lambda m: (m.pos, m.id))[-self.history_size :]
         self.windows.evict(room)
         room.partial = False
         for message in window:

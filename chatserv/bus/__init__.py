@@ -65,6 +65,10 @@ class Bus(Protocol):
 
     def hdel(self, key: str, fields: Iterable[str]) -> Any: ...
 
+    def replace_hash(self, key: str, mapping: dict[str, str]) -> Any:
+        """Make the hash *key* hold exactly *mapping*, atomically (nobody
+        reads it half written)."""
+
     def hgetall(self, key: str) -> Any:
         """Fires with a dict (empty when the key does not exist)."""
 

@@ -181,6 +181,15 @@ class MemoryBus:
 
         return self._do(run)
 
+    def replace_hash(self, key: str, mapping: dict[str, str]) -> Deferred[Any]:
+        def run() -> None:
+            self.redis.data.pop(key, None)
+            self.redis.expiry.pop(key, None)
+            if mapping:
+                self.redis.data[key] = dict(mapping)
+
+        return self._do(run)
+
     def hgetall(self, key: str) -> Deferred[dict[str, str]]:
         return self._do(lambda: dict(self.redis._live(key) or {}))
 

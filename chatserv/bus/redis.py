@@ -34,6 +34,11 @@ log = Logger()
 #: Seconds a command may wait for its reply before the connection is given up.
 REPLY_TIMEOUT = 5.0
 
+_REPLACE_HASH = """
+redis.call('DEL', KEYS[1])
+for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -99,6 +104,13 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         self.on_lost()
 
 
+def _unwrapped(protocol: Any) -> Any:
+    """The protocol itself, not ClientService's proxy of it (which is what
+    ``prepareConnection`` is given, and which our connectionLost never sees)."""
+    inner = protocol.__dict__.get("_protocol")
+    return inner if inner is not None else protocol
+
+
 class RedisBus:
     """:class:`chatserv.bus.Bus` over one Redis server."""
 
@@ -155,6 +167,8 @@ class RedisBus:
             service.startService()
 
     def _commands_up(self, protocol: Any) -> Deferred[Any]:
+        protocol = _unwrapped(protocol)
+
         def up(_: object) -> None:
             self._commands = protocol
             self._check()
@@ -162,6 +176,8 @@ class RedisBus:
         return protocol.whenConnected().addCallback(up)  # type: ignore[no-any-return]
 
     def _subscriber_up(self, protocol: Any) -> Deferred[Any]:
+        protocol = _unwrapped(protocol)
+
         def up(_: object) -> None:
             self._subscriber = protocol
             self._check()
@@ -247,6 +263,10 @@ class RedisBus:
         if not fields:
             return succeed(0)
         return self._run("execute_command", "HDEL", key, *fields)
+
+    def replace_hash(self, key: str, mapping: dict[str, str]) -> Deferred[Any]:
+        flat = [item for pair in mapping.items() for item in pair]
+        return self._run("eval", _REPLACE_HASH, [key], flat)
 
     def hgetall(self, key: str) -> Deferred[dict[str, str]]:
         return self._run("hgetall", key).addCallback(lambda reply: dict(reply or {}))

@@ -50,6 +50,11 @@ BEAT = 1.0
 REAP_EVERY = 2.0
 #: A heartbeat older than this, or our own not heard back for this long, is a health problem.
 STALE = 4.0
+#: Seconds new names wait after a reconnect to a Redis that lost this node's
+#: state (restarted empty, or reaped it): the other nodes reconnect within
+#: the back-off's longest delay (5 s) and claim their sessions' names again
+#: first, so that no newcomer takes a name that is in use.
+CLAIM_GRACE = 6.0
 
 
 class RedisCluster:
@@ -81,6 +86,8 @@ class RedisCluster:
         self._beat_at: float | None = None
         self._heard_self_at: float | None = None
         self._ready_at = 0.0
+        self._was_ready = False
+        self._claims_from = 0.0
         self.publish_room: Callable[[ChatMessage], None] = self._committed
         self.publish_private: Callable[[ChatMessage], None] = self._committed
         self.publish_correction: Callable[[Correction], None] = self._committed
@@ -118,19 +125,35 @@ class RedisCluster:
     def _ready(self, ready: bool) -> None:
         if not ready:
             return
-        self._ready_at = self.clock.seconds()
+        now = self._ready_at = self.clock.seconds()
         self._heard_self_at = None
         log.info("cluster {name}: node {node} joined through Redis", name=self.prefix, node=self.node)
+        if self._was_ready:
+            self._claims_from = now + CLAIM_GRACE  # until we know Redis kept our state
+
+            def known(alive: bool) -> None:
+                if alive:  # a short cut: Redis kept everything
+                    self._claims_from = now
+
+            self.bus.exists(f"{self.prefix}:alive:{self.node}").addCallbacks(known, _ignore)
+        self._was_ready = True
         # Redis may have restarted empty, or reaped us: say again who we are,
         # then learn who the others are, then read what we missed.
-        self._beat()
         self._reassert()
         self.sequencer.catch_up()
 
     def _reassert(self) -> None:
+        """Write this node's names and members whole, and only then renew
+        its alive key (a live node's hash is trusted as complete) and ask the
+        others to read it (``s``)."""
         self.names.assert_own()
-        d = self.members.assert_own().addCallback(lambda _: self.members.resync())
-        d.addErrback(self._failed, "resync")
+
+        def written(_: object) -> Any:
+            self._beat()
+            self.bus.publish(self.channel, codec.synced_notice(self.node)).addErrback(_ignore)
+            return self.members.resync()
+
+        self.members.assert_own().addCallback(written).addErrback(self._failed, "announcing this node")
 
     # -- the stream -------------------------------------------------------------------
 
@@ -172,6 +195,8 @@ class RedisCluster:
                     self._heard_self_at = self.clock.seconds()
                 else:
                     self.sequencer.heard_of(notice["pos"])
+                    if not self.members.knows(node):  # a node new to us
+                        self._resync_node(node)
                 return
             if node == self.node:
                 if kind == "g":  # reaped while alive (a long pause): say who we are again
@@ -187,15 +212,19 @@ class RedisCluster:
                 self._hub.deliver_typing(Typing(notice["user"], notice["room"]), notice["key"])
             elif kind == "p":
                 self.members.remote_change(node, notice["room"], notice.get("j"), notice.get("l"))
+            elif kind == "s":
+                self._resync_node(node)
             elif kind == "g":
                 self.members.node_gone(node)
+                # What it committed last may have had no notice: read it.
+                self.sequencer.catch_up()
         except Exception:
             log.failure("a bad notice on {channel}: {data!r}", channel=self.channel, data=data[:200])
 
     # -- the Cluster protocol -------------------------------------------------------
 
     def reserve_name(self, key: str) -> Deferred[bool]:
-        if not self.bus.ready:
+        if not self.bus.ready or self.clock.seconds() < self._claims_from:
             raise ServerBusy("cluster_unavailable")
 
         def unavailable(failure: Any) -> Any:
@@ -262,8 +291,17 @@ class RedisCluster:
             self.bus.resubscribe()
 
     def _reap(self) -> None:
-        if self.bus.ready:
-            self.members.reap().addErrback(self._failed, "reaping dead nodes")
+        # Not in the first seconds after a reconnect: the others may be
+        # reconnecting too, their alive keys not yet renewed.
+        if self.bus.ready and self.clock.seconds() - self._ready_at > ALIVE_MS / 1000:
+            self.members.reap().addCallback(self._reaped).addErrback(self._failed, "reaping dead nodes")
+
+    def _reaped(self, gone: list[str]) -> None:
+        if gone:
+            self.sequencer.catch_up()
+
+    def _resync_node(self, node: str) -> None:
+        self.members.resync_node(node).addErrback(self._failed, "reading a node's members")
 
     def _resync(self) -> None:
         if self.bus.ready:

@@ -7,6 +7,7 @@
 * ``y``: somebody types, in a room (``room``) or to one user (``key``: the recipient's name key);
 * ``p``: membership on node ``node``: ``who`` joined (``j``) or left (``l``) the room ``room``;
 * ``h``: node ``node`` is alive, and ``pos`` is the last position it committed;
+* ``s``: node ``node`` has written its members whole (after a reconnect): read them;
 * ``g``: node ``node`` is gone (reaped), with all its members and names.
 
 Events are encoded once per notice, never per recipient.
@@ -85,6 +86,10 @@ def presence_notice(node: str, room: str, joined: str | None, left: str | None) 
 
 def heartbeat_notice(node: str, pos: int) -> str:
     return _dumps({"t": "h", "n": node, "pos": pos})  # type: ignore[no-any-return]
+
+
+def synced_notice(node: str) -> str:
+    return _dumps({"t": "s", "n": node})  # type: ignore[no-any-return]
 
 
 def gone_notice(node: str) -> str:

@@ -14,6 +14,14 @@ second, with a time to live of 5 s). Survivors look for dead nodes in
 ``PREFIX:nodes`` every 2 s; the one that takes the lock ``PREFIX:reaping:NODE``
 frees the dead node's names, deletes its hash, and sends ``g`` (gone):
 every node then announces the dead node's members as having left.
+
+Redis restarting empty, or being out of reach for a while, must not look
+like every node dying: a node writes its hash whole (atomically) before it
+renews its alive key after a reconnect; a full read trusts the hashes of
+live nodes only, and takes a node whose alive key is missing for gone only
+when two reads :data:`RESYNC` seconds apart agree (the ``g`` notice is the
+fast way); and a node reaps nobody until it has itself been connected for
+the alive key's lifetime, so that the others have had time to come back.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class Members:
         #: node -> {field: (room, name)}: what each other node has said.
         self._by_node: dict[str, dict[str, tuple[str, str]]] = {}
         self._general = self.elsewhere(name_key(GENERAL))
+        #: node -> full reads in a row that found it without its alive key.
+        self._missing: dict[str, int] = {}
 
     def key(self, what: str, node: str | None = None) -> str:
         return f"{self.prefix}:{what}:{node or self.node}"
@@ -92,11 +102,14 @@ class Members:
             for session in self.hub.sessions.values()
             for room in session.rooms
         }
-        own = self.key("members")
-        ds = [self.bus.sadd(f"{self.prefix}:nodes", [self.node]), self.bus.delete(own)]
-        if mapping:
-            ds.append(self.bus.hset(own, mapping))
-        return DeferredList(ds, consumeErrors=True)
+        return DeferredList(
+            [
+                self.bus.replace_hash(self.key("members"), mapping),
+                self.bus.sadd(f"{self.prefix}:nodes", [self.node]),
+            ],
+            fireOnOneErrback=True,
+            consumeErrors=True,
+        )
 
     def forget_all(self) -> Deferred[Any]:
         """A clean stop: remove this node now, and tell the others."""
@@ -136,33 +149,47 @@ class Members:
         assert self.hub is not None
         self.hub.note_presence(room, left=name)
 
+    def knows(self, node: str) -> bool:
+        return node in self._by_node
+
     @inlineCallbacks
     def resync(self) -> Any:
-        """Read every other node's members and announce the differences."""
+        """Read every live node's members and announce the differences."""
         nodes = yield self.bus.smembers(f"{self.prefix}:nodes")
-        nodes.discard(self.node)
-        for node in nodes:
-            entries = yield self.bus.hgetall(self.key("members", node))
-            now = {}
-            for field, value in entries.items():
-                room, _, name = value.partition("\t")
-                now[field] = (room, name)
-            known = self._by_node.setdefault(node, {})
-            for field in [f for f in known if f not in now]:
-                room, name = known.pop(field)
-                self._left(room, name)
-            for field, (room, name) in now.items():
-                if field not in known:
-                    known[field] = (room, name)
-                    self._joined(room, name)
-        for node in [n for n in self._by_node if n not in nodes]:
-            self.node_gone(node)
+        for node in (set(nodes) | set(self._by_node)) - {self.node}:
+            yield self.resync_node(node)
+
+    @inlineCallbacks
+    def resync_node(self, node: str) -> Any:
+        alive = yield self.bus.exists(self.key("alive", node))
+        if not alive:
+            if node in self._by_node:
+                self._missing[node] = missing = self._missing.get(node, 0) + 1
+                if missing >= 2:
+                    self._missing.pop(node, None)
+                    self.node_gone(node)
+            return
+        self._missing.pop(node, None)
+        entries = yield self.bus.hgetall(self.key("members", node))
+        now = {}
+        for field, value in entries.items():
+            room, _, name = value.partition("\t")
+            now[field] = (room, name)
+        known = self._by_node.setdefault(node, {})
+        for field in [f for f in known if f not in now]:
+            room, name = known.pop(field)
+            self._left(room, name)
+        for field, (room, name) in now.items():
+            if field not in known:
+                known[field] = (room, name)
+                self._joined(room, name)
 
     @inlineCallbacks
     def reap(self) -> Any:
         """Free the names and members of every node whose heartbeat has expired."""
         nodes = yield self.bus.smembers(f"{self.prefix}:nodes")
-        nodes.discard(self.node)
+        nodes = set(nodes) - {self.node}
+        gone = []
         for node in nodes:
             alive = yield self.bus.exists(self.key("alive", node))
             if alive:
@@ -178,6 +205,8 @@ class Members:
             yield self.bus.publish(self.channel, codec.gone_notice(node))
             log.info("reaped node {node}: {n} names freed", node=node, n=len(names))
             self.node_gone(node)
+            gone.append(node)
+        return gone
 
 
 def _ignore(failure: Any) -> None:

@@ -87,6 +87,7 @@ async def test_three_nodes_deliver_everything_in_one_order(nodes):
     # Rooms: a join on one node is heard on another; room messages stay in the room.
     luis.send(cmd="join", room="sala")
     await luis.expect("users", room="sala")
+    await sleep(0.2)  # the notice of it crosses Redis (a lost one: the 10 s full read)
     eva.send(cmd="join", room="sala")
     users = await eva.expect("users", room="sala")
     assert sorted(users["list"]) == ["Eva", "Luis"]
