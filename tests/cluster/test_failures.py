@@ -83,6 +83,7 @@ async def test_sigkill_of_a_node_loses_nothing_and_its_users_leave(nodes):
         elif frame["cmd"] == "presence" and frame["left"] == ["Luis"]:
             break
     gone_after = time.monotonic() - killed
+    print(f"SIGKILL to presence left: {gone_after:.1f} s")
     assert gone_after < 15
     await sleep(0.5)
     heard += [f for f in [await ana.frame(timeout=0.5) for _ in range(len(ana.lines.pending))]
