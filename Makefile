@@ -14,7 +14,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
-	$(PY) -m pip install -q -e '.[test,telegram,postgres,accounts]'
+	$(PY) -m pip install -q -e '.[test,telegram,postgres,accounts,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)
