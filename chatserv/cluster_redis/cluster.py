@@ -177,6 +177,10 @@ class RedisCluster:
         if isinstance(event, Correction):
             hub.deliver_correction(event)
         elif event.room is not None:
+            if event.cid is not None and event.from_session is None:
+                # Read back rather than this node's own object: its sender,
+                # if here, must still get its echo with the cid.
+                event.from_session = hub.sessions.get(name_key(event.sender))
             hub.deliver_to_room(event)
         else:
             if event.from_session is None and event.to_session is None:
