@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from ..bus import Bus, BusUnavailable
-from ..errors import ServerBusy
+from ..errors import ChatError, ServerBusy
 from ..events import ChatMessage, Correction, MessageIds, Typing
 from ..logs import Logger
 from ..names import name_key
@@ -104,7 +104,7 @@ class RedisCluster:
     def start(self) -> None:
         self.bus.start(self.channel, self._heard, self._ready)
         for every, work in ((BEAT, self._beat), (REAP_EVERY, self._reap), (RESYNC, self._resync)):
-            loop = LoopingCall(work)
+            loop = LoopingCall(self._guarded, work)
             loop.clock = self.clock
             loop.start(every, now=False)
             self._loops.append(loop)
@@ -232,7 +232,10 @@ class RedisCluster:
             raise ServerBusy("cluster_unavailable")
 
         def unavailable(failure: Any) -> Any:
-            failure.trap(BusUnavailable)
+            if failure.check(ChatError):
+                return failure
+            if not failure.check(BusUnavailable):  # a timeout, a lost connection
+                log.warn("cluster: could not reserve a name: {why}", why=failure.getErrorMessage())
             raise ServerBusy("cluster_unavailable")
 
         return self.names.reserve(key).addErrback(unavailable)
@@ -293,6 +296,14 @@ class RedisCluster:
             log.warn("the Redis subscription has gone quiet; subscribing again")
             self._ready_at = now
             self.bus.resubscribe()
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Run periodic *work*; a failure is logged, and the next period comes
+        anyway (a LoopingCall whose call raises stops for good)."""
+        try:
+            work()
+        except Exception:
+            log.failure("cluster: periodic {work} failed", work=work.__name__)
 
     def _reap(self) -> None:
         # Not in the first seconds after a reconnect: the others may be

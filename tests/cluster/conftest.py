@@ -20,7 +20,11 @@ from tests.storage.test_twistd import Twistd
 REDIS_URL = os.environ.get("CHATSERV_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
-def redis_unavailable(host: str = "127.0.0.1", port: int = 6379) -> str | None:
+def redis_unavailable(host: str | None = None, port: int | None = None) -> str | None:
+    if host is None or port is None:
+        from chatserv.bus.redis import parse_url
+
+        host, port, _, _ = parse_url(REDIS_URL)
     try:
         with socket.create_connection((host, port), timeout=2) as s:
             s.sendall(b"PING\r\n")
@@ -65,11 +69,11 @@ def cluster_name() -> Iterator[str]:
     yield name
     try:
         keys = subprocess.run(
-            ["redis-cli", "-p", "6379", "--scan", "--pattern", f"{name}:*"],
+            ["redis-cli", "-u", REDIS_URL, "--scan", "--pattern", f"{name}:*"],
             capture_output=True, text=True, timeout=10,
         ).stdout.split()
         if keys:
-            subprocess.run(["redis-cli", "-p", "6379", "DEL", *keys], capture_output=True, timeout=10)
+            subprocess.run(["redis-cli", "-u", REDIS_URL, "DEL", *keys], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         pass
 
@@ -113,7 +117,7 @@ class OwnRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for _ in range(100):  # bounded: 5 s
-            if redis_unavailable(port=self.port) is None:
+            if redis_unavailable("127.0.0.1", self.port) is None:
                 return
             time.sleep(0.05)
         raise AssertionError("redis-server did not start")
