@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
@@ -118,7 +118,7 @@ class RedisCluster:
         self._loops = []
         self.sequencer.stop()
         if not self.bus.ready:
-            return succeed(self.bus.stop())
+            return maybeDeferred(self.bus.stop)
         d = DeferredList([self.names.forget_all(), self.members.forget_all()], consumeErrors=True)
         return d.addBoth(lambda _: self.bus.stop())
 

@@ -35,4 +35,11 @@ class ClusterService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.cluster.stop()
+        ids = self.cluster.ids
+
+        def closed(result: object) -> object:
+            if isinstance(ids, BlockIds):
+                ids.close()
+            return result
+
+        return self.cluster.stop().addBoth(closed)
