@@ -11,7 +11,7 @@ When the leader loses the lease (it stops, dies, cannot renew in time, gets a
 409 Conflict from Telegram, or the database refuses its term) its bridge is
 stopped; the node that takes over loads the offset, the id map and the queue
 from the database, queues what the rooms said while nobody bridged them
-(:meth:`~.service.TelegramBridge._catch_up`), and polls from the saved offset.
+(:meth:`~.service.TelegramBridge._missed_lines`), and polls from the saved offset.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ what the hub hands them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ChatError, NameTaken
@@ -55,13 +56,23 @@ class _Mute:
     A private message to it is answered, once per message, saying it cannot
     be delivered (see docs/TELEGRAM.md)."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, own_echo: Callable[[ChatMessage], None]) -> None:
         self.hub = hub
         self.session: Session | None = None
+        #: Told of this session's own room messages sent with a cid (the
+        #: bridge relays each Telegram message with one): the commit, or the
+        #: chat's answer that it holds that cid already.
+        self.own_echo = own_echo
 
     def receive_message(self, message: ChatMessage) -> None:
         me = self.session
-        if me is None or message.room is not None or message.sender == me.name:
+        if me is None:
+            return
+        if message.room is not None:
+            if message.cid is not None and message.sender == me.name:
+                self.own_echo(message)
+            return
+        if message.sender == me.name:
             return
         sender = self.hub.find(message.sender)
         if sender is None or isinstance(sender.participant, _Mute):
@@ -127,7 +138,7 @@ class HubSide(BridgeCore):
             if user.idle.active():
                 user.idle.cancel()
             self._logout(user.session)
-        mute = _Mute(self.hub)
+        mute = _Mute(self.hub, self._own_echo)
         session = mute.session = self._login(mute, base, [group.room])
         idle = self.reactor.callLater(self.config.idle_timeout, self._expire, key)
         self.tg_users[key] = _TgUser(base, session, idle)
