@@ -158,7 +158,9 @@ class Options(TelegramOptions, usage.Options):
         url = self["cluster"]
         if url is None:
             return
-        from .bus.redis import parse_url
+        # Not from .bus.redis: txredisapi installs the default reactor on
+        # import, and the Telegram bridge needs asyncio's (check_runtime).
+        from .bus import parse_url
         from .storage import is_postgres
 
         try:

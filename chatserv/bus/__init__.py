@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 
 class BusUnavailable(Exception):
@@ -78,3 +79,25 @@ class Bus(Protocol):
 
     def smembers(self, key: str) -> Any:
         """Fires with a set."""
+
+
+def parse_url(url: str) -> tuple[str, int, int, str | None]:
+    """``redis://[:password@]host[:port][/db]`` -> (host, port, db, password);
+    ValueError with a sentence for anything else.
+
+    Here, not in :mod:`.redis`: importing txredisapi installs the default
+    reactor, and the options check the URL before the reactor is chosen
+    (the Telegram bridge installs asyncio's when twistd is given no ``-r``)."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"{url!r} is not a redis://host:port/db URL")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} names no host")
+    path = parts.path.strip("/")
+    try:
+        db = int(path) if path else 0
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{url!r}: the port and the database must be numbers") from None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, port, db, password

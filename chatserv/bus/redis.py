@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
@@ -27,7 +26,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 
 from ..logs import Logger
-from . import BusUnavailable
+from . import BusUnavailable, parse_url  # parse_url: kept there, see its docstring
 
 log = Logger()
 
@@ -43,24 +42,6 @@ _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def parse_url(url: str) -> tuple[str, int, int, str | None]:
-    """``redis://[:password@]host[:port][/db]`` -> (host, port, db, password);
-    ValueError with a sentence for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"{url!r} is not a redis://host:port/db URL")
-    if not parts.hostname:
-        raise ValueError(f"{url!r} names no host")
-    path = parts.path.strip("/")
-    try:
-        db = int(path) if path else 0
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"{url!r}: the port and the database must be numbers") from None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, db, password
 
 
 class _Factory(Factory):
