@@ -3,7 +3,8 @@ answers to ``/users`` and to private chats with the bot)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -41,6 +42,9 @@ class _Relayed:
     tg_msg: int
     #: The id the hub gave it; None when the hub recognised its cid at once.
     chat_id: int | None = None
+    #: Updates later in the batch that refer to it (replies, edits), waiting
+    #: for its commit to learn which chat message it is.
+    waiters: list[Deferred[None]] = field(default_factory=list)
 
 
 def _is_topic_root(message: Any) -> bool:
@@ -63,6 +67,7 @@ class InboundRelay(BridgeCore):
             log.info("Telegram restarted its update numbering at {id}", id=uid)
         else:
             self._catching_up = False
+        await self._original_committed(update)
         try:
             self._relay_update(update)
         finally:
@@ -70,6 +75,26 @@ class InboundRelay(BridgeCore):
             # the bridge must not come back after every restart. Written
             # with the end of the batch, once the chat has committed it.
             self.state.set_offset(uid, force=True, write=False)
+
+    async def _original_committed(self, update: Any) -> None:
+        """If *update* replies to (or edits) a message relayed earlier in
+        this batch, wait for that one's commit: relayed before, the chat
+        holds it under the id it had then, which the commit tells."""
+        msg = update.message or update.edited_message
+        if msg is None:
+            return
+        original = msg if update.message is None else msg.reply_to_message
+        relayed = self._relayed.get(relay_cid(msg.chat.id, original.message_id)) if original else None
+        if relayed is None:
+            return
+        d: Deferred[None] = Deferred()
+        relayed.waiters.append(d)
+        d.addTimeout(self.config.http_timeout, self.reactor)
+        try:
+            # PTB's handler is an asyncio task: the Deferred is awaited as a Future.
+            await d.asFuture(asyncio.get_running_loop())
+        except Exception:
+            pass  # not committed in time: _committed says so
 
     async def _on_handler_error(self, update: Any, context: Any) -> None:
         log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))
@@ -328,6 +353,9 @@ class InboundRelay(BridgeCore):
             if relayed.chat_id is not None:
                 ref = Ref(stored.id, stored.sender, excerpt(stored.text), self.run)
                 self.state.map_add(relayed.tg_chat, relayed.tg_msg, [ref])
+        for waiter in relayed.waiters:
+            if not waiter.called:
+                waiter.callback(None)
         if not self._relayed and self._all_committed is not None and not self._all_committed.called:
             self._all_committed.callback(None)
 
