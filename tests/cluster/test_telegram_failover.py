@@ -169,6 +169,11 @@ async def test_telegram_leader_failover_between_real_nodes(
     )
     assert relayed == ["u1", "u2", *fed]
     assert fake.group_lines() == [f"Ana: {line}" for line in said]
+    # The dead node's sessions were reaped (5-7 s) before the new leader
+    # logged its own in under the same names (10 s): each is there once.
+    ana.send(cmd="users")
+    users = await ana.expect("users")
+    assert sorted(users["list"]) == ["Ana", "Luis (TG)", "Telegram (TG)"], users
     ana.close()
     first.proc.send_signal(signal.SIGTERM)
     await until(lambda: first.proc.poll() is not None, 20, "the last node's exit")
