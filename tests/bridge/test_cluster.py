@@ -3,8 +3,9 @@ at a time by a lease in the real Redis, the state in the real PostgreSQL,
 the real python-telegram-bot against the fake Bot API.
 
 The nodes are ClusteredBridge services on one chat server's hub: the hub
-stands for a cluster whose bus delivers everything (what rcluster builds);
-what is tested here is the hand-over between bridges. The takeover times
+stands for a cluster whose bus delivers everything; what is tested here is
+the hand-over between bridges, with deaths placed where real processes
+cannot place them (tests/cluster/test_telegram_failover.py runs real nodes). The takeover times
 are printed (``pytest -s``), not asserted: the fake-clock tests in
 test_lease.py bound them.
 """
