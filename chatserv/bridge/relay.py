@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout  # what addTimeout raises
 
 from ..events import ChatMessage
 from ..logs import Logger
@@ -318,7 +319,7 @@ class InboundRelay(BridgeCore):
         d.addTimeout(self.config.http_timeout, self.reactor)
         try:
             await d
-        except (TimeoutError, CancelledError):
+        except (TimeoutError, DeferredTimeout, CancelledError):
             log.warn("{n} messages relayed from Telegram were not committed in time", n=len(self._relayed))
         finally:
             self._all_committed = None
@@ -332,9 +333,9 @@ class InboundRelay(BridgeCore):
             self._relay_done(cid, message)
 
     def _own_echo(self, message: ChatMessage) -> None:
-        """A Telegram user's session got its own room message with a cid
-        back: committed, or, when the chat held that cid already, the
-        message stored before (confirmed again, nothing stored)."""
+        """A Telegram user's session got its own room message back (the hub's
+        ``receive_own``): committed, or, when the chat held its cid already,
+        the message stored then (confirmed again, nothing stored)."""
         if message.cid is not None and message.cid in self._relayed:
             self._relay_done(message.cid, message)
 

@@ -41,7 +41,7 @@ class _Listener:
         self.bridge._chat_message(message)
 
     def receive_own(self, message: ChatMessage) -> None:
-        pass  # the bridge sends no cid
+        pass  # the bridge's own session sends no cid (Telegram users' sessions do)
 
     def receive_presence(self, change: PresenceChange) -> None:
         self.bridge._chat_presence(change)
@@ -62,20 +62,14 @@ class _Mute:
     def __init__(self, hub: Hub, own_echo: Callable[[ChatMessage], None]) -> None:
         self.hub = hub
         self.session: Session | None = None
-        #: Told of this session's own room messages sent with a cid (the
-        #: bridge relays each Telegram message with one): the commit, or the
-        #: chat's answer that it holds that cid already.
+        #: Told of this session's own room messages (the bridge relays each
+        #: Telegram message with a cid): committed, or, for a cid the chat
+        #: held already, the message stored then.
         self.own_echo = own_echo
 
     def receive_message(self, message: ChatMessage) -> None:
         me = self.session
-        if me is None:
-            return
-        if message.room is not None:
-            if message.cid is not None and message.sender == me.name:
-                self.own_echo(message)
-            return
-        if message.sender == me.name:
+        if me is None or message.room is not None or message.sender == me.name:
             return
         sender = self.hub.find(message.sender)
         if sender is None or isinstance(sender.participant, _Mute):
@@ -86,7 +80,8 @@ class _Mute:
             pass
 
     def receive_own(self, message: ChatMessage) -> None:
-        pass  # the bridge sends no cid
+        if message.room is not None:
+            self.own_echo(message)
 
     def receive_presence(self, change: PresenceChange) -> None:
         pass
