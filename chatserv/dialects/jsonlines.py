@@ -192,7 +192,7 @@ class JsonDialect(Dialect):
                 # no query, and no pause in reading the connection.
                 identity = accounts.guest_now(user)
                 if identity is not None:
-                    self._login_as(identity, features)
+                    self._claim_then(identity, lambda identity: self._login_as(identity, features))
                     return
                 d = accounts.admit_guest(user)
             else:
