@@ -13,8 +13,17 @@ pytestmark = pytest.mark.slow
 
 
 async def start_all(*nodes):
-    """Start the node processes side by side (each takes a second or so)."""
+    """Start the node processes side by side (each takes a second or so),
+    and wait until each has joined the cluster through Redis (a node that
+    listens before that refuses logins with server_busy)."""
     await gatherResults([Deferred.fromCoroutine(node.start()) for node in nodes])
+    for node in nodes:
+        for _ in range(200):  # bounded: 10 s
+            if "joined through Redis" in node.log.read_text():
+                break
+            await sleep(0.05)
+        else:
+            raise AssertionError(f"a node never joined the cluster:\n{node.log.read_text()}")
 
 
 async def online(node, name, features=("sent", "presence")):
