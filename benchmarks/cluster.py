@@ -420,11 +420,11 @@ async def one_config(dep: Deployment, *, clients: int, senders: int, deliveries:
                                       deliveries=deliveries, duration=duration, probes=probes,
                                       pad=pad, log=log)
     if storm_clients:
-        await asyncio.sleep(1.0)  # the fan-out clients' leaving is pushed out first
+        await asyncio.sleep(0.5)  # the fan-out clients' leaving is pushed out first
         dep.refresh(target)
         out["storm"] = await storm(target, clients=storm_clients, timeout=storm_timeout, log=log)
     if failover_users and dep.config == "cluster" and len(dep.nodes) > 1:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
         out["failover"] = await failover(dep, target, users=failover_users, limit=30.0, log=log)
     return out
 
