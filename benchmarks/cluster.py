@@ -270,6 +270,27 @@ def wait_joined(srv: Server, timeout: float = JOIN_TIMEOUT) -> None:
     raise RuntimeError(f"node on port {srv.port} did not join the cluster:\n{srv.log_tail()}")
 
 
+# Log lines of a node that say the cluster misbehaved under the load (it was
+# taken for dead, lost Redis, or refused a name for want of it).
+WARN_MARKS = ("taken for dead", "gone quiet", "could not reserve", "lost", "Traceback", "used up",
+              "reaped", "Unhandled", "held on node")
+
+
+def node_warnings(dep: Deployment, keep: int = 5) -> dict[str, Any]:
+    """Per node: how many warning lines its log has, and the first few."""
+    out: dict[str, Any] = {}
+    for i, n in enumerate(dep.nodes):
+        logf = n.workdir / "twistd.log"
+        try:
+            lines = logf.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [ln[:200] for ln in lines if any(m in ln for m in WARN_MARKS)]
+        if hits:
+            out[f"node{i}"] = {"count": len(hits), "first": hits[:keep]}
+    return out
+
+
 def spread_indices(clients: list[Any], count: int, nodes: int) -> list[int]:
     """``count`` client indices, as many on each node as can be, each node's
     spread over its clients' join order."""
@@ -382,15 +403,17 @@ async def failover(dep: Deployment, target: Target, *, users: int, limit: float,
                    log: Log) -> dict[str, Any]:
     """SIGKILL the last node with ``users`` logged in on it: how long until
     a client on the first node sees all of them gone from the room."""
-    loop = asyncio.get_running_loop()
-    _, watch = await loop.create_connection(lambda: Watcher("watcher"), "127.0.0.1",
-                                            dep.nodes[0].port)
-    assert isinstance(watch, Watcher)
-    await asyncio.wait_for(watch.logged, 20)
+    t0 = time.monotonic()
+    watch = await login_watcher(dep.nodes[0].port, "watcher", 30.0)
+    busy = time.monotonic() - t0
+    if watch is None:
+        return {"error": "the watcher could not log in within 30 s (server_busy?)"}
     victim = dep.nodes[-1]
     doomed = Target(peer="chatserv", port=victim.port, pid=victim.pid, irc=False)
     cl, login = await connect_clients(doomed, users, start=200000, concurrency=64)
     names = {c.name for c in cl}
+    if not names:
+        return {"error": "no user could log in on the node to kill", "login": login}
     seen = await watch.until(lambda m: names <= m, 20)
     if not seen:
         await close_all(cl)
@@ -406,7 +429,26 @@ async def failover(dep: Deployment, target: Target, *, users: int, limit: float,
         watch.transport.close()
     log(f"  failover: {len(names)} users of the killed node gone from presence "
         f"{took:.2f} s after SIGKILL" if gone else f"  failover: still present after {limit} s")
-    return {"users": len(names), "gone_s": round(took, 2) if gone else None, "limit_s": limit}
+    return {"users": len(names), "gone_s": round(took, 2) if gone else None, "limit_s": limit,
+            "watcher_login_s": round(busy, 2)}
+
+
+async def login_watcher(port: int, name: str, limit: float) -> Watcher | None:
+    """A logged-in Watcher; a node that answers server_busy (it lost Redis
+    for a moment, e.g. right after a login storm) is asked again."""
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:  # bounded
+        _, watch = await loop.create_connection(lambda: Watcher(name), "127.0.0.1", port)
+        assert isinstance(watch, Watcher)
+        try:
+            await asyncio.wait_for(watch.logged, max(0.1, deadline - time.monotonic()))
+            return watch
+        except (ConnectionError, TimeoutError):
+            if watch.transport is not None:
+                watch.transport.close()
+            await asyncio.sleep(0.5)
+    return None
 
 
 async def one_config(dep: Deployment, *, clients: int, senders: int, deliveries: float,
@@ -416,16 +458,28 @@ async def one_config(dep: Deployment, *, clients: int, senders: int, deliveries:
     target = dep.target()
     target.server_core, target.gen_core = server_core, gen_core
     out: dict[str, Any] = {"config": dep.config, "nodes": len(dep.nodes)}
-    out["fanout"] = await fanout_step(target, clients=clients, senders=senders,
-                                      deliveries=deliveries, duration=duration, probes=probes,
-                                      pad=pad, log=log)
+    # A part that fails is reported and the next one still runs.
+    try:
+        out["fanout"] = await fanout_step(target, clients=clients, senders=senders,
+                                          deliveries=deliveries, duration=duration,
+                                          probes=probes, pad=pad, log=log)
+    except (OSError, RuntimeError) as e:
+        out["fanout"] = {"error": f"{type(e).__name__}: {e}"}
     if storm_clients:
         await asyncio.sleep(0.5)  # the fan-out clients' leaving is pushed out first
         dep.refresh(target)
-        out["storm"] = await storm(target, clients=storm_clients, timeout=storm_timeout, log=log)
+        try:
+            out["storm"] = await storm(target, clients=storm_clients, timeout=storm_timeout,
+                                       log=log)
+        except (OSError, RuntimeError) as e:
+            out["storm"] = {"error": f"{type(e).__name__}: {e}"}
     if failover_users and dep.config == "cluster" and len(dep.nodes) > 1:
         await asyncio.sleep(0.5)
-        out["failover"] = await failover(dep, target, users=failover_users, limit=30.0, log=log)
+        try:
+            out["failover"] = await failover(dep, target, users=failover_users, limit=30.0,
+                                             log=log)
+        except (OSError, RuntimeError) as e:
+            out["failover"] = {"error": f"{type(e).__name__}: {e}"}
     return out
 
 
@@ -524,6 +578,9 @@ async def run(*, configs: tuple[str, ...], repeat: int, nodes: int, node_cores: 
                                  and i == len(dep.nodes) - 1)]
                 if dead:
                     res["server_died"] = dep.nodes[dead[0]].log_tail(15)
+                warnings = node_warnings(dep)
+                if warnings:
+                    res["node_warnings"] = warnings
             finally:
                 await asyncio.to_thread(dep.stop)
             res["round"] = i + 1
