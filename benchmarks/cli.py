@@ -267,6 +267,11 @@ def add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storm-timeout", type=float, default=20.0)
     p.add_argument("--failover-users", type=int, default=50,
                    help="users on the node that is SIGKILLed (0: no failover)")
+    p.add_argument("--keep-logs", default="", metavar="DIR",
+                   help="copy every node's log into DIR before its folder is removed")
+    p.add_argument("--telegram", action="store_true",
+                   help="also, once per round: the Telegram bridge's failover (every node "
+                        "bridges to the tests' fake Bot API; the polling one is SIGKILLed)")
 
 
 def cluster_params(a: argparse.Namespace) -> dict[str, Any]:
@@ -285,7 +290,7 @@ def cluster_params(a: argparse.Namespace) -> dict[str, Any]:
         "extra": list(a.chatserv_arg or []), "clients": a.clients, "senders": a.senders,
         "deliveries": a.deliveries, "duration": a.duration, "probes": a.probes, "pad": a.pad,
         "storm_clients": a.storm, "storm_timeout": a.storm_timeout,
-        "failover_users": a.failover_users,
+        "failover_users": a.failover_users, "telegram": a.telegram, "keep_logs": a.keep_logs,
         "gen_core": a.gen_core if a.gen_core >= 0 else None,
     }
 
@@ -364,7 +369,7 @@ def suite_cluster_params(a: argparse.Namespace) -> dict[str, Any]:
     base: dict[str, Any] = {
         "configs": cluster.CONFIGS, "nodes": 2, "node_cores": [core], "redis_core": core,
         "pg_core": core, "extra": list(a.chatserv_arg or []), "senders": 20, "probes": 20,
-        "pad": a.pad, "storm_timeout": 20.0, "failover_users": 50,
+        "pad": a.pad, "storm_timeout": 20.0, "failover_users": 50, "telegram": not a.quick,
         "gen_core": a.gen_core if a.gen_core >= 0 else None,
     }
     if a.quick:

@@ -291,6 +291,19 @@ def node_warnings(dep: Deployment, keep: int = 5) -> dict[str, Any]:
     return out
 
 
+def keep_node_logs(dep: Deployment, into: Path, stem: str) -> list[str]:
+    """Copy the nodes' logs out of their folders (removed when they stop)."""
+    into.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for i, n in enumerate(dep.nodes):
+        src = n.workdir / "twistd.log"
+        if src.exists():
+            dst = into / f"{stem}-node{i}.log"
+            shutil.copyfile(src, dst)
+            kept.append(str(dst))
+    return kept
+
+
 def spread_indices(clients: list[Any], count: int, nodes: int) -> list[int]:
     """``count`` client indices, as many on each node as can be, each node's
     spread over its clients' join order."""
@@ -348,6 +361,7 @@ class Watcher(asyncio.Protocol):
         self.name = name
         self.buf = b""
         self.members: set[str] = set()
+        self.heard: list[str] = []  # texts of room messages, in order
         self.logged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.changed = asyncio.Event()
         self.transport: asyncio.Transport | None = None
@@ -373,6 +387,8 @@ class Watcher(asyncio.Protocol):
                 self.members = set(f.get("list", []))
                 if not self.logged.done():
                     self.logged.set_result(None)
+            elif cmd == "broadcast":
+                self.heard.append(str(f.get("msg")))
             elif cmd == "presence":
                 self.members -= set(f.get("left", []))
                 self.members |= set(f.get("joined", []))
@@ -386,8 +402,11 @@ class Watcher(asyncio.Protocol):
         self.changed.set()
 
     async def until(self, pred: Callable[[set[str]], bool], timeout: float) -> bool:
+        return await self.until_true(lambda: pred(self.members), timeout)
+
+    async def until_true(self, pred: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while not pred(self.members):
+        while not pred():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -395,7 +414,7 @@ class Watcher(asyncio.Protocol):
             try:
                 await asyncio.wait_for(self.changed.wait(), left)
             except TimeoutError:
-                return pred(self.members)
+                return pred()
         return True
 
 
@@ -483,8 +502,8 @@ async def one_config(dep: Deployment, *, clients: int, senders: int, deliveries:
     return out
 
 
-def _median(xs: list[float]) -> float | None:
-    xs = sorted(x for x in xs if x is not None)
+def _median(values: list[Any]) -> float | None:
+    xs = sorted(x for x in values if x is not None)
     if not xs:
         return None
     m = len(xs) // 2
@@ -553,10 +572,20 @@ async def run(*, configs: tuple[str, ...], repeat: int, nodes: int, node_cores: 
               redis_core: int | None, pg_core: int | None, extra: list[str], clients: int,
               senders: int, deliveries: float, duration: float, probes: int, pad: int,
               storm_clients: int, storm_timeout: float, failover_users: int,
-              gen_core: int | None = None, log: Log) -> dict[str, Any]:
+              gen_core: int | None = None, telegram: bool = False, keep_logs: str = "",
+              log: Log) -> dict[str, Any]:
     """Every configuration, ``repeat`` rounds interleaved; the summary."""
     rounds: list[list[dict[str, Any]]] = []
+    tg: list[dict[str, Any]] = []
     for i in range(repeat):
+        if telegram and "cluster" in configs:
+            log(f"== round {i + 1}/{repeat}: Telegram failover")
+            try:
+                tg.append(await telegram_failover(nodes=max(2, nodes), node_cores=node_cores,
+                                                  redis_core=redis_core, extra=extra,
+                                                  limit=40.0, log=log))
+            except (OSError, RuntimeError) as e:
+                tg.append({"error": f"{type(e).__name__}: {e}"})
         rnd: list[dict[str, Any]] = []
         # Each round in a different order, so that no configuration always
         # follows the same one.
@@ -581,9 +610,140 @@ async def run(*, configs: tuple[str, ...], repeat: int, nodes: int, node_cores: 
                 warnings = node_warnings(dep)
                 if warnings:
                     res["node_warnings"] = warnings
+                if keep_logs:
+                    res["logs"] = keep_node_logs(dep, Path(keep_logs), f"r{i + 1}-{config}")
             finally:
                 await asyncio.to_thread(dep.stop)
             res["round"] = i + 1
             rnd.append(res)
         rounds.append(rnd)
-    return {"rounds": rounds, "summary": summarize(rounds)}
+    out: dict[str, Any] = {"rounds": rounds, "summary": summarize(rounds)}
+    if telegram:
+        out["telegram"] = tg
+        out["summary"]["telegram_relayed_s"] = {
+            "median": _median([t.get("relayed_s") for t in tg]),
+            "runs": [t.get("relayed_s") for t in tg], "target": 15.0}
+        out["summary"]["telegram_poll_resumed_s"] = {
+            "median": _median([t.get("poll_resumed_s") for t in tg]),
+            "runs": [t.get("poll_resumed_s") for t in tg], "target": 15.0}
+    return out
+
+
+# The fake Bot API's token and group (tests/bridge/fakebot.py).
+TG_TOKEN = "123456:FAKE-test-token-ABCdefGHIjkl"
+TG_GROUP = -1001234567890
+LEADER_MARK = "now runs the Telegram bridge"
+
+
+class FakeBot:
+    """benchmarks/fakebot_proc.py, driven over its standard input and output."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.polls: list[float] = []  # monotonic times of getUpdates calls seen
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, core: int | None) -> FakeBot:
+        import sys
+
+        root = Path(__file__).resolve().parent.parent
+        cmd = pin_prefix(core) + [sys.executable, "-m", "benchmarks.fakebot_proc"]
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=root, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not line.startswith(b"port "):
+            proc.kill()
+            raise RuntimeError(f"the fake Bot API did not start: {line!r}")
+        return cls(proc, int(line.split()[1]))
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            if line.startswith(b"call getUpdates ok"):
+                self.polls.append(time.monotonic())
+
+    def say(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"say {text}\n".encode())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    async def stop(self) -> None:
+        self._reader.cancel()
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def telegram_failover(*, nodes: int, node_cores: list[int | None],
+                            redis_core: int | None, extra: list[str], limit: float,
+                            log: Log) -> dict[str, Any]:
+    """A cluster whose every node runs the Telegram bridge on the fake Bot
+    API: SIGKILL the node that polls, say something on Telegram at once, and
+    time how long until another node polls again and until the message
+    reaches a chat client on a surviving node."""
+    fake = await FakeBot.start(node_cores[0])
+    tokdir = Path(tempfile.mkdtemp(prefix="bench-tg-"))
+    dep: Deployment | None = None
+    try:
+        (tokdir / "token").write_text(TG_TOKEN)
+        args = [*extra, "--telegram-chat", str(TG_GROUP), "--telegram-api-url", fake.url,
+                "--telegram-token-file", str(tokdir / "token")]
+        dep = await asyncio.to_thread(
+            start_deployment, "cluster", nodes=nodes, node_cores=node_cores,
+            redis_core=redis_core, pg_core=None, extra=args, log=log)
+        leader = await asyncio.to_thread(find_leader, dep, 30.0)
+        if leader is None:
+            return {"error": "no node took the Telegram lease within 30 s"}
+        survivor = dep.nodes[(leader + 1) % len(dep.nodes)]
+        watch = await login_watcher(survivor.port, "tgwatch", 30.0)
+        if watch is None:
+            return {"error": "the watcher could not log in"}
+        fake.say("antes")  # the bridge works before the kill
+        if not await watch.until_true(lambda: "antes" in watch.heard, 20):
+            return {"error": "a Telegram message never reached the chat before the kill"}
+        dep.nodes[leader].proc.kill()
+        killed = time.monotonic()
+        fake.say("despues")
+        dep.nodes[leader].proc.wait(10)
+        relayed = await watch.until_true(lambda: "despues" in watch.heard, limit)
+        took = time.monotonic() - killed
+        # A poll the killed leader sent just before the kill may be reported
+        # a few ms after it: the first one 50 ms after the kill is the new leader's.
+        polled = next((t - killed for t in fake.polls if t > killed + 0.05), None)
+        if watch.transport is not None:
+            watch.transport.close()
+        dup = watch.heard.count("despues") + watch.heard.count("antes")
+        log(f"  telegram: another node polled {polled if polled is None else round(polled, 2)} s "
+            f"after SIGKILL of the leader; the update said at the kill reached the chat "
+            + (f"{took:.2f} s after it" if relayed else f"not within {limit} s"))
+        return {"poll_resumed_s": round(polled, 2) if polled is not None else None,
+                "relayed_s": round(took, 2) if relayed else None, "limit_s": limit,
+                "relayed_twice": dup > 2}
+    finally:
+        if dep is not None:
+            await asyncio.to_thread(dep.stop)
+        await fake.stop()
+        shutil.rmtree(tokdir, ignore_errors=True)
+
+
+def find_leader(dep: Deployment, timeout: float) -> int | None:
+    """The index of the node whose log says it runs the Telegram bridge."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # bounded
+        for i, n in enumerate(dep.nodes):
+            logf = n.workdir / "twistd.log"
+            if logf.exists() and LEADER_MARK in logf.read_text(errors="replace"):
+                return i
+        time.sleep(0.1)
+    return None

@@ -268,6 +268,8 @@ def cluster_lines(res: dict[str, Any]) -> list[str]:
     ratio("p99_cross_ratio", "p99, cluster (cross-node deliveries) / lone node")
     ratio("storm_all_logged_in_s", "login storm over the nodes, all logged in after (s)")
     ratio("failover_gone_s", "SIGKILL of a node until its users left presence (s)")
+    ratio("telegram_poll_resumed_s", "SIGKILL of the Telegram leader until another node polls (s)")
+    ratio("telegram_relayed_s", "... until an update said at the kill reached the chat (s)")
     return lines
 
 
@@ -331,4 +333,6 @@ def cluster_markdown(res: dict[str, Any]) -> list[str]:
     ratio("cost_ratio_with_pg", "the same with PostgreSQL's backends on both sides")
     ratio("p99_cross_ratio", "cluster cross-node p99 / lone node p99")
     ratio("failover_gone_s", "SIGKILL of a node until its users left presence, s")
+    ratio("telegram_poll_resumed_s", "SIGKILL of the node polling Telegram until another polls, s")
+    ratio("telegram_relayed_s", "... until an update said at the kill reached the chat, s")
     return lines
