@@ -229,7 +229,7 @@ class Deployment:
 
 def start_deployment(config: str, *, nodes: int, node_cores: list[int | None],
                      redis_core: int | None, pg_core: int | None, extra: list[str],
-                     log: Log) -> Deployment:
+                     log: Log, reactor: str | None = None) -> Deployment:
     dep = Deployment(config, pg_core=pg_core)
     try:
         args = list(extra)
@@ -242,7 +242,8 @@ def start_deployment(config: str, *, nodes: int, node_cores: list[int | None],
             args += ["--cluster", dep.redis.url, "--cluster-name", "clbench"]
             count = nodes
         for i in range(count):
-            srv = start_server("chatserv", core=node_cores[i % len(node_cores)], chatserv_args=args)
+            srv = start_server("chatserv", core=node_cores[i % len(node_cores)],
+                               chatserv_args=args, reactor=reactor)
             dep.nodes.append(srv)
         if config == "cluster":
             for srv in dep.nodes:
@@ -701,7 +702,10 @@ async def telegram_failover(*, nodes: int, node_cores: list[int | None],
                 "--telegram-token-file", str(tokdir / "token")]
         dep = await asyncio.to_thread(
             start_deployment, "cluster", nodes=nodes, node_cores=node_cores,
-            redis_core=redis_core, pg_core=None, extra=args, log=log)
+            redis_core=redis_core, pg_core=None, extra=args, log=log,
+            # Without -r, --cluster has installed the default reactor before
+            # the bridge could install asyncio's, and the node stops at start.
+            reactor="asyncio")
         leader = await asyncio.to_thread(find_leader, dep, 30.0)
         if leader is None:
             return {"error": "no node took the Telegram lease within 30 s"}
