@@ -15,6 +15,12 @@ entry points for events that arrive from other nodes:
 * :meth:`~chatserv.hub.Hub.deliver_typing`: somebody types;
 * :meth:`~chatserv.hub.Hub.note_presence`: somebody entered or left a room.
 
+Every message and correction handed to the ``publish_*`` callables is
+committed and carries its stream position (``pos``, chatserv.events); a
+resend of a message already committed (the same ``cid``) never reaches them.
+A node that missed some reads them back in position order with
+``MessageStore.events_after``.
+
 The protocol and the bridge talk to the hub only, so neither changes when
 the cluster does. The hot path pays nothing for the seam: the hub takes the
 ``publish_*`` callables once, and the local ones are the hub's own entry

@@ -85,6 +85,11 @@ class Participant(Protocol):
         """A room message for a room the session is in (its own included), or a
         private message to or from the session."""
 
+    def receive_own(self, message: ChatMessage) -> None:
+        """The session's own message, sent with a ``cid``, is committed: its
+        confirmation (instead of ``receive_message`` for the session that
+        sent it), given again for a resend of the same ``cid``."""
+
     def receive_presence(self, change: PresenceChange) -> None:
         """Membership of a room the session is in has changed. A session that
         has just entered the room finds its own name in ``change.joined``: this
@@ -99,14 +104,20 @@ class Participant(Protocol):
 
 
 class MessageLog(Protocol):
-    """The storage seam: where messages are committed before they are relayed."""
+    """The storage seam: where messages are committed before they are relayed.
+
+    Committing gives every message and correction the next position of the
+    log's stream (``pos``), in commit order; it is set before ``deliver``.
+    """
 
     def append_then(self, message: ChatMessage, deliver: Callable[[ChatMessage], None]) -> None:
         """Commit *message*, then call ``deliver(message)``, in commit order.
 
         A callback rather than a Deferred per message: this is on every
         message's path. A message that cannot be stored is the store's to
-        report, and is never delivered.
+        report, and is never delivered. A message whose sender's ``cid`` is
+        committed already is not committed again: ``deliver`` is called with
+        that original instead (see :meth:`Hub._append_unique`).
         """
 
     def correct_then(self, correction: Correction, deliver: Callable[[Correction], None]) -> None:
@@ -504,11 +515,13 @@ class Hub:
         message already committed stores and relays nothing: the sender is
         confirmed again with the original, which is returned.
         """
-        room = self.member_room(session, room_name)
         if cid is not None:
+            # First: a resend is confirmed even if the sender has left the
+            # room since (it was allowed when the message was committed).
             original = self._repeated(session, cid)
             if original is not None:
                 return original
+        room = self.member_room(session, room_name)
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, room=room.name,
@@ -534,15 +547,15 @@ class Hub:
     ) -> ChatMessage:
         """Send *text* to the online user *to*, and a copy to the sender
         (*cid*: as for :meth:`broadcast`)."""
+        if cid is not None:
+            original = self._repeated(session, cid)  # even if *to* has left since
+            if original is not None:
+                return original
         target = self.find(to) if isinstance(to, str) else None
         # Or online on another node: delivered there, by name.
         shown = target.name if target is not None else self._elsewhere(to)
         if shown is None:
             raise NoSuchUser("not_online", name=to)
-        if cid is not None:
-            original = self._repeated(session, cid)
-            if original is not None:
-                return original
         self._check_backlog(session)
         message = ChatMessage(
             self.ids.take(), self.clock.seconds(), session.name, text, recipient=shown,
@@ -570,7 +583,7 @@ class Hub:
         if remembered is None:
             return None
         original = remembered[0]
-        self._confirm(session, original)
+        self.confirm(session, original)
         return original
 
     def _append_unique(
@@ -586,18 +599,18 @@ class Hub:
             else:
                 # It was a resend of a message committed before (elsewhere,
                 # or before a restart): nothing was stored; confirm that one.
-                self._confirm(session, stored)
+                self.confirm(session, stored)
 
         self.store.append_then(message, committed)
 
-    def _confirm(self, session: Session, original: ChatMessage) -> None:
+    def confirm(self, session: Session, original: ChatMessage) -> None:
         """Tell *session* (if still online) that *original*, its message, is
-        committed, as its own echo (``broadcast`` or ``sent``) told it first."""
+        committed, as its own echo (``broadcast`` or ``sent``) told it first:
+        the answer to a resend of its ``cid`` (the protocol calls it when
+        only storage knew the message)."""
         if self.sessions.get(session.key) is not session:
             return
-        copy = copied(original)
-        copy.from_session = session
-        session.participant.receive_message(copy)
+        session.participant.receive_own(copied(original))
 
     def _remember_cid(self, message: ChatMessage) -> None:
         assert message.sender_key is not None and message.cid is not None
@@ -715,6 +728,10 @@ class Hub:
         message's path, whichever node it was sent on."""
         assert message.room is not None
         room = self.rooms.get(name_key(message.room))
+        # Set only when the sender gave a cid: its echo is its confirmation.
+        own = message.from_session
+        if own is not None:
+            message.from_session = None
         if room is None:
             return
         if room.flush_call is not None:
@@ -723,13 +740,19 @@ class Hub:
         self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
         # A copy: a participant may go offline while it is handed the message.
-        for member in list(room.members.values()):
-            member.participant.receive_message(message)
+        if own is None:
+            for member in list(room.members.values()):
+                member.participant.receive_message(message)
+        else:
+            # Not in the loop above: the common message pays no test per member.
+            for member in list(room.members.values()):
+                if member is own:
+                    member.participant.receive_own(message)
+                else:
+                    member.participant.receive_message(message)
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()
-        if message.from_session is not None:
-            message.from_session = None  # set for the echo of a cid only
 
     def deliver_private(self, message: ChatMessage) -> None:
         """Hand a committed private message to its two ends."""
@@ -738,15 +761,21 @@ class Hub:
         # meanwhile, and the next holder must never read the message (nor its
         # `sent` confirmation).
         recipient, sender = message.to_session, message.from_session
+        message.to_session = message.from_session = None
+        # With a cid, the sender's copy is its confirmation.
+        own = message.cid is not None
         if recipient is not None and self.sessions.get(recipient.key) is recipient:
             self.stats.delivered_private += 1
-            recipient.participant.receive_message(message)
+            if own and recipient is sender:
+                recipient.participant.receive_own(message)
+            else:
+                recipient.participant.receive_message(message)
         if sender is not None and sender is not recipient and self.sessions.get(sender.key) is sender:
             self.stats.delivered_private += 1
-            sender.participant.receive_message(message)
-        # Cleared after the fan-out, not before: the sender's end renders its
-        # own copy (with its cid) by knowing it is from_session.
-        message.to_session = message.from_session = None
+            if own:
+                sender.participant.receive_own(message)
+            else:
+                sender.participant.receive_message(message)
 
     # -- replies and corrections -------------------------------------------
     #

@@ -231,21 +231,17 @@ def own_frame(message: ChatMessage) -> bytes:
 MAX_PAGE_BYTES = 256 * 1024
 
 
-def history_page(
-    head: dict[str, Any], objects: list[dict[str, Any]], more: bool | None = None, oldest: bool = False
-) -> bytes:
+def history_page(head: dict[str, Any], objects: list[dict[str, Any]], more: bool | None = None) -> bytes:
     """A ``history`` frame of *head*'s fields and the newest *objects* (given
     oldest first) that fit in :data:`MAX_PAGE_BYTES`; ``more`` (when not None)
-    is set as well when older items had to be left out. With *oldest* (a
-    page forward, ``after``) the oldest that fit are kept instead, and
-    ``more`` says newer items were left out.
+    is set as well when older items had to be left out.
 
-    Items are encoded one by one, from the end kept, so that a page of large
+    Items are encoded one by one, newest first, so that a page of large
     messages stops at the bound instead of being built whole first.
     """
     parts: list[bytes] = []
     total = 0
-    for obj in objects if oldest else reversed(objects):
+    for obj in reversed(objects):
         item = _dumps(obj).encode("utf-8")
         if parts and total + len(item) + 1 > MAX_PAGE_BYTES:
             if more is not None:
@@ -253,11 +249,39 @@ def history_page(
             break
         parts.append(item)
         total += len(item) + 1
-    if not oldest:
-        parts.reverse()
+    parts.reverse()
     start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
     end = b"}\n" if more is None else (b',"more":true}\n' if more else b',"more":false}\n')
     return b"".join((start, b',"items":[', b",".join(parts), b"]", end))
+
+
+def forward_page(
+    head: dict[str, Any], events: list[tuple[bool, dict[str, Any]]], more: bool
+) -> bytes:
+    """A ``history`` page forward (``after``): *events* in position order,
+    each ``(is_message, object)``, split into ``items`` and ``corrections``.
+    Within :data:`MAX_PAGE_BYTES` the oldest events are kept (at least one),
+    so that the highest ``pos`` of the page is where the next one starts;
+    ``more`` is then set too."""
+    items: list[bytes] = []
+    corrections: list[bytes] = []
+    total = 0
+    for is_message, obj in events:
+        encoded = _dumps(obj).encode("utf-8")
+        if total and total + len(encoded) + 1 > MAX_PAGE_BYTES:
+            more = True
+            break
+        (items if is_message else corrections).append(encoded)
+        total += len(encoded) + 1
+    start = _dumps(head).encode("utf-8")[:-1]  # the object without its closing brace
+    return b"".join(
+        (
+            start,
+            b',"items":[', b",".join(items),
+            b'],"corrections":[', b",".join(corrections),
+            b'],"more":true}\n' if more else b'],"more":false}\n',
+        )
+    )
 
 
 def history_frame(room: str, messages: list[ChatMessage]) -> bytes:
@@ -360,26 +384,32 @@ def typing_frame(typing: Typing) -> bytes:
     return data
 
 
+def correction_object(correction: Correction) -> dict[str, Any]:
+    """The ``edited`` or ``deleted`` frame as an object (also an item of
+    ``corrections`` in a ``history`` page forward)."""
+    clock, iso = _stamps(correction.ts)
+    obj: dict[str, Any] = {
+        "cmd": "deleted" if correction.deleted else "edited",
+        "id": correction.id,
+        "pos": correction.pos,
+        "time": clock,
+        "ts": iso,
+        "from": correction.sender,
+    }
+    if correction.room is not None:
+        obj["room"] = correction.room
+    else:
+        obj["to"] = correction.recipient
+    if correction.text is not None:
+        obj["msg"] = correction.text
+    return obj
+
+
 def correction_frame(correction: Correction) -> bytes:
     """``edited`` or ``deleted``: the same bytes for every recipient."""
     data = correction.wire.get("json")
     if data is None:
-        clock, iso = _stamps(correction.ts)
-        obj: dict[str, Any] = {
-            "cmd": "deleted" if correction.deleted else "edited",
-            "id": correction.id,
-            "pos": correction.pos,
-            "time": clock,
-            "ts": iso,
-            "from": correction.sender,
-        }
-        if correction.room is not None:
-            obj["room"] = correction.room
-        else:
-            obj["to"] = correction.recipient
-        if correction.text is not None:
-            obj["msg"] = correction.text
-        data = correction.wire["json"] = frame(obj)
+        data = correction.wire["json"] = frame(correction_object(correction))
     return data
 
 

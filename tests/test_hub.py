@@ -24,6 +24,9 @@ class Recorder:
     def receive_message(self, message: ChatMessage) -> None:
         self.events.append(("message", message))
 
+    def receive_own(self, message: ChatMessage) -> None:
+        self.events.append(("own", message))
+
     def receive_presence(self, change: PresenceChange) -> None:
         self.events.append(("presence", change))
 

@@ -39,6 +39,9 @@ class _Listener:
     def receive_message(self, message: ChatMessage) -> None:
         self.bridge._chat_message(message)
 
+    def receive_own(self, message: ChatMessage) -> None:
+        pass  # the bridge sends no cid
+
     def receive_presence(self, change: PresenceChange) -> None:
         self.bridge._chat_presence(change)
 
@@ -70,6 +73,9 @@ class _Mute:
             self.hub.private(me, message.sender, NO_PRIVATE)
         except ChatError:
             pass
+
+    def receive_own(self, message: ChatMessage) -> None:
+        pass  # the bridge sends no cid
 
     def receive_presence(self, change: PresenceChange) -> None:
         pass

@@ -4,7 +4,9 @@
 Redis is the doorbell, the database the truth. One message's path::
 
     Hub.broadcast -> MessageLog.append_then       (PostgreSQL commit: pos assigned)
-      RedisCluster._committed                     publish ONE notice (t=m, pos)
+      RedisCluster._committed                     ONE notice (t=m, pos), published with
+                                                  the rest of the commit batch, at the
+                                                  end of the turn: one PUBLISH per batch
         Sequencer.offer                           this node: at once, in pos order
       ... every other node: RedisCluster._heard -> Sequencer.offer
         RedisCluster._deliver -> Hub.deliver_to_room / deliver_private / deliver_correction
@@ -81,6 +83,8 @@ class RedisCluster:
         self.members = Members(bus, name, self.node, self.channel)
         #: The last position this node committed: its heartbeats name it.
         self.committed = position
+        #: Notices of this turn's commits, published together at its end.
+        self._outbox: list[str] = []
         self._hub: Hub | None = None
         self._loops: list[LoopingCall] = []
         self._beat_at: float | None = None
@@ -168,8 +172,17 @@ class RedisCluster:
                 if isinstance(event, ChatMessage)
                 else codec.correction_notice(event, self.node)
             )
-            self.bus.publish(self.channel, notice).addErrback(_ignore)
+            if not self._outbox:
+                # The rest of the commit batch is delivered in this same turn.
+                self.clock.callLater(0, self._send_batch)
+            self._outbox.append(notice)
         self.sequencer.offer(event)
+
+    def _send_batch(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch and self.bus.ready:
+            data = batch[0] if len(batch) == 1 else codec.batch(batch)
+            self.bus.publish(self.channel, data).addErrback(_ignore)
 
     def _deliver(self, event: Any) -> None:
         hub = self._hub
@@ -192,38 +205,41 @@ class RedisCluster:
 
     def _heard(self, data: str) -> None:
         try:
-            notice = codec.decode(data)
-            kind, node = notice["t"], str(notice.get("n"))
-            if kind == "h":
-                if node == self.node:
-                    self._heard_self_at = self.clock.seconds()
-                else:
-                    self.sequencer.heard_of(notice["pos"])
-                    if not self.members.knows(node):  # a node new to us
-                        self._resync_node(node)
-                return
-            if node == self.node:
-                if kind == "g":  # reaped while alive (a long pause): say who we are again
-                    log.warn("this node was taken for dead; announcing it again")
-                    self._reassert()
-                return  # our own notice: delivered already
-            if kind == "m":
-                self.sequencer.offer(codec.decode_message(notice))
-            elif kind == "c":
-                self.sequencer.offer(codec.decode_correction(notice))
-            elif kind == "y":
-                assert self._hub is not None
-                self._hub.deliver_typing(Typing(notice["user"], notice["room"]), notice["key"])
-            elif kind == "p":
-                self.members.remote_change(node, notice["room"], notice.get("j"), notice.get("l"))
-            elif kind == "s":
-                self._resync_node(node)
-            elif kind == "g":
-                self.members.node_gone(node)
-                # What it committed last may have had no notice: read it.
-                self.sequencer.catch_up()
+            for notice in codec.decode(data):
+                self._notice(notice)
         except Exception:
             log.failure("a bad notice on {channel}: {data!r}", channel=self.channel, data=data[:200])
+
+    def _notice(self, notice: dict[str, Any]) -> None:
+        kind, node = notice["t"], str(notice.get("n"))
+        if kind == "h":
+            if node == self.node:
+                self._heard_self_at = self.clock.seconds()
+            else:
+                self.sequencer.heard_of(notice["pos"])
+                if not self.members.knows(node):  # a node new to us
+                    self._resync_node(node)
+            return
+        if node == self.node:
+            if kind == "g":  # reaped while alive (a long pause): say who we are again
+                log.warn("this node was taken for dead; announcing it again")
+                self._reassert()
+            return  # our own notice: delivered already
+        if kind == "m":
+            self.sequencer.offer(codec.decode_message(notice))
+        elif kind == "c":
+            self.sequencer.offer(codec.decode_correction(notice))
+        elif kind == "y":
+            assert self._hub is not None
+            self._hub.deliver_typing(Typing(notice["user"], notice["room"]), notice["key"])
+        elif kind == "p":
+            self.members.remote_change(node, notice["room"], notice.get("j"), notice.get("l"))
+        elif kind == "s":
+            self._resync_node(node)
+        elif kind == "g":
+            self.members.node_gone(node)
+            # What it committed last may have had no notice: read it.
+            self.sequencer.catch_up()
 
     # -- the Cluster protocol -------------------------------------------------------
 

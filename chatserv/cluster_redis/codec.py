@@ -10,7 +10,8 @@
 * ``s``: node ``node`` has written its members whole (after a reconnect): read them;
 * ``g``: node ``node`` is gone (reaped), with all its members and names.
 
-Events are encoded once per notice, never per recipient.
+Events are encoded once per notice, never per recipient; the notices of
+one commit batch travel in one publication, as a JSON array.
 """
 
 from __future__ import annotations
@@ -96,8 +97,16 @@ def gone_notice(node: str) -> str:
     return _dumps({"t": "g", "n": node})  # type: ignore[no-any-return]
 
 
-def decode(data: str) -> dict[str, Any]:
-    notice = json.loads(data)
-    if not isinstance(notice, dict) or "t" not in notice:
-        raise ValueError("not a notice")
-    return notice
+def batch(notices: list[str]) -> str:
+    """Several encoded notices as one publication."""
+    return "[" + ",".join(notices) + "]"
+
+
+def decode(data: str) -> list[dict[str, Any]]:
+    """The notices of one publication."""
+    found = json.loads(data)
+    notices = found if isinstance(found, list) else [found]
+    for notice in notices:
+        if not isinstance(notice, dict) or "t" not in notice:
+            raise ValueError("not a notice")
+    return notices

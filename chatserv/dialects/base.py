@@ -92,6 +92,10 @@ class Dialect:
     def receive_message(self, message: ChatMessage) -> None:
         raise NotImplementedError
 
+    def receive_own(self, message: ChatMessage) -> None:
+        # Only JSON clients send a cid; any other reads it as any message.
+        self.receive_message(message)
+
     def receive_presence(self, change: PresenceChange) -> None:
         raise NotImplementedError
 

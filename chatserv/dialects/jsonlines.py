@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import conversation, wire
 from ..accounts import Identity
 from ..addresses import host
-from ..errors import AuthFailed, ChatError, InvalidName, NameTaken
+from ..errors import AuthFailed, ChatError, InvalidName, NameTaken, NoSuchUser, NotInRoom
 from ..events import ChatMessage, Correction, PresenceChange, Typing
 from ..hub import GENERAL, ROOMS_PAGE
 from ..names import BadName, check_name
@@ -131,10 +131,6 @@ class JsonDialect(Dialect):
     # -- hub events (Participant) -------------------------------------------
 
     def receive_message(self, message: ChatMessage) -> None:
-        if message.cid is not None and message.from_session is self.connection.session:
-            # This session sent it with a cid: its confirmation carries it.
-            self.send(wire.own_frame(message))
-            return
         if message.room is not None:
             self.send(wire.broadcast_frame(message))
             return
@@ -144,6 +140,9 @@ class JsonDialect(Dialect):
             self.send(wire.private_frame(message))
         elif "sent" in self.features:
             self.send(wire.sent_frame(message))
+
+    def receive_own(self, message: ChatMessage) -> None:
+        self.send(wire.own_frame(message))  # the echo or `sent`, with its cid
 
     def receive_presence(self, change: PresenceChange) -> None:
         session = self.connection.session
@@ -218,10 +217,14 @@ class JsonDialect(Dialect):
         assert session is not None
         text = _text(frame, "msg")
         cid = _cid(frame)
+        room = _optional_text(frame, "room")
         if frame.get("reply_to") is not None:
-            self._reply(frame, text, "broadcast", room=_optional_text(frame, "room"), cid=cid)
+            self._reply(frame, text, "broadcast", room=room, cid=cid)
             return
-        self.factory.hub.broadcast(session, text, _optional_text(frame, "room"), cid=cid)
+        try:
+            self.factory.hub.broadcast(session, text, room, cid=cid)
+        except NotInRoom as refusal:
+            self._resent(cid, refusal, "broadcast")
 
     def _cmd_message(self, frame: dict[str, Any]) -> None:
         session = self.connection.session
@@ -232,7 +235,26 @@ class JsonDialect(Dialect):
         if frame.get("reply_to") is not None:
             self._reply(frame, text, "message", to=to, cid=cid)
             return
-        self.factory.hub.private(session, to, text, cid=cid)
+        try:
+            self.factory.hub.private(session, to, text, cid=cid)
+        except NoSuchUser as refusal:
+            self._resent(cid, refusal, "message")
+
+    def _resent(self, cid: str | None, refusal: ChatError, ref: str) -> None:
+        """*refusal* of a message that may be a resend the hub no longer
+        remembers (another server took the first, or a restart came between):
+        if storage has the sender's *cid*, confirm that message instead."""
+        store, session = self.factory.history, self.connection.session
+        if cid is None or store is None:
+            raise refusal
+        assert session is not None
+
+        def answer(original: ChatMessage | None) -> None:
+            if original is None:
+                raise refusal
+            self.factory.hub.confirm(session, original)
+
+        self.connection._hold(store.message_by_cid(session.sender_key, cid), answer, ref)
 
     def _cmd_edit(self, frame: dict[str, Any]) -> None:
         wanted = conversation.message_id(frame, "id")

@@ -5,8 +5,9 @@ a room the session is in; ``{"cmd": "history", "with": U, ...}`` through the
 session's private conversation with U. Both answer one ``history`` frame,
 oldest item first, with ``more`` telling whether older messages exist.
 With ``after: POS`` instead of ``before`` a page goes forward in the stream
-(the messages committed after position POS, oldest first; ``more``: newer
-ones remain): how a client that reconnects catches up.
+(the messages committed after position POS, oldest first, and the
+corrections since of the messages before it; ``more``: newer ones remain):
+how a client that reconnects catches up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from .. import wire
 from ..errors import ChatError, InvalidName
-from ..events import ChatMessage
+from ..events import ChatMessage, Correction
 from ..hub import Hub, Session
 from ..names import MAX_NAME_LENGTH, BadName, check_name
 from ..storage import MAX_PAGE
@@ -74,7 +75,7 @@ def history(
         if store is None:
             return succeed(wire.frame({**answer, "items": [], "more": False}))
         if after is not None:
-            d = store.private_after(session.name, peer, after, limit + 1, since)
+            d = store.private_events_after(session.name, peer, after, limit + 1, since)
             return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.private_object))
         # Fetch one more than asked to learn whether there is an older page.
         d = store.private_page(session.name, peer, before, limit + 1, since)
@@ -86,9 +87,10 @@ def history(
     answer = {"cmd": "history", "room": room.name}
     if after is not None:
         if store is None:
-            window = [m for m in room.history if m.pos > after]
-            return succeed(_encode_after(answer, window[: limit + 1], limit, wire.message_object))
-        d = store.room_after(room.name, after, limit + 1)
+            # Without a database only the window is known (and no corrections).
+            forward: list[ChatMessage | Correction] = [m for m in room.history if m.pos > after]
+            return succeed(_encode_after(answer, forward[: limit + 1], limit, wire.message_object))
+        d = store.room_events_after(room.name, after, limit + 1)
         return d.addCallback(lambda found: _encode_after(answer, found, limit, wire.message_object))
     if store is None:
         window = [m for m in room.history if before is None or m.id < before]
@@ -119,10 +121,17 @@ def _encode(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: 
     return wire.history_page(answer, [item(m) for m in page], more)
 
 
-def _encode_after(answer: dict[str, Any], found: list[ChatMessage], limit: int, item: Any) -> bytes:
-    """A page forward: the oldest *limit* of *found*; ``more`` when newer remain."""
+def _encode_after(
+    answer: dict[str, Any], found: list[ChatMessage | Correction], limit: int, item: Any
+) -> bytes:
+    """A page forward: the oldest *limit* events of *found* (messages as
+    *item* renders them, corrections as their frames); ``more`` when newer remain."""
     more = len(found) > limit
-    return wire.history_page(answer, [item(m) for m in found[:limit]], more, oldest=True)
+    events = [
+        (True, item(e)) if isinstance(e, ChatMessage) else (False, wire.correction_object(e))
+        for e in found[:limit]
+    ]
+    return wire.forward_page(answer, events, more)
 
 
 def needs_loading(hub: Hub, store: Any, room_name: object) -> bool:

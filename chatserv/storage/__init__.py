@@ -55,6 +55,9 @@ class MessageStore(Protocol):
     def message(self, message_id: int) -> Deferred[ChatMessage | None]:
         """Message *message_id* as it reads now (edits applied), or None."""
 
+    def message_by_cid(self, sender_key: str, cid: str) -> Deferred[ChatMessage | None]:
+        """The stored message its sender (``Session.sender_key``) sent as *cid*, or None."""
+
     def congested(self) -> bool:
         """True while the text of messages waiting to be committed passes
         :data:`chatserv.storage.store.MAX_BACKLOG` (see the hub's MessageLog)."""
@@ -82,6 +85,18 @@ class MessageStore(Protocol):
     def private_after(
         self, a: str, b: str, after: int, limit: int, since: float = 0.0
     ) -> Deferred[list[ChatMessage]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+
+    def room_events_after(
+        self, room: str, after: int, limit: int
+    ) -> Deferred[list[ChatMessage | Correction]]:
+        """A client's catch-up of *room* from position *after*: up to *limit*
+        events in position order, its messages above *after* and the
+        corrections above it of its messages at or below it."""
+
+    def private_events_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage | Correction]]:
         """The same for the private conversation between *a* and *b*, from *since* on."""
 
     def events_after(self, pos: int, limit: int) -> Deferred[list[ChatMessage | Correction]]:

@@ -116,6 +116,24 @@ def _message(row: Sequence[Any]) -> ChatMessage:
     return message
 
 
+def _correction(row: Sequence[Any]) -> Correction:
+    id_, ts, sender, body, room, recipient, pos = row
+    return Correction(
+        int(id_), float(ts), sender, None if body is None else _text(body), room=room,
+        recipient=recipient, pos=int(pos),
+    )
+
+
+#: Corrections with what they need of their messages (see _correction);
+#: the caller adds ``AND`` terms that bound ``e.pos``. CROSS JOIN makes
+#: SQLite walk the corrections by position (few) and look their messages up
+#: by id, rather than walk a whole room's messages looking for corrections;
+#: PostgreSQL plans it as any join.
+_SELECT_EDITS = (
+    "SELECT e.message_id, e.ts, m.sender, e.body, m.room, m.recipient, e.pos"
+    " FROM message_edits e CROSS JOIN messages m WHERE m.id = e.message_id"
+)
+
 _SELECT = (
     "SELECT id, ts, sender, room, recipient, body, extra, edited_body, edited_ts, deleted_ts,"
     " pos, cid, sender_key FROM messages"
@@ -380,6 +398,13 @@ class Engine:
         body = self._body
         return [_row(m, body(m.text)) for m in messages]
 
+    def message_by_cid(self, sender_key: str, cid: str) -> ChatMessage | None:
+        """The stored message its sender (*sender_key*) sent as *cid*, or None."""
+        row = self._call(
+            lambda: self._execute(f"{_SELECT} WHERE cid = ? AND sender_key = ?", (cid, sender_key)).fetchone()
+        )
+        return None if row is None else _message(row)
+
     # -- the stream -----------------------------------------------------------
 
     def position(self) -> int:
@@ -404,22 +429,14 @@ class Engine:
                 f"{_SELECT} WHERE pos > ? AND pos <= ? ORDER BY pos LIMIT ?", (pos, last, limit)
             )
             edits = self._fetchall(
-                "SELECT e.message_id, e.ts, m.sender, e.body, m.room, m.recipient, e.pos"
-                " FROM message_edits e JOIN messages m ON m.id = e.message_id"
-                " WHERE e.pos > ? AND e.pos <= ? ORDER BY e.pos LIMIT ?",
+                f"{_SELECT_EDITS} AND e.pos > ? AND e.pos <= ? ORDER BY e.pos LIMIT ?",
                 (pos, last, limit),
             )
             return messages, edits
 
         message_rows, edit_rows = self._call(read)
         events: list[ChatMessage | Correction] = [_message(row) for row in message_rows]
-        for id_, ts, sender, body, room, recipient, edit_pos in edit_rows:
-            events.append(
-                Correction(
-                    int(id_), float(ts), sender, None if body is None else _text(body), room=room,
-                    recipient=recipient, pos=int(edit_pos),
-                )
-            )
+        events += [_correction(row) for row in edit_rows]
         events.sort(key=lambda event: event.pos)
         return events[:limit]
 
@@ -444,6 +461,44 @@ class Engine:
             )
         )
         return [_message(row) for row in rows]
+
+    def room_events_after(self, room: str, after: int, limit: int) -> list[ChatMessage | Correction]:
+        """A client's catch-up of *room* from position *after*: up to *limit*
+        events in position order, the room's messages above *after* (as they
+        read now) and the corrections above it of its messages at or below
+        it (the ones the client has and has not seen corrected)."""
+        return self._conversation_after("m.room_key = ?", (name_key(room),), after, limit)
+
+    def private_events_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> list[ChatMessage | Correction]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+        where = "m.conversation = ? AND m.ts >= ?"
+        return self._conversation_after(where, (conversation_key(a, b), since), after, limit)
+
+    def _conversation_after(
+        self, where: str, params: tuple[Any, ...], after: int, limit: int
+    ) -> list[ChatMessage | Correction]:
+        # Bounded by the counter read first, as events_after is: a message
+        # committed between the two queries must not be skipped by a client
+        # that pages on from a later correction.
+        message_sql = f"{_SELECT} m WHERE {where} AND m.pos > ? AND m.pos <= ? ORDER BY m.pos LIMIT ?"
+        edit_sql = (
+            f"{_SELECT_EDITS} AND {where} AND e.pos > ? AND e.pos <= ? AND m.pos <= ?"
+            " ORDER BY e.pos LIMIT ?"
+        )
+
+        def read() -> tuple[list[Any], list[Any]]:
+            last = self._position()
+            messages = self._fetchall(message_sql, (*params, after, last, limit))
+            edits = self._fetchall(edit_sql, (*params, after, last, after, limit))
+            return messages, edits
+
+        message_rows, edit_rows = self._call(read)
+        events: list[ChatMessage | Correction] = [_message(row) for row in message_rows]
+        events += [_correction(row) for row in edit_rows]
+        events.sort(key=lambda event: event.pos)
+        return events[:limit]
 
     def _number_positions(self) -> None:
         """Migration 6: give every stored message and correction its place

@@ -296,6 +296,10 @@ class ThreadedStore:
         """Message *message_id* as it reads now (edits applied), or None."""
         return self._read(self.reader.message, message_id)
 
+    def message_by_cid(self, sender_key: str, cid: str) -> Deferred[ChatMessage | None]:
+        """The stored message its sender sent as *cid*, or None."""
+        return self._read(self.reader.message_by_cid, sender_key, cid)
+
     def congested(self) -> bool:
         return self._commits.weight > self.max_backlog
 
@@ -370,6 +374,18 @@ class ThreadedStore:
     ) -> Deferred[list[ChatMessage]]:
         """The same for the private conversation between *a* and *b*, from *since* on."""
         return self._read(self.reader.private_after, a, b, after, limit, since)
+
+    def room_events_after(
+        self, room: str, after: int, limit: int
+    ) -> Deferred[list[ChatMessage | Correction]]:
+        """A client's catch-up of *room* (see :meth:`Engine.room_events_after`)."""
+        return self._read(self.reader.room_events_after, room, after, limit)
+
+    def private_events_after(
+        self, a: str, b: str, after: int, limit: int, since: float = 0.0
+    ) -> Deferred[list[ChatMessage | Correction]]:
+        """The same for the private conversation between *a* and *b*, from *since* on."""
+        return self._read(self.reader.private_events_after, a, b, after, limit, since)
 
     def events_after(self, pos: int, limit: int) -> Deferred[list[ChatMessage | Correction]]:
         """Up to *limit* committed events with positions above *pos*, in

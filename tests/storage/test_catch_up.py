@@ -17,14 +17,22 @@ async def post(client: LineClient, texts: list[str], room: str | None = None) ->
 
 
 async def page_after(client: LineClient, after: int, limit: int = 200, **request) -> list[dict]:
-    """Every item after position *after*, paging forward."""
-    items: list[dict] = []
+    """Every item after position *after*, paging forward (corrections dropped)."""
+    return [e for e in await catch_up(client, after, limit, **request) if "cmd" not in e]
+
+
+async def catch_up(client: LineClient, after: int, limit: int = 200, **request) -> list[dict]:
+    """Items and corrections after position *after*, paging forward, in
+    position order (the next page starts after the highest pos of the last)."""
+    events: list[dict] = []
     while True:
         answer = await page(client, after=after, limit=limit, **request)
-        items += answer["items"]
+        got = sorted(answer["items"] + answer["corrections"], key=lambda e: e["pos"])
+        assert all(e["pos"] > after for e in got)
+        events += got
         if not answer["more"]:
-            return items
-        after = answer["items"][-1]["pos"]
+            return events
+        after = got[-1]["pos"]
 
 
 @pytest_twisted.ensureDeferred
@@ -50,7 +58,11 @@ async def test_a_client_that_reconnects_pages_what_it_missed_with_after(durable)
     history, _ = await ana.login("Ana")
     assert [i["pos"] for i in history["items"]] == [1, 2] + [e["pos"] for e in missed]
     await luis.login("Luis")
-    got = await page_after(luis, last, limit=3)
+    events = await catch_up(luis, last, limit=3)
+    # The edit of a message Luis had is among what he missed, in its place.
+    assert [e.get("cmd", "item") for e in events] == ["item"] * 7 + ["edited"]
+    assert events[-1] == {k: v for k, v in edited.items()}
+    got = events[:7]
     assert [i["msg"] for i in got] == [f"m{i}" for i in range(7)]
     assert [i["pos"] for i in got] == [e["pos"] for e in missed]
     [after_restart] = await post(ana, ["tres"])
@@ -133,3 +145,41 @@ async def test_a_resent_cid_is_stored_once_and_confirmed_again(durable):
     for bad in ("", "x" * 65, "ñ", "a\nb", 5):
         ana.send(cmd="broadcast", msg="hola", cid=bad)
         assert (await ana.expect("error"))["code"] == "bad_request", bad
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resend_is_confirmed_when_the_room_or_the_recipient_is_gone(durable):
+    srv = await durable()
+    ana, luis = await srv.client(), await srv.client()
+    await ana.login("Ana")
+    await luis.login("Luis")
+    ana.send(cmd="join", room="Cine")
+    await ana.expect("users", room="Cine")
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    echo = await ana.expect("broadcast")
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    sent = await ana.expect("sent")
+    # The same server remembers: Ana has left the room, Luis has gone.
+    ana.send(cmd="leave", room="Cine")
+    await ana.expect("left")
+    luis.close()
+    await luis.closed
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    assert await ana.expect("broadcast") == echo
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    assert await ana.expect("sent") == sent
+    # After a restart only the database knows.
+    await srv.stop()
+    srv = await durable()
+    ana = await srv.client()
+    await ana.login("Ana")
+    ana.send(cmd="broadcast", room="Cine", msg="en cine", cid="r-1")
+    assert await ana.expect("broadcast") == echo
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-2")
+    assert await ana.expect("sent") == sent
+    # A cid nobody stored is refused as any message would be.
+    ana.send(cmd="message", to="Luis", msg="psst", cid="r-3")
+    refusal = await ana.expect("error")
+    assert refusal["code"] == "no_such_user" and refusal["ref"] == "message"
+    ana.send(cmd="broadcast", room="Cine", msg="hola", cid="r-4")
+    assert (await ana.expect("error"))["code"] == "not_in_room"

@@ -111,6 +111,35 @@ async def test_room_and_private_pages_after_a_position(store):
     assert [m.pos for m in await store.room_after("cine", 0, 10)] == [31]
 
 
+async def correct(store, correction: Correction) -> Correction:
+    done: defer.Deferred[Correction] = defer.Deferred()
+    store.correct_then(correction, done.callback)
+    return await done
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_page_forward_has_the_corrections_of_the_messages_before_it(store):
+    await commit_all(store, [msg(1), msg(2), msg(3, room=None)])
+    await correct(store, Correction(1, 1_700_000_050.0, "Ana", "m1 bis", room="general"))  # pos 4
+    await commit_all(store, [msg(4)])  # pos 5
+    await correct(store, Correction(4, 1_700_000_051.0, "Ana", "m4 bis", room="general"))  # pos 6
+    await correct(store, Correction(3, 1_700_000_052.0, "Ana", None, recipient="Luis"))  # pos 7
+
+    def shape(events):
+        return [(type(e).__name__, e.id, e.pos) for e in events]
+
+    # Message 4 comes as it reads now; its edit is not repeated, 1's is there.
+    events = await store.room_events_after("general", 2, 10)
+    assert shape(events) == [("Correction", 1, 4), ("ChatMessage", 4, 5)]
+    assert events[1].text == "m4 bis"
+    assert shape(await store.room_events_after("general", 2, 1)) == [("Correction", 1, 4)]
+    assert shape(await store.room_events_after("general", 5, 10)) == [("Correction", 4, 6)]
+    private = await store.private_events_after("Luis", "Ana", 3, 10)
+    assert shape(private) == [("Correction", 3, 7)] and private[0].deleted
+    # Before the private horizon nothing is shown, corrections included.
+    assert await store.private_events_after("Luis", "Ana", 0, 10, since=1_700_000_004.0) == []
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_repeated_cid_is_stored_once_and_answered_with_the_original(store):
     # Within one batch, and in a later batch: the later ones take no position.
@@ -246,3 +275,98 @@ def test_migration_6_numbers_what_older_versions_stored(db_url):
         assert [m.id for m in engine.room_after("general", 2, 10)] == [9, 10]
     finally:
         engine.close()
+
+
+def test_a_batch_replayed_after_a_lost_connection_keeps_the_positions_it_got(pg_url):
+    """PostgreSQL: the connection died around a commit, so the batch is
+    replayed; what did commit keeps its position, the rest takes new ones."""
+    engine = open_engine(pg_url)
+    try:
+        engine.migrate()
+        committed = [msg(1), msg(2, cid="k")]
+        engine.insert_messages(committed)
+        replayed = [msg(1), msg(2, cid="k"), msg(3), msg(4, cid="k")]
+
+        def replay():
+            with engine._transaction():
+                return engine._replay(replayed)
+
+        originals = engine._call(replay)
+        assert [m.pos for m in replayed[:3]] == [1, 2, 3]
+        assert originals is not None and originals[3] is not None and originals[3].id == 2
+        assert originals[:3] == [None, None, None]
+        assert engine.position() == 3
+    finally:
+        engine.close()
+
+
+def test_a_batch_after_a_dropped_connection_is_stored_once_at_the_next_positions(pg_url):
+    import psycopg
+
+    from tests.storage.conftest import PG_ADMIN_DSN
+
+    engine = open_engine(pg_url)
+    try:
+        engine.migrate()
+        engine.insert_messages([msg(1), msg(2)])
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (engine.conn.info.backend_pid,))
+        batch = [msg(3), msg(4, cid="k")]
+        assert engine.insert_messages(batch) is None  # replayed on a new connection
+        assert [m.pos for m in batch] == [3, 4]
+        assert [e.id for e in engine.events_after(0, 10)] == [1, 2, 3, 4]
+    finally:
+        engine.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_interleavings_deliver_each_event_once_in_position_order(store):
+    """Messages, resends and corrections in random reactor turns: every
+    delivery is in position order, and the positions of what was stored are
+    1..n with nothing shared and nothing skipped."""
+    import random
+
+    rng = random.Random(9)
+    delivered: list[tuple[str, int, int]] = []  # (kind, id, pos) in delivery order
+    pending: list[defer.Deferred[None]] = []
+    stored_ids: list[int] = []
+    next_id = 1
+    for turn in range(30):
+        for _ in range(rng.randint(1, 8)):
+            roll = rng.random()
+            if roll < 0.2 and stored_ids:
+                target = rng.choice(stored_ids)
+                d: defer.Deferred[None] = defer.Deferred()
+                fix = Correction(target, 1_700_001_000.0 + turn, "Ana", f"fix {turn}", room="general")
+                store.correct_then(
+                    fix, lambda c, d=d: (delivered.append(("c", c.id, c.pos)), d.callback(None))
+                )
+                pending.append(d)
+                continue
+            cid = f"k{rng.randint(1, 15)}" if roll < 0.6 else None
+            m = msg(next_id, cid=cid)
+            next_id += 1
+            d = defer.Deferred()
+
+            def deliver(got: ChatMessage, m=m, d=d) -> None:
+                delivered.append(("m" if got is m else "repeat", got.id, got.pos))
+                if got is m:
+                    stored_ids.append(m.id)
+                d.callback(None)
+
+            store.append_then(m, deliver)
+            pending.append(d)
+        await sleep(0) if rng.random() < 0.7 else await defer.gatherResults(pending)
+    await defer.gatherResults(pending)
+    kinds = [kind for kind, _, _ in delivered]
+    assert kinds.count("repeat") > 5 and kinds.count("c") > 5, kinds  # the test covers them
+    fresh = [pos for kind, _, pos in delivered if kind != "repeat"]
+    assert sorted(fresh) == list(range(1, len(fresh) + 1))
+    assert fresh == sorted(fresh)  # delivered in position order
+    events = await store.events_after(0, 1000)
+    assert [e.pos for e in events] == sorted(fresh)
+    cids = [e.cid for e in events if isinstance(e, ChatMessage) and e.cid is not None]
+    assert len(cids) == len(set(cids))
+    for kind, id_, pos in delivered:
+        if kind == "repeat":
+            assert any(e.id == id_ and e.pos == pos for e in events)
