@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks {fanout,conns,private,suite} ...``."""
+"""Command line: ``python -m benchmarks {fanout,conns,private,cluster,suite} ...``."""
 
 from __future__ import annotations
 
