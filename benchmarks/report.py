@@ -205,10 +205,9 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, {wall / 60:.1f} min; `{command}`; "
         f"Python {meta['python']}, {meta['loop']}, generator on core {meta['gen_core']}, "
         f"server on core {meta['server_core']}, kernel {meta['kernel']}.",
-        "",
-        "| workload | " + " | ".join(peers) + " |",
-        "|---|" + "---|" * len(peers),
     ]
+    if peers:
+        lines += ["", "| workload | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
     for label, d, cell in rows:
         if not d:
             continue
