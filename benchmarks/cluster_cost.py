@@ -8,6 +8,9 @@ its CPU is counted, and nobody else's). Prints, per run: deliveries, server
 CPU (every node plus Redis) per 1,000 deliveries, and delivery latency
 (send to receipt) p50/p99, for members on the sender's node and on the other.
 
+``--logins N`` instead: N clients log in at once, to one node and then to
+two (spread over both); prints how long until every one has its answer.
+
 Needs PostgreSQL (``CHATSERV_BENCH_PG``, default the tests' database; a
 schema of its own, dropped afterwards) and ``redis-server``.
 """
@@ -75,7 +78,8 @@ def start_node(workdir: Path, db: str, cluster: list[str], tag: str) -> tuple[su
     log = workdir / f"{tag}.log"
     proc = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", f"--logfile={log}", "chatserv", "--db", db, "--rate-limit", "0",
-         "--max-per-address", "0", "--listen", "tcp:0:interface=127.0.0.1", *cluster],
+         "--max-per-address", "0", "--max-connections", "30000", "--listen", "tcp:0:interface=127.0.0.1",
+         *cluster],
         cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     for _ in range(400):
@@ -139,6 +143,24 @@ async def run(ports: list[int], clients: int, senders: int, rate: float, seconds
     return result
 
 
+async def login_storm(ports: list[int], clients: int) -> float:
+    """Seconds until *clients* logins, spread over *ports*, are all answered."""
+    loop = asyncio.get_running_loop()
+    latencies: dict[str, list[float]] = {"same": [], "other": []}
+    start = time.time()
+    connections = await asyncio.gather(*(
+        loop.create_connection(
+            functools.partial(Client, f"s{i}", i % len(ports), latencies), "127.0.0.1", ports[i % len(ports)]
+        )
+        for i in range(clients)
+    ))
+    await asyncio.wait_for(asyncio.gather(*(c.ready for _, c in connections)), 120)
+    took = time.time() - start
+    for transport, _ in connections:
+        transport.close()
+    return took
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.cluster_cost", description=(__doc__ or "").split("\n\n")[0]
@@ -147,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=100.0, help="messages per second, all senders")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--logins", type=int, default=0, help="only the login storm, of this many clients")
     args = parser.parse_args(argv)
     import psycopg
 
@@ -166,7 +189,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             procs.append(redis)
             time.sleep(0.3)
-            results = {}
+            results: dict[str, dict[str, float]] = {}
+            if args.logins:
+                single, single_port = start_node(workdir, db, [], "single")
+                procs.append(single)
+                took = asyncio.run(login_storm([single_port], args.logins))
+                print(f"{args.logins} clients logged in to 1 node in {took:.2f} s")
+                single.terminate()
+                single.wait()
+                cluster = ["--cluster", f"redis://127.0.0.1:{port}/0", "--cluster-name", "bench"]
+                nodes = [start_node(workdir, db, cluster, f"node{i}") for i in range(2)]
+                procs += [p for p, _ in nodes]
+                took = asyncio.run(login_storm([p for _, p in nodes], args.logins))
+                print(f"{args.logins} clients logged in over 2 nodes in {took:.2f} s")
+                return 0
             # One node, then two, in one sitting.
             single, single_port = start_node(workdir, db, [], "single")
             procs.append(single)

@@ -219,6 +219,11 @@ class RedisBus:
 
     # -- commands -----------------------------------------------------------------
 
+    def _send(self, *command: Any) -> Deferred[Any]:
+        """A command whose answer nobody waits for: no reply timer of its own
+        (the heartbeat's, which has one, notices a Redis that stopped answering)."""
+        return self._run("execute_command", *command, apply_timeout=False)
+
     def _run(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         protocol = self._commands
         if protocol is None:
@@ -229,7 +234,7 @@ class RedisBus:
             return fail(BusUnavailable(str(e)))
 
     def publish(self, channel: str, data: str) -> Deferred[Any]:
-        return self._run("publish", channel, data)
+        return self._send("PUBLISH", channel, data)
 
     def set(self, key: str, value: str, *, px: int | None = None, nx: bool = False) -> Deferred[bool]:
         d = self._run("set", key, value, pexpire=px, only_if_not_exists=nx)
@@ -256,13 +261,13 @@ class RedisBus:
         if not mapping:
             return succeed(0)
         flat = [item for pair in mapping.items() for item in pair]
-        return self._run("execute_command", "HSET", key, *flat)
+        return self._send("HSET", key, *flat)
 
     def hdel(self, key: str, fields: Iterable[str]) -> Deferred[Any]:
         fields = list(fields)
         if not fields:
             return succeed(0)
-        return self._run("execute_command", "HDEL", key, *fields)
+        return self._send("HDEL", key, *fields)
 
     def replace_hash(self, key: str, mapping: dict[str, str]) -> Deferred[Any]:
         flat = [item for pair in mapping.items() for item in pair]
@@ -275,13 +280,13 @@ class RedisBus:
         members = list(members)
         if not members:
             return succeed(0)
-        return self._run("execute_command", "SADD", key, *members)
+        return self._send("SADD", key, *members)
 
     def srem(self, key: str, members: Iterable[str]) -> Deferred[Any]:
         members = list(members)
         if not members:
             return succeed(0)
-        return self._run("execute_command", "SREM", key, *members)
+        return self._send("SREM", key, *members)
 
     def smembers(self, key: str) -> Deferred[AbstractSet[str]]:
         return self._run("smembers", key).addCallback(lambda reply: set(reply or ()))

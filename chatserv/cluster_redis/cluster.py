@@ -80,7 +80,7 @@ class RedisCluster:
         self.channel = f"{name}:bus"
         self.sequencer = Sequencer(clock, self._deliver, fetch, position)
         self.names = NameClaims(bus, name, self.node, clock)
-        self.members = Members(bus, name, self.node, self.channel)
+        self.members = Members(bus, name, self.node, self.channel, clock)
         #: The last position this node committed: its heartbeats name it.
         self.committed = position
         #: Notices of this turn's commits, published together at its end.

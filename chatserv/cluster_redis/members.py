@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 
 from ..bus import Bus
 from ..hub import GENERAL
@@ -52,8 +53,14 @@ def _field(room: str, name: str) -> str:
 
 
 class Members:
-    def __init__(self, bus: Bus, prefix: str, node: str, channel: str) -> None:
+    def __init__(self, bus: Bus, prefix: str, node: str, channel: str, clock: IReactorTime) -> None:
         self.bus = bus
+        self.clock = clock
+        #: This turn's changes of this node's members (field -> value, None:
+        #: gone) and their notices: written and published together at its
+        #: end, so a login storm costs a few commands per turn, not per login.
+        self._changes: dict[str, str | None] = {}
+        self._notices: list[str] = []
         self.prefix = prefix
         self.node = node
         self.channel = channel
@@ -86,13 +93,28 @@ class Members:
     def local_change(self, room: str, joined: str | None, left: str | None) -> None:
         if not self.bus.ready:
             return  # re-asserted whole at the reconnect
-        own = self.key("members")
-        if joined is not None:
-            self.bus.hset(own, {_field(room, joined): f"{room}\t{joined}"}).addErrback(_ignore)
+        if not self._notices:
+            self.clock.callLater(0, self._flush)
         if left is not None:
-            self.bus.hdel(own, [_field(room, left)]).addErrback(_ignore)
-        notice = codec.presence_notice(self.node, room, joined, left)
-        self.bus.publish(self.channel, notice).addErrback(_ignore)
+            self._changes[_field(room, left)] = None
+        if joined is not None:
+            self._changes[_field(room, joined)] = f"{room}\t{joined}"
+        self._notices.append(codec.presence_notice(self.node, room, joined, left))
+
+    def _flush(self) -> None:
+        changes, notices = self._changes, self._notices
+        self._changes, self._notices = {}, []
+        if not notices or not self.bus.ready:
+            return
+        own = self.key("members")
+        joined = {field: value for field, value in changes.items() if value is not None}
+        if joined:
+            self.bus.hset(own, joined).addErrback(_ignore)
+        left = [field for field, value in changes.items() if value is None]
+        if left:
+            self.bus.hdel(own, left).addErrback(_ignore)
+        data = notices[0] if len(notices) == 1 else codec.batch(notices)
+        self.bus.publish(self.channel, data).addErrback(_ignore)
 
     def assert_own(self) -> Deferred[Any]:
         """Write this node's whole membership again (after a reconnect)."""
@@ -113,6 +135,7 @@ class Members:
 
     def forget_all(self) -> Deferred[Any]:
         """A clean stop: remove this node now, and tell the others."""
+        self._changes, self._notices = {}, []
         return DeferredList(
             [
                 self.bus.delete(self.key("members"), self.key("alive")),

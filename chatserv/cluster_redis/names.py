@@ -32,6 +32,9 @@ class NameClaims:
         self.node = node
         self.clock = clock
         self._reserved: dict[str, IDelayedCall] = {}
+        #: This turn's changes of the node's list of names (key -> held),
+        #: written together at its end.
+        self._listed: dict[str, bool] = {}
         #: Keys held by sessions of this node.
         self.owned: set[str] = set()
 
@@ -64,8 +67,22 @@ class NameClaims:
     def _hold_reserved(self, key: str) -> bool:
         if key not in self._reserved and key not in self.owned:
             self._reserved[key] = self.clock.callLater(RESERVED_FOR, self._unclaimed, key)
-        self.bus.sadd(self._list, [key]).addErrback(lambda _: None)
+        self._note(key, True)
         return True
+
+    def _note(self, key: str, held: bool) -> None:
+        if not self._listed:
+            self.clock.callLater(0, self._write_list)
+        self._listed[key] = held
+
+    def _write_list(self) -> None:
+        listed, self._listed = self._listed, {}
+        added = [key for key, held in listed.items() if held]
+        if added:
+            self.bus.sadd(self._list, added).addErrback(lambda _: None)
+        removed = [key for key, held in listed.items() if not held]
+        if removed:
+            self.bus.srem(self._list, removed).addErrback(lambda _: None)
 
     def _unclaimed(self, key: str) -> None:
         self._reserved.pop(key, None)
@@ -91,7 +108,7 @@ class NameClaims:
                 log.warn("the name key {key} is held on node {node} too", key=key, node=node)
 
         def decided(won: bool) -> Any:
-            self.bus.sadd(self._list, [key]).addErrback(lambda _: None)
+            self._note(key, True)
             return None if won else self.bus.get(self._key(key)).addCallback(holder)
 
         self.bus.set(self._key(key), self.node, nx=True).addCallback(decided).addErrback(lambda _: None)
@@ -103,7 +120,7 @@ class NameClaims:
 
     def _free(self, key: str) -> None:
         self.bus.delete_if(self._key(key), self.node).addErrback(lambda _: None)
-        self.bus.srem(self._list, [key]).addErrback(lambda _: None)
+        self._note(key, False)
 
     def assert_own(self) -> None:
         """After a reconnect: (re)claim every name this node's sessions hold
@@ -117,6 +134,7 @@ class NameClaims:
 
     def forget_all(self) -> Deferred[Any]:
         """A clean stop: free every name now rather than when reaped."""
+        self._listed = {}
         keys = list(self.owned) + list(self._reserved)
         ds = [self.bus.delete_if(self._key(key), self.node) for key in keys]
         ds.append(self.bus.delete(self._list))
