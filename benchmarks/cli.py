@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmarks {fanout,conns,private,suite} ...``."""
+"""Command line: ``python -m benchmarks {fanout,conns,private,cluster,suite} ...``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import ramp, workloads
+from . import cluster, ramp, workloads
 from .peers import PEERS, SUITE_PEERS, available, raise_nofile, start_server
-from .report import print_result, suite_markdown
+from .report import print_cluster, print_result, suite_markdown
 from .runner import Target
 
 Log = Callable[[str], None]
@@ -223,6 +223,11 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--pairs", type=int, default=100)
     add_rate(pr, 50000)
 
+    cl = sub.add_parser("cluster", help="one room over several nodes (Redis + PostgreSQL) against "
+                        "one node: CPU per delivery, latency, login storm, failover")
+    add_common(cl)
+    add_cluster(cl)
+
     s = sub.add_parser("suite", help="the full side-by-side comparison (make bench)")
     add_common(s)
     s.add_argument("--peers", default=",".join(SUITE_PEERS),
@@ -230,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--only", default="", help="comma-separated suite items to run (default all)")
     s.add_argument("--quick", action="store_true", help="small and short: a minute or two")
     s.add_argument("--repeat", type=int, default=1, help="find-max ramps per item (median)")
+    s.add_argument("--cluster", choices=("auto", "on", "off"), default="auto",
+                   help="the cluster rows (benchmarks/cluster.py): auto runs them when Redis "
+                        "(redis-server) and PostgreSQL are at hand")
     s.add_argument("--out", default=None,
                    help="append every result as a JSON line to this file (default: "
                         "benchmarks/results/latest.jsonl, or quick.jsonl, rewritten each run)")
@@ -237,6 +245,86 @@ def parser() -> argparse.ArgumentParser:
                    help="write the comparison table to this file (default: "
                         "benchmarks/results/latest.md, or quick.md)")
     return ap
+
+
+def add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=2, help="cluster nodes (default 2)")
+    p.add_argument("--configs", default=",".join(cluster.CONFIGS),
+                   help="comma-separated: cluster, lone-pg (one node, same PostgreSQL, no "
+                        "--cluster), lone-sqlite (one node, SQLite)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="rounds; the configurations are interleaved within each")
+    p.add_argument("--node-cores", default="",
+                   help="comma-separated cores for the nodes, cycled (default: --server-core)")
+    p.add_argument("--redis-core", type=int, default=None,
+                   help="core for the Redis server (default: --server-core; -1 unpinned)")
+    p.add_argument("--pg-core", type=int, default=None,
+                   help="core the run's PostgreSQL backends are moved to (default: "
+                        "--server-core; -1: left unpinned)")
+    p.add_argument("--clients", "-N", type=int, default=200)
+    p.add_argument("--senders", "-S", type=int, default=20)
+    p.add_argument("--deliveries", type=float, default=100000.0,
+                   help="fan-out deliveries/s offered (default 100,000)")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of the measured step")
+    p.add_argument("--probes", type=int, default=20, help="receivers that time every message")
+    p.add_argument("--storm", type=int, default=10000,
+                   help="clients of the login storm, spread over the nodes (0: none)")
+    p.add_argument("--storm-timeout", type=float, default=20.0)
+    p.add_argument("--failover-users", type=int, default=50,
+                   help="users on the node that is SIGKILLed (0: no failover)")
+    p.add_argument("--keep-logs", default="", metavar="DIR",
+                   help="copy every node's log into DIR before its folder is removed")
+    p.add_argument("--telegram", action="store_true",
+                   help="also, once per round: the Telegram bridge's failover (every node "
+                        "bridges to the tests' fake Bot API; the polling one is SIGKILLed)")
+
+
+def cluster_params(a: argparse.Namespace) -> dict[str, Any]:
+    def core(v: int | None) -> int | None:
+        v = a.server_core if v is None else v
+        return None if v is None or v < 0 else v
+
+    node_cores = [core(int(x)) for x in a.node_cores.split(",") if x] or [core(None)]
+    configs = tuple(c for c in a.configs.split(",") if c)
+    for c in configs:
+        if c not in cluster.CONFIGS:
+            raise SystemExit(f"unknown configuration {c}; one of {', '.join(cluster.CONFIGS)}")
+    return {
+        "configs": configs, "repeat": max(1, a.repeat), "nodes": max(1, a.nodes),
+        "node_cores": node_cores, "redis_core": core(a.redis_core), "pg_core": core(a.pg_core),
+        "extra": list(a.chatserv_arg or []), "clients": a.clients, "senders": a.senders,
+        "deliveries": a.deliveries, "duration": a.duration, "probes": a.probes, "pad": a.pad,
+        "storm_clients": a.storm, "storm_timeout": a.storm_timeout,
+        "failover_users": a.failover_users, "telegram": a.telegram, "keep_logs": a.keep_logs,
+        "gen_core": a.gen_core if a.gen_core >= 0 else None,
+    }
+
+
+def run_cluster(a: argparse.Namespace, params: dict[str, Any]) -> dict[str, Any]:
+    """The cluster workload (benchmarks/cluster.py), as one result."""
+    t0 = time.time()
+    why = cluster.unavailable(params["configs"])
+    res: dict[str, Any]
+    if why:
+        res, error = {}, f"unavailable: {why}"
+    else:
+        try:
+            with asyncio.Runner(loop_factory=new_loop) as runner:
+                res = runner.run(asyncio.wait_for(cluster.run(log=log, **params), a.max_time))
+            error = None
+        except TimeoutError:
+            res, error = {}, f"workload exceeded --max-time {a.max_time}s"
+        except (OSError, RuntimeError) as e:
+            res, error = {}, f"{type(e).__name__}: {e}"
+    out: dict[str, Any] = {
+        "workload": "cluster", "peer": "chatserv", "version": peer_version("chatserv"),
+        "params": {k: v for k, v in params.items() if k != "extra"} | {"extra": params["extra"]},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "wall_s": round(time.time() - t0, 1), **res,
+    }
+    if error:
+        out["error"] = error
+    return out
 
 
 def rate_params(a: argparse.Namespace, default_deliveries: float) -> dict[str, Any]:
@@ -286,6 +374,22 @@ def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+def suite_cluster_params(a: argparse.Namespace) -> dict[str, Any]:
+    """The suite's cluster rows: 2 nodes, the three configurations interleaved."""
+    core = a.server_core if a.server_core is not None and a.server_core >= 0 else None
+    base: dict[str, Any] = {
+        "configs": cluster.CONFIGS, "nodes": 2, "node_cores": [core], "redis_core": core,
+        "pg_core": core, "extra": list(a.chatserv_arg or []), "senders": 20, "probes": 20,
+        "pad": a.pad, "storm_timeout": 20.0, "failover_users": 50, "telegram": not a.quick,
+        "gen_core": a.gen_core if a.gen_core >= 0 else None,
+    }
+    if a.quick:
+        return {**base, "repeat": 1, "clients": 50, "deliveries": 20000.0, "duration": 2.0,
+                "storm_clients": 1000}
+    return {**base, "repeat": max(2, a.repeat), "clients": 200, "deliveries": 100000.0,
+            "duration": 5.0, "storm_clients": 10000}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     # A SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the server we
@@ -297,6 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"python": platform.python_version(), "loop": loop_name(), "gen_core": gen_core,
             "server_core": a.server_core, "cpus": os.cpu_count(), "kernel": platform.release()}
     common = {"pad": a.pad, "concurrency": a.concurrency}
+    command = "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.cmd == "cluster":
+        res = run_cluster(a, cluster_params(a))
+        res["meta"] = meta
+        res["command"] = command
+        if not a.json_only:
+            print_cluster(res)
+        print(json.dumps(res, separators=(",", ":")), flush=True)
+        return 1 if "error" in res else 0
     if a.cmd != "suite":
         if a.cmd == "fanout":
             params = {"clients": a.clients, "senders": a.senders, "repeat": a.repeat,
@@ -349,6 +462,23 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(res)
                 if not a.json_only:
                     print_result(res)
+                line = json.dumps(res, separators=(",", ":"))
+                print(line, flush=True)
+                if out:
+                    out.write(line + "\n")
+                    out.flush()
+        if a.cluster != "off" and (not only or "cluster" in only) and "chatserv" in peers:
+            why = cluster.unavailable()
+            if why and a.cluster == "auto":
+                log(f"cluster rows skipped: {why} (--cluster on to insist)")
+            else:
+                log("== cluster (cluster) on chatserv")
+                res = run_cluster(a, suite_cluster_params(a))
+                res["item"] = "cluster"
+                res["meta"] = meta
+                results.append(res)
+                if not a.json_only:
+                    print_cluster(res)
                 line = json.dumps(res, separators=(",", ":"))
                 print(line, flush=True)
                 if out:

@@ -35,9 +35,10 @@ STEP_CHARS = "abcdefghijklmnopqrstuvwxyz"
 class Phase:
     """What clients count and measure during one measured step."""
 
-    __slots__ = ("marker", "m0", "m1", "regex", "lat", "disorder", "probe_rx")
+    __slots__ = ("marker", "m0", "m1", "regex", "lat", "disorder", "probe_rx", "sender_node",
+                 "lat_cross")
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, sender_node: dict[bytes, int] | None = None) -> None:
         ch = STEP_CHARS[step % len(STEP_CHARS)]
         self.marker = b"^" + ch.encode()
         self.m0 = self.marker[0]
@@ -46,6 +47,11 @@ class Phase:
         self.lat: list[int] = []  # µs, from probes
         self.disorder = 0  # probe saw a sender's seq go backwards
         self.probe_rx = 0
+        # Several nodes (benchmarks/cluster.py): the node of each sender, by
+        # the sender number in the text, so that the probes' samples of
+        # messages that crossed from one node to another are kept apart too.
+        self.sender_node = sender_node
+        self.lat_cross: list[int] = []  # µs, the subset of lat that crossed nodes
 
 
 def make_text(step: int, t_us: int, sender: int, seq: int, pad: str) -> str:
@@ -58,7 +64,7 @@ class BenchClient(asyncio.Protocol):
 
     __slots__ = (
         "idx", "name", "transport", "logged", "login_t", "buf", "phase", "count", "last",
-        "probe", "seqs", "rx_bytes", "lost_conn", "error", "loop", "irc",
+        "probe", "seqs", "rx_bytes", "lost_conn", "error", "loop", "irc", "node",
     )
 
     def __init__(self, idx: int, loop: asyncio.AbstractEventLoop) -> None:
@@ -78,6 +84,7 @@ class BenchClient(asyncio.Protocol):
         self.lost_conn = False
         self.error: str | None = None
         self.irc = False
+        self.node = 0  # which of the server's nodes (ports) this client is on
 
     # -- connection ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,10 +132,15 @@ class BenchClient(asyncio.Protocol):
         now = now_us()
         lat = ph.lat
         seqs = self.seqs
+        where = ph.sender_node
+        node = self.node
         n = 0
         for t, s, q in ph.regex.findall(data, 0, cut):
             n += 1
-            lat.append(now - int(t))
+            d = now - int(t)
+            lat.append(d)
+            if where is not None and where.get(s, node) != node:
+                ph.lat_cross.append(d)
             qi = int(q)
             if seqs.get(s, -1) >= qi:
                 ph.disorder += 1

@@ -208,6 +208,7 @@ def start_server(
     chatserv_args: list[str] | None = None,
     port: int | None = None,
     ready_timeout: float = 30.0,
+    reactor: str | None = None,
 ) -> Server:
     """Start ``peer`` on a fresh loopback port and wait until it accepts connections."""
     if peer not in PEERS:
@@ -221,6 +222,7 @@ def start_server(
     if peer == "chatserv":
         cmd = [
             twistd_path(), "-n", "--pidfile=", f"--logfile={workdir}/twistd.log",
+            *(["-r", reactor] if reactor else []),
             "chatserv", "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--rate-limit", "0", "--db", str(workdir / "chatserv.sqlite3"),
             # Every simulated user connects from 127.0.0.1 and some only listen.

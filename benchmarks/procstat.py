@@ -72,21 +72,54 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
-class CpuWindow:
-    """CPU used by the server and by the generator between start() and stop()."""
+def group_seconds(pids: list[int]) -> float:
+    """CPU seconds so far of every process in ``pids`` that still exists."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError, ValueError):
+            pass  # gone: what it used since start() is lost, not negative
+    return total
 
-    def __init__(self, pid: int | None, helpers: set[int] | None = None) -> None:
+
+class CpuWindow:
+    """CPU used by the server and by the generator between start() and stop().
+
+    A server of several processes (cluster nodes, Redis, PostgreSQL's
+    backends) gives them as ``parts``: name -> PIDs, each part measured on
+    its own; the server's figure is then the sum of the parts named in
+    ``in_server`` instead of ``pid`` alone. Every part is left out of the
+    "other processes" noise figure.
+    """
+
+    def __init__(self, pid: int | None, helpers: set[int] | None = None,
+                 parts: dict[str, list[int]] | None = None,
+                 in_server: tuple[str, ...] = ()) -> None:
         self.pid = pid
+        self.parts = dict(parts or {})
+        self.in_server = in_server if self.parts else ()
         self.t0 = self.s0 = self.g0 = 0.0
         self.wall = self.server = self.gen = 0.0
         self.mark_wall = self.mark_server = self.mark_gen = 0.0
         self.mark_other = 0.0
         self._others: dict[int, float] = {}
-        self._exclude = {os.getpid()} | ({pid} if pid else set()) | (helpers or set())
+        self._p0: dict[str, float] = {}
+        #: CPU seconds of each part over start()..stop() and over start()..mark()
+        self.part_s: dict[str, float] = {}
+        self.mark_part_s: dict[str, float] = {}
+        self._exclude = ({os.getpid()} | ({pid} if pid else set()) | (helpers or set())
+                         | {p for pids in self.parts.values() for p in pids})
+
+    def _server_now(self) -> float:
+        if self.in_server:
+            return sum(group_seconds(self.parts[n]) for n in self.in_server)
+        return cpu_seconds(self.pid) if self.pid else 0.0
 
     def start(self) -> None:
         self.t0 = time.monotonic()
-        self.s0 = cpu_seconds(self.pid) if self.pid else 0.0
+        self._p0 = {n: group_seconds(p) for n, p in self.parts.items()}
+        self.s0 = self._server_now() if (self.pid or self.in_server) else 0.0
         self.g0 = self_cpu()
         self._others = others_cpu(self._exclude)
         self._cores = core_times()
@@ -95,7 +128,9 @@ class CpuWindow:
     def mark(self) -> None:
         """End of the busy part (sending): CPU shares are taken over start()..mark()."""
         self.mark_wall = time.monotonic() - self.t0
-        self.mark_server = (cpu_seconds(self.pid) - self.s0) if self.pid else float("nan")
+        self.mark_server = ((self._server_now() - self.s0) if (self.pid or self.in_server)
+                            else float("nan"))
+        self.mark_part_s = {n: group_seconds(p) - self._p0[n] for n, p in self.parts.items()}
         self.mark_gen = self_cpu() - self.g0
         cores = core_times()
         # Busy share of each core, kernel work included: loopback TCP is
@@ -108,5 +143,7 @@ class CpuWindow:
 
     def stop(self) -> None:
         self.wall = time.monotonic() - self.t0
-        self.server = (cpu_seconds(self.pid) - self.s0) if self.pid else float("nan")
+        self.server = ((self._server_now() - self.s0) if (self.pid or self.in_server)
+                       else float("nan"))
+        self.part_s = {n: group_seconds(p) - self._p0[n] for n, p in self.parts.items()}
         self.gen = self_cpu() - self.g0

@@ -170,7 +170,7 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
     """The side-by-side table of issue 3, from one suite run."""
     peers: list[str] = []
     for r in results:
-        if r["peer"] not in peers:
+        if r.get("workload") != "cluster" and r["peer"] not in peers:
             peers.append(r["peer"])
     f200, f1000 = _by(results, "fanout200_max"), _by(results, "fanout1000_max")
     fx = _by(results, "fanout200_100k")
@@ -213,15 +213,133 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, {wall / 60:.1f} min; `{command}`; "
         f"Python {meta['python']}, {meta['loop']}, generator on core {meta['gen_core']}, "
         f"server on core {meta['server_core']}, kernel {meta['kernel']}.",
-        "",
-        "| workload | " + " | ".join(peers) + " |",
-        "|---|" + "---|" * len(peers),
     ]
+    if peers:
+        lines += ["", "| workload | " + " | ".join(peers) + " |", "|---|" + "---|" * len(peers)]
     for label, d, cell in rows:
         if not d:
             continue
         lines.append(f"| {label} | " + " | ".join(cell(d[p]) if p in d else "—" for p in peers)
                      + " |")
+    for r in results:
+        if r.get("workload") == "cluster":
+            lines += cluster_markdown(r)
     vers = {r["peer"]: r.get("version", "?") for r in results}
     lines += ["", "Versions: " + "; ".join(f"{p}: {v}" for p, v in vers.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _pg_ms(f: dict[str, Any]) -> float | None:
+    parts = f.get("part_cpu_s") or {}
+    delivered = min(f.get("received") or 0, f.get("expected") or 0)
+    if "pg" not in parts or not delivered:
+        return None
+    return round(1000 * parts["pg"] / (delivered / 1000), 3)
+
+
+def cluster_lines(res: dict[str, Any]) -> list[str]:
+    """One line per configuration and round, then the ratios (benchmarks/cluster.py)."""
+    lines = []
+    for rnd in res.get("rounds", []):
+        for r in rnd:
+            f = r.get("fanout") or {}
+            if f.get("error") or "server_cpu_ms_per_1k" not in f:
+                lines.append(f"round {r['round']} {r['config']:<11} fan-out error: "
+                             f"{f.get('error', '?')}")
+                continue
+            parts = f.get("part_cpu_pct") or {}
+            split = ", ".join(f"{k} {v:.0f}%" for k, v in parts.items())
+            st = r.get("storm") or {}
+            fo = r.get("failover") or {}
+            lines.append(
+                f"round {r['round']} {r['config']:<11} {f['deliveries_s']:>7,}/s "
+                f"cpu {_f(f['server_cpu_ms_per_1k'], ' ms', 2)}/1k (+pg {_f(_pg_ms(f), ' ms', 2)}) "
+                f"p50 {_f(f['p50_ms'], digits=2)} p99 {_f(f['p99_ms'], digits=2)} "
+                f"cross p99 {_f(f.get('p99_cross_ms'), digits=2)} ms loss {f['loss']} "
+                f"others {f['other_cpu_pct']:.0f}% [{split}]"
+                + (f"; storm {st['login']['logged_in']:,} in {_f(st.get('all_logged_in_s'), ' s', 2)}"
+                   if st.get("login") else "")
+                + (f"; failover {_f(fo.get('gone_s'), ' s', 2)}" if fo else "")
+                + ("  SERVER DIED" if r.get("server_died") else ""))
+    s = res.get("summary") or {}
+
+    def ratio(key: str, label: str) -> None:
+        v = s.get(key) or {}
+        if v.get("runs"):
+            tgt = f" (target ≤ {v['target']})" if "target" in v else ""
+            lines.append(f"{label}: median {v['median']}, runs {v['runs']}{tgt}")
+
+    ratio("cost_ratio", "CPU per delivery, cluster (nodes + Redis) / lone node (same PostgreSQL)")
+    ratio("cost_ratio_with_pg", "same, PostgreSQL backends included on both sides")
+    ratio("p99_ratio", "p99, cluster (all deliveries) / lone node")
+    ratio("p99_cross_ratio", "p99, cluster (cross-node deliveries) / lone node")
+    ratio("storm_all_logged_in_s", "login storm over the nodes, all logged in after (s)")
+    ratio("failover_gone_s", "SIGKILL of a node until its users left presence (s)")
+    ratio("telegram_poll_resumed_s", "SIGKILL of the Telegram leader until another node polls (s)")
+    ratio("telegram_relayed_s", "... until an update said at the kill reached the chat (s)")
+    return lines
+
+
+def print_cluster(res: dict[str, Any]) -> None:
+    head = f"cluster on chatserv ({res.get('version', '?')})"
+    print(head)
+    print("-" * len(head))
+    for line in cluster_lines(res):
+        print("  " + line)
+    if res.get("error"):
+        print(f"  ERROR {res['error']}")
+    print(f"  wall time {res['wall_s']} s")
+
+
+def cluster_markdown(res: dict[str, Any]) -> list[str]:
+    """The suite's cluster rows: a small table of its own (its columns are
+    configurations, not peers)."""
+    p = res.get("params", {})
+    if res.get("error"):
+        return ["", f"Cluster rows: {res['error']}"]
+    s = res.get("summary") or {}
+    per = s.get("per_config") or {}
+
+    def runs(cfg: str, key: str, unit: str = "", digits: int = 2) -> str:
+        vals = (per.get(cfg) or {}).get(key) or []
+        return " / ".join(f"{v:.{digits}f}{unit}" for v in vals) if vals else "—"
+
+    cfgs = [c for c in ("cluster", "lone-pg", "lone-sqlite") if c in per]
+    head = {"cluster": f"{p.get('nodes', 2)} nodes + Redis (PostgreSQL)",
+            "lone-pg": "1 node (PostgreSQL)", "lone-sqlite": "1 node (SQLite)"}
+    rate = f"{float(p.get('deliveries', 0)) / 1000:.0f} k"
+    lines = [
+        "",
+        f"Cluster ({p.get('clients')} clients in one room spread over the nodes, "
+        f"{p.get('senders')} senders, {rate} deliveries/s; {p.get('repeat')} interleaved "
+        "rounds, every run shown):",
+        "",
+        "| | " + " | ".join(head[c] for c in cfgs) + " |",
+        "|---|" + "---|" * len(cfgs),
+        "| server CPU per 1,000 deliveries (nodes + Redis) | "
+        + " | ".join(runs(c, "ms_per_1k", " ms") for c in cfgs) + " |",
+        "| PostgreSQL backends' CPU per 1,000 deliveries | "
+        + " | ".join(runs(c, "pg_ms_per_1k", " ms") for c in cfgs) + " |",
+        "| p99 latency, all deliveries | " + " | ".join(runs(c, "p99_ms", " ms", 1) for c in cfgs)
+        + " |",
+        "| p99 latency, deliveries that crossed nodes | "
+        + " | ".join(runs(c, "p99_cross_ms", " ms", 1) if c == "cluster" else "—" for c in cfgs)
+        + " |",
+        f"| {p.get('storm_clients', 0):,} clients log in at once, all in | "
+        + " | ".join(runs(c, "storm_s", " s") for c in cfgs) + " |",
+        "",
+    ]
+
+    def ratio(key: str, label: str) -> None:
+        v = s.get(key) or {}
+        if v.get("runs"):
+            tgt = f" (target ≤ {v['target']})" if "target" in v else ""
+            lines.append(f"* {label}: {v['median']} (runs {', '.join(map(str, v['runs']))}){tgt}")
+
+    ratio("cost_ratio", "cluster / lone node, CPU per delivery")
+    ratio("cost_ratio_with_pg", "the same with PostgreSQL's backends on both sides")
+    ratio("p99_cross_ratio", "cluster cross-node p99 / lone node p99")
+    ratio("failover_gone_s", "SIGKILL of a node until its users left presence, s")
+    ratio("telegram_poll_resumed_s", "SIGKILL of the node polling Telegram until another polls, s")
+    ratio("telegram_relayed_s", "... until an update said at the kill reached the chat, s")
+    return lines

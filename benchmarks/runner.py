@@ -56,6 +56,16 @@ class Target:
     gen_core: int | None = None
     # Our own helpers (py-spy): not counted as other processes' noise.
     helpers: set[int] = field(default_factory=set)
+    # Several nodes (benchmarks/cluster.py): client i connects to
+    # ports[i % len(ports)] (empty: every client to ``port``) ...
+    ports: tuple[int, ...] = ()
+    # ... and the server is several processes: name -> PIDs, each measured on
+    # its own; the server's CPU is the sum of the parts named in in_server.
+    parts: dict[str, list[int]] = field(default_factory=dict)
+    in_server: tuple[str, ...] = ()
+
+    def cpu_window(self) -> CpuWindow:
+        return CpuWindow(self.pid, self.helpers, self.parts, self.in_server)
 
     def stored(self) -> int | None:
         """Messages in chatserv's SQLite store now (None when not measurable)."""
@@ -108,6 +118,13 @@ class StepResult:
     disconnects: int
     stored_s: float | None = None
     store_backlog: int | None = None
+    # Several nodes: latency of the deliveries that crossed from the
+    # sender's node to another (a subset of the above), and each part's CPU.
+    p50_cross_ms: float | None = None
+    p99_cross_ms: float | None = None
+    cross_samples: int | None = None
+    part_cpu_s: dict[str, float] | None = None
+    part_cpu_pct: dict[str, float] | None = None
     passed: bool = False
     limit: str = ""
 
@@ -155,12 +172,15 @@ async def connect_clients(
     sem = asyncio.Semaphore(concurrency) if concurrency > 0 else None
     clients: list[BenchClient | None] = [None] * count
     errors: dict[str, int] = {}
+    ports = target.ports or (target.port,)
 
     async def one(i: int) -> None:
         async def go() -> None:
+            node = i % len(ports)
             _, proto = await loop.create_connection(lambda: make(start + i, loop),
-                                                    target.host, target.port)
+                                                    target.host, ports[node])
             assert isinstance(proto, BenchClient)
+            proto.node = node
             clients[i] = proto
             await proto.logged
 
@@ -228,6 +248,11 @@ class Runner:
         self.probes = probes
         self.pad = "x" * max(0, pad)
         self.step_no = 0
+        # Several nodes: the sender number in the text -> the sender's node,
+        # so that deliveries that crossed nodes are timed apart as well.
+        self.sender_node: dict[bytes, int] | None = None
+        if target.ports:
+            self.sender_node = {str(r).encode(): c.node for r, (c, _) in enumerate(routes)}
 
     async def step(self, deliveries_s: float, duration: float, drain: float = 2.0) -> StepResult:
         """Offer ``deliveries_s`` for ``duration`` s and measure what arrives."""
@@ -235,14 +260,14 @@ class Runner:
         total = max(1, int(round(rate * duration)))
         self.step_no += 1
         step = self.step_no
-        phase = Phase(step)
+        phase = Phase(step, self.sender_node)
         for i, c in enumerate(self.clients):
             c.set_phase(phase, i in self.probes)
         routes = self.routes
         nroutes = len(routes)
         seqs = [0] * nroutes
         pad = self.pad
-        cpu = CpuWindow(self.target.pid, self.target.helpers)
+        cpu = self.target.cpu_window()
         lag_max = 0.0
         stored0 = self.target.stored()
         # No collector pauses inside a measured step (the hot path makes no
@@ -319,6 +344,15 @@ class Runner:
             server_rss_kb=(rss_bytes(pid) // 1024) if pid else None,
             disconnects=disconnects,
         )
+        if self.sender_node is not None:
+            cross = sorted(phase.lat_cross)
+            res.p50_cross_ms = percentile(cross, 0.50)
+            res.p99_cross_ms = percentile(cross, 0.99)
+            res.cross_samples = len(cross)
+        if cpu.parts:
+            res.part_cpu_s = {n: round(v, 3) for n, v in cpu.part_s.items()}
+            res.part_cpu_pct = {n: round(100 * v / max(cpu.mark_wall, 1e-3), 1)
+                                for n, v in cpu.mark_part_s.items()}
         if stored0 is not None and stored1 is not None:
             res.stored_s = round((stored1 - stored0) / send_time)
             res.store_backlog = sent - (stored1 - stored0)

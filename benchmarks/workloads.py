@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .kernel_timing import SO_TIMESTAMPNS, app_timed_broadcast, kernel_timed_broadcast
-from .procstat import CpuWindow, rss_bytes
+from .procstat import rss_bytes
 from .ramp import find_max, fixed_step, ramp_limit
 from .runner import (
     Route,
@@ -130,7 +130,7 @@ async def conns(target: Target, *, clients: int, timeout: float, concurrency: in
     """A login storm into one room, then one broadcast to everyone."""
     pid = target.pid
     rss0 = rss_bytes(pid) if pid else None
-    cpu = CpuWindow(pid, target.helpers)
+    cpu = target.cpu_window()
     cpu.start()
     cl, login = await connect_clients(target, clients, concurrency=concurrency, timeout=timeout)
     cpu.mark()

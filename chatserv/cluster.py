@@ -32,6 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from twisted.internet.defer import Deferred
+
 from .events import ChatMessage, Correction, MessageIds, Typing
 
 if TYPE_CHECKING:
@@ -56,9 +58,16 @@ class Cluster(Protocol):
         """Bind to *hub*, whose public entry points receive what arrives;
         called once, by the hub, before anything else."""
 
+    def reserve_name(self, key: str) -> Deferred[bool] | None:
+        """Before a client's login: make the name whose look-alike key is
+        *key* this node's, cluster-wide. None: nothing to wait for (a lone
+        node decides in :meth:`claim_name`); else a Deferred firing True
+        once reserved, False when held elsewhere."""
+
     def claim_name(self, key: str) -> bool:
         """Take the name whose look-alike key is *key* for a session of this
-        node; False when it is held already (anywhere)."""
+        node, synchronously at login (after :meth:`reserve_name` for a
+        client); False when it is held already."""
 
     def release_name(self, key: str) -> None:
         """The session that held *key* here has gone."""
@@ -66,6 +75,15 @@ class Cluster(Protocol):
     def membership(self, room: str, joined: str | None = None, left: str | None = None) -> None:
         """The user *joined* entered, or *left* left, *room* on this node:
         tell every node, whose members hear of it in their presence windows."""
+
+    def elsewhere(self, room_key: str) -> dict[str, str]:
+        """The members of the room whose key is *room_key* on other nodes
+        (name key -> name): a dict the cluster keeps current, which the
+        hub's room holds on to (so the same dict for the room's whole life)."""
+
+    def where(self, key: str) -> str | None:
+        """The name as shown of the user whose name key is *key* if it is
+        online on another node; None otherwise (always, on a lone node)."""
 
     def publish_typing(self, typing: Typing, key: str) -> None:
         """Hand *typing* to the others of the room whose key is *key* (or to

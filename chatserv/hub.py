@@ -36,6 +36,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .cluster import Cluster
@@ -181,17 +182,20 @@ class Fanout(Protocol):
 
 class Room:
     __slots__ = (
-        "name", "members", "order", "history", "cost", "partial", "joined", "left", "flush_call",
-        "wire", "plan",
+        "name", "members", "order", "others", "history", "cost", "partial", "joined", "left",
+        "flush_call", "wire", "plan",
     )
 
-    def __init__(self, name: str, history_size: int) -> None:
+    def __init__(self, name: str, history_size: int, others: dict[str, str] | None = None) -> None:
         self.name = name
         #: key -> session, in the order they joined
         self.members: dict[str, Session] = {}
         #: ``(folded name, key)`` of every member, sorted: member-list pages
         #: (``Hub.member_page``) in an order people recognise.
         self.order: list[tuple[str, str]] = []
+        #: key -> name of its members on other nodes, kept by the cluster
+        #: (Cluster.elsewhere); empty on a lone node.
+        self.others: dict[str, str] = others if others is not None else {}
         self.history: deque[ChatMessage] = deque(maxlen=history_size)
         #: The bytes the window and its cached encodings are counted for
         #: (see chatserv.windows).
@@ -213,7 +217,13 @@ class Room:
         self.plan: list[Callable[[ChatMessage], None]] | None = None
 
     def names(self) -> tuple[str, ...]:
-        return tuple(session.name for session in self.members.values())
+        """Its members' names: this node's in the order they joined, then
+        those on other nodes."""
+        names = tuple(session.name for session in self.members.values())
+        return names + tuple(self.others.values()) if self.others else names
+
+    def size(self) -> int:
+        return len(self.members) + len(self.others)
 
 
 def _plan(room: Room, leave_out: Session | None = None) -> list[Callable[[ChatMessage], None]]:
@@ -274,7 +284,9 @@ class Hub:
         #: Ids, names, membership and delivery as shared with other nodes.
         self.cluster: Cluster = cluster if cluster is not None else LocalCluster(first_id)
         self.sessions: dict[str, Session] = {}
-        self.rooms: dict[str, Room] = {GENERAL: Room(GENERAL, history_size)}
+        self.rooms: dict[str, Room] = {
+            GENERAL: Room(GENERAL, history_size, self.cluster.elsewhere(name_key(GENERAL)))
+        }
         #: ``(folded name, key)`` of every room, sorted: ``rooms`` answers
         #: are pages of it, in an order people recognise.
         self._room_order: list[tuple[str, str]] = [_order(GENERAL)]
@@ -290,6 +302,8 @@ class Hub:
         #: Counts for the metrics (chatserv.metrics); plain integers.
         self.stats = HubStats()
         self.cluster.attach(self)
+        #: A lone node: a login needs nobody's leave (see claim).
+        self._lone = isinstance(self.cluster, LocalCluster)
         # Taken once: the per-message path pays no look-up for the seam.
         self._publish_room = self.cluster.publish_room
         self._publish_private = self.cluster.publish_private
@@ -300,6 +314,27 @@ class Hub:
 
     # -- sessions ---------------------------------------------------------
 
+    def claim(self, name: object, *, trusted: bool = False) -> Deferred[None] | None:
+        """Make sure *name* may log in here, asking the rest of the cluster
+        when it must be asked: None when :meth:`login` may follow at once (a
+        lone node), else a Deferred that fires once the name is this node's,
+        for a login in the same turn, or fails (``name_taken``). Raises at
+        once what is known at once."""
+        if self._lone:
+            return None  # login itself checks everything, as it always has
+        name, key = self._login_name(name, trusted)
+        if key in self.sessions:
+            raise NameTaken("name_taken", name=name)
+        asked = self.cluster.reserve_name(key)
+        if asked is None:
+            return None
+
+        def decided(ours: bool) -> None:
+            if not ours:
+                raise NameTaken("name_taken", name=name)
+
+        return asked.addCallback(decided)
+
     def login(
         self, participant: Participant, name: object, *, trusted: bool = False, account: bool = False
     ) -> Session:
@@ -308,8 +343,21 @@ class Hub:
         *trusted* is for in-process participants (the Telegram bridge): their
         names skip the client name rules, so they may hold a space ("Luis (TG)")
         and no client can ever claim or impersonate them. *account*: the name
-        is an account's, not a guest's (their ``cid``s are kept apart).
+        is an account's, not a guest's (their ``cid``s are kept apart). In a
+        cluster, a client's login follows :meth:`claim`.
         """
+        name, key = self._login_name(name, trusted)
+        if key in self.sessions or not self.cluster.claim_name(key):
+            raise NameTaken("name_taken", name=name)
+        session = Session(name, key, participant, trusted, account)
+        self.sessions[key] = session
+        self.stats.logins += 1
+        log.debug("login {name}", name=name)
+        self._enter(session, self.rooms[GENERAL])
+        return session
+
+    def _login_name(self, name: object, trusted: bool) -> tuple[str, str]:
+        """*name* checked for a login, and its look-alike key."""
         if trusted:
             if not isinstance(name, str) or not name.strip() or not name.isprintable():
                 raise InvalidName("trusted_name")
@@ -320,15 +368,8 @@ class Hub:
                 raise InvalidName("name_rules", detail=str(e)) from None
             if any(name_key(name).endswith(suffix) for suffix in self._reserved):
                 raise InvalidName("reserved_name", name=name)
-        key = name_key(name)
-        if key in self.sessions or not self.cluster.claim_name(key):
-            raise NameTaken("name_taken", name=name)
-        session = Session(name, key, participant, trusted, account)
-        self.sessions[key] = session
-        self.stats.logins += 1
-        log.debug("login {name}", name=name)
-        self._enter(session, self.rooms[GENERAL])
-        return session
+        assert isinstance(name, str)
+        return name, name_key(name)
 
     def reserve_suffix(self, suffix: str) -> None:
         """Refuse client names that end like *suffix* (the Telegram bridge's
@@ -411,7 +452,7 @@ class Hub:
         return self._member_room(session, GENERAL if room_name is None else room_name)
 
     def room_list(self) -> list[tuple[str, int]]:
-        return [(room.name, len(room.members)) for room in self.rooms.values()]
+        return [(room.name, room.size()) for room in self.rooms.values()]
 
     def room_page(self, after: str | None = None, limit: int = ROOMS_PAGE) -> tuple[list[Room], bool]:
         """Up to *limit* rooms in case-folded name order, from the first one
@@ -423,7 +464,7 @@ class Hub:
 
     def _create_room(self, room_name: str) -> Room:
         key = name_key(room_name)
-        room = self.rooms[key] = Room(room_name, self.history_size)
+        room = self.rooms[key] = Room(room_name, self.history_size, self.cluster.elsewhere(key))
         bisect.insort(self._room_order, _order(room_name))
         return room
 
@@ -438,9 +479,19 @@ class Hub:
         from the first one after the name *after* (from the start when None),
         and whether more follow. O(log members + limit)."""
         order = room.order
+        names = {key: session.name for key, session in room.members.items()} if room.others else None
+        if names is not None:
+            # A clustered room: its members elsewhere are merged in per page;
+            # a lone node keeps the O(log n) path.
+            names.update(room.others)
+            order = sorted(order + [(name.casefold(), key) for key, name in room.others.items()])
         start = 0 if after is None else bisect.bisect_right(order, _order(after))
-        members = room.members
-        page = [members[key].name for _, key in order[start : start + limit]]
+        entries = order[start : start + limit]
+        if names is None:
+            members = room.members
+            page = [members[key].name for _, key in entries]
+        else:
+            page = [names[key] for _, key in entries]
         return page, start + limit < len(order)
 
     def _enter(self, session: Session, room: Room) -> None:
@@ -499,7 +550,7 @@ class Hub:
                 room.left[left] = None
         if room.flush_call is None:
             room.flush_call = self.clock.callLater(
-                presence_window(len(room.members)), self._flush_presence, room
+                presence_window(room.size()), self._flush_presence, room
             )
 
     def _flush_presence(self, room: Room) -> None:
@@ -576,11 +627,13 @@ class Hub:
             if original is not None:
                 return original
         target = self.find(to) if isinstance(to, str) else None
-        if target is None:
+        # Or online on another node: delivered there, by name.
+        shown = target.name if target is not None else self._elsewhere(to)
+        if shown is None:
             raise NoSuchUser("not_online", name=to)
         self._check_backlog(session)
         message = ChatMessage(
-            self.ids.take(), self.clock.seconds(), session.name, text, recipient=target.name,
+            self.ids.take(), self.clock.seconds(), session.name, text, recipient=shown,
             reply_to=reply_to,
             to_session=target, from_session=session,
         )
@@ -657,8 +710,10 @@ class Hub:
         if to is not None:
             target = self.find(to)
             if target is None:
-                raise NoSuchUser("not_online", name=to)
-            if target is not session:
+                if self._elsewhere(to) is None:
+                    raise NoSuchUser("not_online", name=to)
+                self.cluster.publish_typing(Typing(session.name, None), name_key(to))
+            elif target is not session:
                 self.cluster.publish_typing(Typing(session.name, None), target.key)
             return
         room = self.member_room(session, room_name)
@@ -681,6 +736,10 @@ class Hub:
             if member.name != typing.user:
                 self.stats.delivered_typing += 1
                 member.participant.receive_typing(typing)
+
+    def _elsewhere(self, name: object) -> str | None:
+        """The name as shown of *name* if it is online on another node."""
+        return self.cluster.where(name_key(name)) if isinstance(name, str) else None
 
     def users(self, room_name: str | None = None) -> tuple[str, ...]:
         room = self.rooms.get(name_key(room_name or GENERAL))
@@ -721,7 +780,8 @@ class Hub:
         for message in messages:
             merged.setdefault(message.id, message)
             self.ids.seen(message.id)
-        window = sorted(merged.values(), key=lambda m: m.id)[-self.history_size :]
+        # Stream order: across a cluster, id order is not commit order.
+        window = sorted(merged.values(), key=lambda m: (m.pos, m.id))[-self.history_size :]
         self.windows.evict(room)
         room.partial = False
         for message in window:

@@ -44,6 +44,9 @@ class LocalCluster:
         self.publish_private: Callable[[ChatMessage], None] = hub.deliver_private
         self.publish_correction: Callable[[Correction], None] = hub.deliver_correction
 
+    def reserve_name(self, key: str) -> None:
+        return None  # the hub's session table decides, at login
+
     def claim_name(self, key: str) -> bool:
         assert self._hub is not None
         return key not in self._hub.sessions
@@ -54,6 +57,12 @@ class LocalCluster:
     def membership(self, room: str, joined: str | None = None, left: str | None = None) -> None:
         assert self._hub is not None
         self._hub.note_presence(room, joined, left)
+
+    def elsewhere(self, room_key: str) -> dict[str, str]:
+        return {}  # no other node
+
+    def where(self, key: str) -> str | None:
+        return None
 
     def publish_typing(self, typing: Typing, key: str) -> None:
         assert self._hub is not None

@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 
 from .accounts import Accounts
+from .cluster import Cluster
 from .hashing import HashPool
 from .hub import GENERAL, ROOM_CREATE_BURST, ROOM_CREATE_RATE, Hub
 from .local import LocalCluster, MemoryLog
@@ -104,6 +105,10 @@ class ServerConfig:
     #: A ``--workers`` child: the inherited listening sockets, one per
     #: ``listen`` entry, to adopt instead of binding (chatserv.workers).
     adopt_fds: list[int] | None = None
+    #: redis:// URL of the cluster's bus (needs a PostgreSQL db); None: a lone node.
+    cluster: str | None = None
+    #: The prefix of the cluster's Redis keys and channel.
+    cluster_name: str = "chatserv"
 
 
 class Listener(Service):
@@ -186,22 +191,28 @@ class ChatServer(MultiService):
 
 
 def build_server(
-    config: ServerConfig, reactor: Any, store: Storage | None = None, hashing: HashPool | None = None
+    config: ServerConfig,
+    reactor: Any,
+    store: Storage | None = None,
+    hashing: HashPool | None = None,
+    cluster: Cluster | None = None,
 ) -> ChatServer:
     """The chat server over *store* (None: no database, messages in memory).
 
     With a store, accounts hash passwords in *hashing*'s threads; without
     one given, the server gets a :class:`HashPool` of its own, which starts
-    and stops with it.
+    and stops with it. *cluster*: the other nodes (None: a lone node).
     """
     if config.require_accounts and store is None:
         raise ValueError("require_accounts needs a database for the accounts")
+    if cluster is None:
+        # Ids never repeat across restarts.
+        cluster = LocalCluster(store.next_id() if store is not None else 1)
     hub = Hub(
         reactor,
         history_size=config.history,
         store=store if store is not None else MemoryLog(reactor),
-        # Ids never repeat across restarts.
-        cluster=LocalCluster(store.next_id() if store is not None else 1),
+        cluster=cluster,
         room_rate=config.room_rate,
         room_burst=config.room_burst,
         history_memory=config.history_memory,
@@ -287,7 +298,16 @@ def makeService(config: ServerConfig, reactor: Any = None, store: Storage | None
         # After storage, before the server: stops once no login waits on it.
         hashing = HashPool(reactor)
         hashing.setServiceParent(application)
-    server = build_server(config, reactor, store, hashing)
+    cluster = None
+    if config.cluster is not None:
+        from .cluster_redis.service import ClusterService, redis_cluster
+
+        assert store is not None and config.db is not None  # tap.Options checks it
+        cluster = redis_cluster(config.cluster, config.cluster_name, config.db, store, reactor)
+        # Before the server: it stops after it, when the server's sessions
+        # have logged out, and leaves Redis as if it had never been there.
+        ClusterService(cluster).setServiceParent(application)
+    server = build_server(config, reactor, store, hashing, cluster)
     server.setServiceParent(application)
     bridge = None
     if config.telegram is not None:

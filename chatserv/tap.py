@@ -56,6 +56,14 @@ class Options(TelegramOptions, usage.Options):
         ["retain-days", None, None, "Delete messages older than this many days (default: keep all).", float],
         ["log-level", None, logs.DEFAULT_LEVEL, f"Least important events logged: {', '.join(logs.LEVELS)}."],
         [
+            "cluster",
+            None,
+            None,
+            "Join the nodes sharing this Redis, e.g. redis://127.0.0.1:6379/0 (needs a postgresql:// --db; "
+            "docs/CLUSTER.md).",
+        ],
+        ["cluster-name", None, "chatserv", "The chat's name in Redis: the prefix of its keys and channel."],
+        [
             "metrics",
             None,
             None,
@@ -69,13 +77,6 @@ class Options(TelegramOptions, usage.Options):
             None,
             "Serve GET /healthz on this address, e.g. tcp:8080:interface=127.0.0.1: 200 while the "
             "database and the cluster are reachable, 503 otherwise (off by default).",
-        ],
-        ["cluster", None, None, "Redis URL of the cluster this node joins, e.g. redis://127.0.0.1:6379/0."],
-        [
-            "cluster-name",
-            None,
-            "chatserv",
-            "Chat name: prefix of its Redis keys and channels.",
         ],
         ["adopt-fds", None, None, "Internal (set by --workers): the inherited listening sockets."],
     ]
@@ -151,6 +152,28 @@ class Options(TelegramOptions, usage.Options):
             if problem:
                 raise usage.UsageError(f"--{name}: {problem}")
         check_telegram_options(self)
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        url = self["cluster"]
+        if url is None:
+            return
+        # Not from .bus.redis: txredisapi installs the default reactor on
+        # import, and the Telegram bridge needs asyncio's (check_runtime).
+        from .bus import parse_url
+        from .storage import is_postgres
+
+        try:
+            parse_url(url)
+        except ValueError as e:
+            raise usage.UsageError(f"--cluster: {e}") from None
+        if not is_postgres(self["db"]):
+            raise usage.UsageError(
+                "--cluster needs a PostgreSQL database that every node shares: --db postgresql://..."
+            )
+        name = self["cluster-name"]
+        if not name or not all(c.isalnum() or c in "_.-" for c in name):
+            raise usage.UsageError("--cluster-name: letters, digits, '_', '.' and '-' only")
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -174,6 +197,8 @@ class Options(TelegramOptions, usage.Options):
             metrics=self["metrics"],
             health=self["health"],
             adopt_fds=adopted_fds(self),
+            cluster=self["cluster"],
+            cluster_name=self["cluster-name"],
         )
 
 

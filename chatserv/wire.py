@@ -63,6 +63,10 @@ ERROR_TEXTS: dict[str, str] = {
     "edit_window": "solo se puede editar o borrar un mensaje durante {hours:g} horas",
     # password hashing (chatserv.hashing)
     "hashing_busy": "el servidor está ocupado comprobando contraseñas; vuelve a intentarlo en unos segundos",
+    # the cluster (chatserv.cluster_redis)
+    "cluster_unavailable": (
+        "el servidor ha perdido el contacto con los demás nodos; vuelve a intentarlo en unos segundos"
+    ),
 }
 
 

@@ -786,8 +786,17 @@ class Relay:
     def attach(self, hub: Hub) -> None:
         self.hub = hub
 
+    def reserve_name(self, key: str) -> None:
+        return self.here.reserve_name(key)
+
     def claim_name(self, key: str) -> bool:
         return self.here.claim_name(key)
+
+    def elsewhere(self, room_key: str) -> dict[str, str]:
+        return self.here.elsewhere(room_key)
+
+    def where(self, key: str) -> str | None:
+        return self.here.where(key)
 
     def release_name(self, key: str) -> None:
         self.here.release_name(key)

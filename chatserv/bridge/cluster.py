@@ -11,7 +11,7 @@ When the leader loses the lease (it stops, dies, cannot renew in time, gets a
 409 Conflict from Telegram, or the database refuses its term) its bridge is
 stopped; the node that takes over loads the offset, the id map and the queue
 from the database, queues what the rooms said while nobody bridged them
-(:meth:`~.service.TelegramBridge._catch_up`), and polls from the saved offset.
+(:meth:`~.service.TelegramBridge._missed_lines`), and polls from the saved offset.
 """
 
 from __future__ import annotations
@@ -86,6 +86,11 @@ class ClusteredBridge(Service):
         super().startService()
         if self.lease_store is None:
             assert self.config.cluster_url is not None
+            # A connection of its own, not the cluster bus's: twistd stops the
+            # node's services side by side (MultiService waits for none before
+            # the next), so the bus may be closed by the time this service has
+            # stopped its bridge and deletes the key, and a clean stop would
+            # hand over after the key's expiry (10 s) instead of at once.
             self.redis = connect_redis(self.config.cluster_url, self.reactor)
             self.lease_store = RedisLeaseStore(self.redis)
         self.lease = Lease(

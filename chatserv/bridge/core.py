@@ -48,8 +48,11 @@ class _Group:
         self.room = room
         self.room_key = name_key(room)
         self.outbox: Outbox | None = None
-        # Chat lines that arrive while the state file is still loading.
-        self.early: deque[tuple[int | None, str | None, str, int | None]] = deque(maxlen=config.queue_max)
+        # Chat lines that arrive while the state file is still loading:
+        # _enqueue's arguments (chat id, sender, text, reply_tg, pos).
+        self.early: deque[tuple[int | None, str | None, str, int | None, int]] = deque(
+            maxlen=config.queue_max
+        )
         self.early_dropped = 0
         self.pacer = Pacer(*config.group_rate, burst=config.group_burst)
         #: Chat edits and deletions waiting to be applied in Telegram.
@@ -157,12 +160,13 @@ class BridgeCore(Service):
         self._poll_call: Deferred[Any] | None = None
         #: the offset of the next getUpdates (None: whatever Telegram holds)
         self._next_update: int | None = None
-        #: the last chat message relayed from Telegram, and the last one the
-        #: bridge's session heard (committed): the offset waits for the former
-        self._last_relayed: int | None = None
-        self._last_heard = 0
+        #: the Telegram messages of the batch being relayed, by cid, until
+        #: the chat has committed them (the batch's offset waits for that),
+        #: and the cid of each by the chat message id the hub gave it
+        self._relayed: dict[str, Any] = {}
+        self._relayed_ids: dict[int, str] = {}
+        self._all_committed: Deferred[None] | None = None
         self._relaying = False
-        self._heard_waiters: list[tuple[int, Deferred[None]]] = []
         self._wake: Deferred[None] | None = None
         self._kick_call: IDelayedCall | None = None
         self._log_setup: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
@@ -199,14 +203,23 @@ class BridgeCore(Service):
         raise NotImplementedError  # in .sessions
 
     def _enqueue(
-        self, group: _Group, chat_id: int | None, sender: str | None, text: str, reply_tg: int | None = None
+        self,
+        group: _Group,
+        chat_id: int | None,
+        sender: str | None,
+        text: str,
+        reply_tg: int | None = None,
+        pos: int = 0,
     ) -> None:
         raise NotImplementedError  # in .pump
 
     def _kick(self) -> None:
         raise NotImplementedError  # in .pump
 
-    def _heard(self, message_id: int) -> None:
+    def _heard(self, message: ChatMessage) -> None:
+        raise NotImplementedError  # in .relay
+
+    def _own_echo(self, message: ChatMessage) -> None:
         raise NotImplementedError  # in .relay
 
     def _chat_message(self, message: ChatMessage) -> None:

@@ -49,7 +49,7 @@ class SendPump(BridgeCore):
 
     def _chat_message(self, message: ChatMessage) -> None:
         if message.room is not None:
-            self._heard(message.id)
+            self._heard(message)
         if message.room is None:
             self._chat_private(message)
             return
@@ -65,7 +65,7 @@ class SendPump(BridgeCore):
             if reply_tg is None:
                 # Nothing in Telegram to answer: say it in words.
                 text = reply_text(str(quoted.get("from", "?")), str(quoted.get("msg", "")), text)
-        self._enqueue(group, message.id, message.sender, text, reply_tg)
+        self._enqueue(group, message.id, message.sender, text, reply_tg, pos=message.pos)
 
     def _chat_presence(self, change: PresenceChange) -> None:
         # Not while stopping: clients leaving at shutdown are no news, and
@@ -81,8 +81,16 @@ class SendPump(BridgeCore):
             self._enqueue(group, None, None, leave_text(left))
 
     def _enqueue(
-        self, group: _Group, chat_id: int | None, sender: str | None, text: str, reply_tg: int | None = None
+        self,
+        group: _Group,
+        chat_id: int | None,
+        sender: str | None,
+        text: str,
+        reply_tg: int | None = None,
+        pos: int = 0,
     ) -> None:
+        """Queue a line for *group*; *pos*: the chat message's stream
+        position, which moves the group's mark (see BridgeState.marks)."""
         if group.outbox is None:
             if len(group.early) == group.early.maxlen:
                 group.early_dropped += 1
@@ -90,12 +98,13 @@ class SendPump(BridgeCore):
                     log.warn(
                         "chat lines for Telegram arrive faster than the bridge starts; dropping the oldest"
                     )
-            group.early.append((chat_id, sender, text, reply_tg))
+            group.early.append((chat_id, sender, text, reply_tg, pos))
             return
         added, dropped = group.outbox.add(chat_id, sender, text, reply_tg)
         self.state.queue_add(added, group.chat_id)
-        if chat_id is not None:
-            self.state.set_mark(group.chat_id, chat_id)
+        if pos:
+            # Written with the queued line, in one transaction.
+            self.state.set_mark(group.chat_id, pos)
         if dropped:
             self.state.queue_remove(dropped)
             if not group.overflowing:

@@ -4,10 +4,13 @@ answers to ``/users`` and to private chats with the bot)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout  # what addTimeout raises
 
+from ..events import ChatMessage
 from ..logs import Logger
 from .aio import as_deferred
 from .core import BridgeCore, _Group
@@ -24,6 +27,25 @@ PRIVATE_ANSWER = (
 
 #: A private chat gets the answer above at most once in this many seconds.
 PRIVATE_ANSWER_EVERY = 3600.0
+
+
+def relay_cid(tg_chat: int, tg_msg: int) -> str:
+    """The cid a Telegram message is relayed with: its chat and message id,
+    which name it for good (update ids start afresh after a quiet week)."""
+    return f"tg:{tg_chat}:{tg_msg}"
+
+
+@dataclass(slots=True)
+class _Relayed:
+    """A Telegram message relayed in this batch, until the chat commits it."""
+
+    tg_chat: int
+    tg_msg: int
+    #: The id the hub gave it; None when the hub recognised its cid at once.
+    chat_id: int | None = None
+    #: Updates later in the batch that refer to it (replies, edits), waiting
+    #: for its commit to learn which chat message it is.
+    waiters: list[Deferred[None]] = field(default_factory=list)
 
 
 def _is_topic_root(message: Any) -> bool:
@@ -46,12 +68,7 @@ class InboundRelay(BridgeCore):
             log.info("Telegram restarted its update numbering at {id}", id=uid)
         else:
             self._catching_up = False
-        if uid in self.state.unsure:
-            self.state.unsure.discard(uid)
-            if await self._relayed_before(update):
-                log.info("update {id} was relayed before the last stop; not again", id=uid)
-                self.state.set_offset(uid, force=True, write=False)
-                return
+        await self._original_committed(update)
         try:
             self._relay_update(update)
         finally:
@@ -60,41 +77,25 @@ class InboundRelay(BridgeCore):
             # with the end of the batch, once the chat has committed it.
             self.state.set_offset(uid, force=True, write=False)
 
-    async def _relayed_before(self, update: Any) -> bool:
-        """Whether the chat already holds *update*'s message: the last run
-        relayed it and stopped before writing the offset. Looked up among
-        the room's latest messages from Telegram, numbered from the batch's
-        first id on, by sender and text (and then mapped, for replies)."""
-        msg = update.message
-        store = self.store
-        if msg is None or store is None or not getattr(store, "keeps_history", False):
-            return False  # an edit is applied again: the same text twice
-        group = self.groups.get(msg.chat.id)
-        body = message_body(msg)
-        if group is None or body is None:
-            return False
-        if msg.sender_chat is not None:
-            base = display_name(None, msg.sender_chat)
-        else:
-            base = display_name(msg.from_user)
+    async def _original_committed(self, update: Any) -> None:
+        """If *update* replies to (or edits) a message relayed earlier in
+        this batch, wait for that one's commit: relayed before, the chat
+        holds it under the id it had then, which the commit tells."""
+        msg = update.message or update.edited_message
+        if msg is None:
+            return
+        original = msg if update.message is None else msg.reply_to_message
+        relayed = self._relayed.get(relay_cid(msg.chat.id, original.message_id)) if original else None
+        if relayed is None:
+            return
+        d: Deferred[None] = Deferred()
+        relayed.waiters.append(d)
+        d.addTimeout(self.config.http_timeout, self.reactor)
         try:
-            # This runs in PTB's handler, an asyncio task: a Deferred is
-            # awaited as a Future there.
-            page = await store.room_page(group.room, None, 200).asFuture(asyncio.get_running_loop())
-        except Exception as e:
-            log.warn("cannot read the chat history: {error}", error=str(e))
-            return False
-        for m in page:
-            if (
-                m.id >= self.state.unsure_from
-                and m.text == body
-                and m.sender.startswith(base)
-                and m.sender.endswith(self.config.marker)
-            ):
-                ref = Ref(m.id, m.sender, excerpt(body), self.run)
-                self.state.map_add(msg.chat.id, msg.message_id, [ref])
-                return True
-        return False
+            # PTB's handler is an asyncio task: the Deferred is awaited as a Future.
+            await d.asFuture(asyncio.get_running_loop())
+        except Exception:
+            pass  # not committed in time: _committed says so
 
     async def _on_handler_error(self, update: Any, context: Any) -> None:
         log.error("Telegram update could not be relayed: {error}", error=self._redact(repr(context.error)))
@@ -136,8 +137,20 @@ class InboundRelay(BridgeCore):
         reply_to = None
         if msg.reply_to_message is not None and not _is_topic_root(msg.reply_to_message):
             reply_to = self._reply(chat.id, msg.reply_to_message)
-        message = self.hub.broadcast(session, body, group.room, reply_to=reply_to)
-        self._last_relayed = message.id
+        # The Telegram message's own id as the message's cid: relayed again
+        # (a leader died before writing the offset, and Telegram offers the
+        # update anew) it is a resend the chat recognises and stores once.
+        cid = relay_cid(chat.id, msg.message_id)
+        relayed = self._relayed[cid] = _Relayed(chat.id, msg.message_id)
+        try:
+            message = self.hub.broadcast(session, body, group.room, reply_to=reply_to, cid=cid)
+        except BaseException:
+            self._relayed.pop(cid, None)
+            raise
+        if cid in self._relayed:
+            relayed.chat_id = message.id
+            self._relayed_ids[message.id] = cid
+        # At once, not at the commit: a reply later in this batch finds it.
         self.state.map_add(chat.id, msg.message_id, [Ref(message.id, session.name, excerpt(body), self.run)])
 
     def _reply(self, tg_chat: int, original: Any) -> dict[str, Any]:
@@ -275,7 +288,7 @@ class InboundRelay(BridgeCore):
             self._relaying = True
             try:
                 # Fenced: a deposed leader relays nothing.
-                self.state.begin_batch([u.update_id for u in updates], self.hub.ids.upcoming)
+                self.state.begin_batch([u.update_id for u in updates])
                 await self.state.flush()
                 for update in updates:
                     self._next_update = update.update_id + 1
@@ -298,28 +311,54 @@ class InboundRelay(BridgeCore):
             self._poll_call = None
 
     async def _committed(self) -> None:
-        """Wait until the chat has committed (and so delivered to the
-        bridge's own session) the last message this batch relayed."""
-        wanted = self._last_relayed
-        if wanted is None or self._last_heard >= wanted:
+        """Wait until the chat has committed every message this batch
+        relayed (or recognised it as relayed before, by its cid)."""
+        if not self._relayed:
             return
-        d: Deferred[None] = Deferred()
-        self._heard_waiters.append((wanted, d))
+        d = self._all_committed = Deferred()
         d.addTimeout(self.config.http_timeout, self.reactor)
         try:
             await d
-        except (TimeoutError, CancelledError):
-            log.warn("message {id} relayed from Telegram was not committed in time", id=wanted)
+        except (TimeoutError, DeferredTimeout, CancelledError):
+            log.warn("{n} messages relayed from Telegram were not committed in time", n=len(self._relayed))
+        finally:
+            self._all_committed = None
+            self._relayed.clear()
+            self._relayed_ids.clear()
 
-    def _heard(self, message_id: int) -> None:
-        """The bridge's session heard chat message *message_id* (committed)."""
-        if message_id > self._last_heard:
-            self._last_heard = message_id
-        for waiter in list(self._heard_waiters):
-            if waiter[0] <= message_id:
-                self._heard_waiters.remove(waiter)
-                if not waiter[1].called:
-                    waiter[1].callback(None)
+    def _heard(self, message: ChatMessage) -> None:
+        """The bridge's session heard room message *message* (committed)."""
+        cid = self._relayed_ids.get(message.id)
+        if cid is not None:
+            self._relay_done(cid, message)
+
+    def _own_echo(self, message: ChatMessage) -> None:
+        """A Telegram user's session got its own room message back (the hub's
+        ``receive_own``): committed, or, when the chat held its cid already,
+        the message stored then (confirmed again, nothing stored)."""
+        if message.cid is not None and message.cid in self._relayed:
+            self._relay_done(message.cid, message)
+
+    def _relay_done(self, cid: str, stored: ChatMessage) -> None:
+        relayed = self._relayed.pop(cid)
+        if relayed.chat_id is not None:
+            self._relayed_ids.pop(relayed.chat_id, None)
+        if relayed.chat_id != stored.id:
+            # The chat had it already (an earlier leader relayed it): map the
+            # Telegram message to that one; the last ref is what replies use.
+            log.info(
+                "Telegram message {msg} is in the chat already (message {id}); not relayed again",
+                msg=relayed.tg_msg,
+                id=stored.id,
+            )
+            if relayed.chat_id is not None:
+                ref = Ref(stored.id, stored.sender, excerpt(stored.text), self.run)
+                self.state.map_add(relayed.tg_chat, relayed.tg_msg, [ref])
+        for waiter in relayed.waiters:
+            if not waiter.called:
+                waiter.callback(None)
+        if not self._relayed and self._all_committed is not None and not self._all_committed.called:
+            self._all_committed.callback(None)
 
     def _poll_died(self, failure: Any) -> None:
         if not failure.check(CancelledError):

@@ -53,6 +53,7 @@ from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
+from ..events import ChatMessage
 from ..logs import Logger
 from .aio import as_deferred, require_asyncio_reactor
 from .corrections import Corrections
@@ -64,6 +65,11 @@ from .sessions import BRIDGE_USER, HubSide, _Listener
 from .state import StateError
 
 log = Logger()
+
+#: A new leader's catch-up reads the chat history in pages of this many
+#: messages, at most this many pages (see TelegramBridge._room_since).
+CATCH_UP_PAGE = 200
+CATCH_UP_PAGES = 50
 
 
 class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction):
@@ -112,8 +118,16 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
             return
         # With durable storage the hub numbers on from the stored messages;
         # without it, or with :memory:, it starts again at 1 and ids from
-        # earlier runs would name other messages.
-        self.stable_ids = self._first_id is not None and self._first_id > self.state.max_chat_id
+        # earlier runs would name other messages. In a cluster (catch_up)
+        # the store is the shared PostgreSQL one: ids are never reused,
+        # although each node numbers in blocks of its own.
+        self.stable_ids = self.catch_up or (
+            self._first_id is not None and self._first_id > self.state.max_chat_id
+        )
+        # Read before the queues exist, so that whatever the rooms say
+        # meanwhile waits in group.early and is queued after the lines
+        # missed, in the order the chat said them.
+        missed = await self._missed_lines({e.chat_id for _, e in queued}) if self.catch_up else {}
         seqs = itertools.count(max((e.seq for _, e in queued), default=0) + 1)
         first = next(iter(self.groups))
         restored: dict[int, list[Entry]] = {}
@@ -131,10 +145,8 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
             outbox = Outbox(self.config.queue_max, self.config.max_length, seqs=seqs)
             self.state.queue_remove(outbox.restore(restored.get(group.chat_id, [])))
             group.outbox = outbox
-        if self.catch_up:
-            await self._catch_up()
-        for group in self.groups.values():
-            assert group.outbox is not None
+            for message in missed.get(group.chat_id, ()):
+                self._chat_message(message)
             early, group.early = group.early, deque()
             queued_ids = {e.chat_id for e in group.outbox.entries}
             for item in early:
@@ -147,50 +159,73 @@ class TelegramBridge(InboundRelay, Corrections, SendPump, HubSide, LogRedaction)
         self._pump_d.addErrback(self._pump_died)
         await self._start_telegram()
 
-    async def _catch_up(self) -> None:
-        """A new leader of a cluster: queue what the bridged rooms said while
-        no node bridged them, from the chat history.
+    async def _missed_lines(self, queued: set[int | None]) -> dict[int, list[ChatMessage]]:
+        """A new leader of a cluster: what the bridged rooms said while no
+        node bridged them, per group, from the chat history.
 
-        Every line queued for a group raises its mark (the highest chat
-        message id queued for it, kept with the shared state), so the lines
-        after the mark are the ones no leader queued. Lines from Telegram
-        users (the marker) and lines still queued or already sent are left
-        out; at most ``queue_max`` of the newest are taken, like the queue.
+        Each group's mark is the stream position of the last line queued for
+        it (kept with the shared state, written with the queue), so the
+        room's messages after it are the ones no leader queued. Paged by
+        position (``room_after``), not by id: ids come in blocks per node,
+        and only positions follow the commit order. Lines from Telegram
+        users (the marker), lines deleted, still queued or already sent are
+        left out; at most ``queue_max`` of the newest are kept, like the queue.
         """
-        if self.store is None or not getattr(self.store, "keeps_history", False):
-            return
+        store = self.store
+        if store is None or not getattr(store, "keeps_history", False):
+            return {}
         sent = set(self.state.sent_ids())
+        missed: dict[int, list[ChatMessage]] = {}
         for group in self.groups.values():
-            assert group.outbox is not None
             mark = self.state.marks.get(group.chat_id)
-            if mark is None:
-                # The first leader ever: the bridge starts now, and a later
-                # gap is caught up from here.
-                if self._first_id is not None:
-                    self.state.set_mark(group.chat_id, self._first_id - 1)
-                continue
             try:
-                page = await self.store.room_page(group.room, None, self.config.queue_max)
+                if mark is None:
+                    # The first leader ever: the bridge starts now (its session
+                    # hears everything from here), and a later gap is caught
+                    # up from here.
+                    self.state.set_mark(group.chat_id, await store.current_position())
+                    continue
+                lines = await self._room_since(group.room, mark)
             except Exception as e:
                 log.warn("cannot read the chat history to catch up: {error}", error=str(e))
                 continue
-            queued = {e.chat_id for e in group.outbox.entries}
-            missed = [
+            found = [
                 m
-                for m in page
-                if m.id > mark
+                for m in lines
+                if m.deleted is None
                 and m.id not in queued
                 and m.id not in sent
                 and not m.sender.endswith(self.config.marker)
             ]
-            for message in missed:
-                self._chat_message(message)
-            if missed:
+            if found:
+                missed[group.chat_id] = found
                 log.info(
                     "{n} chat lines of room {room} said while no node bridged it are queued for Telegram",
-                    n=len(missed),
+                    n=len(found),
                     room=group.room,
                 )
+        return missed
+
+    async def _room_since(self, room: str, after: int) -> list[ChatMessage]:
+        """The newest ``queue_max`` messages of *room* past position *after*,
+        in position order."""
+        assert self.store is not None
+        kept: deque[ChatMessage] = deque(maxlen=self.config.queue_max)
+        for _ in range(CATCH_UP_PAGES):
+            page = await self.store.room_after(room, after, CATCH_UP_PAGE)
+            kept.extend(page)
+            if len(page) < CATCH_UP_PAGE:
+                return list(kept)
+            after = page[-1].pos
+        # A very long gap (no leader for ages): rather than read it all, the
+        # room's newest messages (by id, close enough to their order) past it.
+        newest = await self.store.room_page(room, None, self.config.queue_max)
+        log.warn(
+            "room {room} said more than {n} lines while no node bridged it; the newest are queued",
+            room=room,
+            n=CATCH_UP_PAGE * CATCH_UP_PAGES,
+        )
+        return sorted((m for m in newest if m.pos > after), key=lambda m: m.pos)
 
     def _build_application(self) -> Any:
         from telegram import Update

@@ -3,6 +3,7 @@ what the hub hands them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ChatError, NameTaken
@@ -40,7 +41,7 @@ class _Listener:
         self.bridge._chat_message(message)
 
     def receive_own(self, message: ChatMessage) -> None:
-        pass  # the bridge sends no cid
+        pass  # the bridge's own session sends no cid (Telegram users' sessions do)
 
     def receive_presence(self, change: PresenceChange) -> None:
         self.bridge._chat_presence(change)
@@ -58,9 +59,13 @@ class _Mute:
     A private message to it is answered, once per message, saying it cannot
     be delivered (see docs/TELEGRAM.md)."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, own_echo: Callable[[ChatMessage], None]) -> None:
         self.hub = hub
         self.session: Session | None = None
+        #: Told of this session's own room messages (the bridge relays each
+        #: Telegram message with a cid): committed, or, for a cid the chat
+        #: held already, the message stored then.
+        self.own_echo = own_echo
 
     def receive_message(self, message: ChatMessage) -> None:
         me = self.session
@@ -75,7 +80,8 @@ class _Mute:
             pass
 
     def receive_own(self, message: ChatMessage) -> None:
-        pass  # the bridge sends no cid
+        if message.room is not None:
+            self.own_echo(message)
 
     def receive_presence(self, change: PresenceChange) -> None:
         pass
@@ -133,7 +139,7 @@ class HubSide(BridgeCore):
             if user.idle.active():
                 user.idle.cancel()
             self._logout(user.session)
-        mute = _Mute(self.hub)
+        mute = _Mute(self.hub, self._own_echo)
         session = mute.session = self._login(mute, base, [group.room])
         idle = self.reactor.callLater(self.config.idle_timeout, self._expire, key)
         self.tg_users[key] = _TgUser(base, session, idle)

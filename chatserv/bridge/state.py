@@ -31,6 +31,8 @@ from .outbox import Entry
 log = Logger()
 
 SCHEMA_VERSION = 2
+#: The meta key prefix of a group's mark (see :attr:`BridgeState.marks`).
+MARK = "posmark:"
 #: Seconds between attempts to write the state after a failure.
 WRITE_RETRY = 1.0
 #: Seconds a stop waits for the last write.
@@ -86,8 +88,8 @@ class Loaded:
     refs: list[tuple[int, int, int, Ref]]  # (n, tg_chat, tg_msg, ref)
     #: (telegram chat or None for version-1 rows, entry), oldest first
     outbox: list[tuple[int | None, Entry]]
-    #: every saved key (``offset``; ``mark:{tg_chat}``, the highest chat
-    #: message id queued for that group)
+    #: every saved key (``offset``; ``posmark:{tg_chat}``, the stream
+    #: position of the last chat line queued for that group)
     meta: dict[str, str] = field(default_factory=dict)
 
 
@@ -232,8 +234,11 @@ class BridgeState:
         #: the highest chat message id in the map: tells whether the server
         #: numbers its messages on from there after a restart
         self.max_chat_id = 0
-        #: Telegram chat -> the highest chat message id queued for it (clustered:
-        #: where a new leader's catch-up from the chat history starts)
+        #: Telegram chat -> the stream position (ChatMessage.pos, the commit
+        #: order across every node) of the last chat line queued for it.
+        #: Clustered, a new leader's catch-up from the chat history starts
+        #: there: message ids are handed out in blocks per node, so only
+        #: positions follow the order in which the chat said things.
         self.marks: dict[int, int] = {}
         self._map: OrderedDict[tuple[int, int], list[Ref]] = OrderedDict()
         #: chat message id -> the Telegram messages that carry it, oldest first
@@ -250,10 +255,6 @@ class BridgeState:
         #: After a failed write the changes are kept and tried again from then on.
         self._retry_at = 0.0
         self._failing = False
-        #: The batch of updates being relayed when the last leader stopped
-        #: (see :meth:`begin_batch`): those may be in the chat already.
-        self.unsure: set[int] = set()
-        self.unsure_from = 0
 
     def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self._pool, f, *args)
@@ -270,12 +271,20 @@ class BridgeState:
         self.offset = loaded.offset
         self.max_chat_id = loaded.max_chat_id
         for key, value in loaded.meta.items():
-            if key.startswith("mark:"):
-                self.marks[int(key[5:])] = int(value)
+            # (``mark:`` keys of earlier versions held message ids: ignored.)
+            if key.startswith(MARK):
+                self.marks[int(key[len(MARK):])] = int(value)
         if loaded.meta.get("pending"):
             pending = json.loads(loaded.meta["pending"])
-            self.unsure = {u for u in pending["updates"] if u > self.offset}
-            self.unsure_from = int(pending["from"])
+            unfinished = [u for u in pending.get("updates", ()) if u > self.offset]
+            if unfinished:
+                # Telegram offers them again; each is relayed with its cid,
+                # so those the chat holds already are not stored twice.
+                log.info(
+                    "the last run stopped relaying updates {first}..{last}; the chat keeps each once",
+                    first=unfinished[0],
+                    last=unfinished[-1],
+                )
         for n, tg_chat, tg_msg, ref in loaded.refs:
             self._n = max(self._n, n)
             self._map.setdefault((tg_chat, tg_msg), []).append(ref)
@@ -293,20 +302,23 @@ class BridgeState:
                 self._meta["offset"] = str(update_id)
                 self._schedule()
 
-    def set_mark(self, tg_chat: int, chat_id: int) -> None:
-        """Chat message *chat_id* is queued for *tg_chat* (or was seen there)."""
-        if chat_id > self.marks.get(tg_chat, 0):
-            self.marks[tg_chat] = chat_id
-            self._meta[f"mark:{tg_chat}"] = str(chat_id)
+    def set_mark(self, tg_chat: int, pos: int) -> None:
+        """The chat line at stream position *pos* is queued for *tg_chat*
+        (or the bridge starts there): the mark only moves forward."""
+        if pos > self.marks.get(tg_chat, 0):
+            self.marks[tg_chat] = pos
+            self._meta[f"{MARK}{tg_chat}"] = str(pos)
             self._schedule()
 
-    def begin_batch(self, update_ids: list[int], first_chat_id: int) -> None:
-        """Updates *update_ids* are about to be relayed, as chat messages
-        numbered from *first_chat_id* on. Written (by the next flush) before
-        they are, and cleared with their offset: a leader that finds it set
-        knows the chat may hold some of them although the offset does not
-        say so (the last one stopped between the two commits)."""
-        self._meta["pending"] = json.dumps({"updates": update_ids, "from": first_chat_id})
+    def begin_batch(self, update_ids: list[int]) -> None:
+        """Updates *update_ids* are about to be relayed. Written (by the next
+        flush, a fenced write: a deposed leader relays nothing) before they
+        are, and cleared with their offset, so a leader that finds it set
+        knows the last one stopped between the chat's commit and the
+        offset's: nothing to do but say so, since every relayed message
+        carries a ``cid`` of its Telegram message and the chat stores a
+        repeated one only once."""
+        self._meta["pending"] = json.dumps({"updates": update_ids})
         self._schedule()
 
     def end_batch(self) -> None:

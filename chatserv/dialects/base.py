@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
 
 from .. import conversation
 from ..addresses import source
@@ -38,6 +41,24 @@ class Dialect:
         self.send = connection.send
         #: Private history is readable from this time on (see accounts.Identity).
         self.history_since = 0.0
+
+    def _claim_then(self, identity: Identity | Deferred[Identity], then: Callable[[Identity], None]) -> None:
+        """Call ``then(identity)`` once *identity* (or what the Deferred
+        gives: an account check) may log in, its name held for this node
+        across the cluster: at once on a lone node, else holding the
+        connection's input meanwhile (see ChatProtocol._hold)."""
+        if isinstance(identity, Deferred):
+            self.connection._hold(identity.addCallback(self._claimed), then, "login")
+            return
+        claimed = self.factory.hub.claim(identity.name)
+        if claimed is None:
+            then(identity)
+        else:
+            self.connection._hold(claimed.addCallback(lambda _: identity), then, "login")
+
+    def _claimed(self, identity: Identity) -> Identity | Deferred[Identity]:
+        claimed = self.factory.hub.claim(identity.name)
+        return identity if claimed is None else claimed.addCallback(lambda _: identity)
 
     def _enter_hub(self, identity: Identity, how: str = "") -> Session:
         """Bring *identity* online for this connection: what a login is in

@@ -168,7 +168,7 @@ class JsonDialect(Dialect):
     def _users_answer(self, room: Room) -> bytes:
         """The member list of *room* for this client: whole, or the first
         page of a large room for a lazy_members client."""
-        if "lazy_members" in self.features and members.is_large(len(room.members)):
+        if "lazy_members" in self.features and members.is_large(room.size()):
             return members.first_page(self.factory.hub, room)
         return wire.users_frame(room.name, room.names())
 
@@ -199,16 +199,17 @@ class JsonDialect(Dialect):
                 # no query, and no pause in reading the connection.
                 identity = accounts.guest_now(user)
                 if identity is not None:
-                    self._login_as(identity, features)
+                    self._claim_then(identity, lambda identity: self._login_as(identity, features))
                     return
                 d = accounts.admit_guest(user)
             else:
                 d = accounts.authenticate(user, password, host(self.connection.transport.getPeer()))
-            self.connection._hold(d, lambda identity: self._login_as(identity, features), "login")
+            self._claim_then(d, lambda identity: self._login_as(identity, features))
             return
         if password is not None:
             raise AuthFailed("este servidor no tiene cuentas")
-        self._login_as(Identity(user, self.factory.clock.seconds(), False), features)
+        identity = Identity(user, self.factory.clock.seconds(), False)
+        self._claim_then(identity, lambda identity: self._login_as(identity, features))
 
     def _login_as(self, identity: Identity, features: list[str]) -> None:
         hub = self.factory.hub
@@ -378,7 +379,7 @@ class JsonDialect(Dialect):
             raise BadRequest("el campo 'limit' debe ser un entero positivo")
         hub = self.factory.hub
         page, more = hub.room_page(after, min(limit, ROOMS_PAGE))
-        rooms = [{"name": room.name, "members": len(room.members)} for room in page]
+        rooms = [{"name": room.name, "members": room.size()} for room in page]
         self.send(wire.frame({"cmd": "rooms", "list": rooms, "more": more, "total": len(hub.rooms)}))
 
     def _cmd_ping(self, frame: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ def is_large(members: int) -> bool:
 def first_page(hub: Hub, room: Room) -> bytes:
     """The ``users`` frame of a large room for a lazy_members client."""
     names, more = hub.member_page(room, None, FIRST_PAGE)
-    return wire.members_page_frame("users", room.name, names, len(room.members), more)
+    return wire.members_page_frame("users", room.name, names, room.size(), more)
 
 
 def entered_frame(hub: Hub, room: Room, change: PresenceChange) -> bytes:
@@ -59,4 +59,4 @@ def presence_frame(change: PresenceChange) -> bytes:
 def page(hub: Hub, room: Room, after: str | None, limit: int) -> bytes:
     """The answer to ``members``: up to *limit* names after *after*."""
     names, more = hub.member_page(room, after, min(limit, MAX_PAGE))
-    return wire.members_page_frame("members", room.name, names, len(room.members), more)
+    return wire.members_page_frame("members", room.name, names, room.size(), more)

@@ -93,7 +93,7 @@ class PlainDialect(Dialect):
             address = host(self.connection.transport.getPeer())
             if command == "/login":
                 d = accounts.authenticate(user, password, address)
-                hold(d, lambda identity: self._login_as(identity, ""), "login")
+                self._claim_then(d, lambda identity: self._login_as(identity, ""))
                 return
             holder = self.factory.hub.find(user)
             if holder is not None:
@@ -105,9 +105,10 @@ class PlainDialect(Dialect):
         first = rest if colon else ""
         if accounts is not None:
             d = accounts.admit_guest(name.strip()).addErrback(_with_login_hint)
-            hold(d, lambda identity: self._login_as(identity, first), "login")
+            self._claim_then(d, lambda identity: self._login_as(identity, first))
             return
-        self._login_as(Identity(name.strip(), self.factory.clock.seconds(), False), first)
+        identity = Identity(name.strip(), self.factory.clock.seconds(), False)
+        self._claim_then(identity, lambda identity: self._login_as(identity, first))
 
     def _login_as(self, identity: Identity, rest: str) -> None:
         hub = self.factory.hub

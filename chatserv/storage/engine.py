@@ -153,6 +153,24 @@ def _insert_sql(rows: int, suffix: str) -> str:
     return _INSERT_HEAD + ", ".join([_ROW_MARKS] * rows) + suffix
 
 
+#: "Older than message *before*": earlier in the stream than it. By position,
+#: not id: on several nodes (docs/CLUSTER.md) ids come from per-node blocks
+#: and their order is not commit order. An id that names no stored message
+#: (deleted, or made up) pages from the first stored message with a higher
+#: id, which on one server, where ids follow commit order, is "id < before"
+#: exactly.
+_BEFORE = (
+    "COALESCE((SELECT pos FROM messages WHERE id = ?),"
+    " (SELECT min(pos) FROM messages WHERE id >= ?), ?)"
+)
+
+
+def _before(before: int | None) -> tuple[int, int, int]:
+    """The parameters of _BEFORE."""
+    value = NO_LIMIT_ID if before is None else before
+    return (value, value, NO_LIMIT_ID)
+
+
 def redact(url: str) -> str:
     """*url* without its password, for messages and logs."""
     parts = urlsplit(url)
@@ -583,11 +601,12 @@ class Engine:
         )
 
     def room_page(self, room: str, before: int | None, limit: int) -> list[ChatMessage]:
-        """The *limit* newest messages of *room* older than *before*, oldest first."""
-        params = (name_key(room), NO_LIMIT_ID if before is None else before, limit)
+        """The *limit* newest messages of *room* older than message *before*
+        (in stream order, see _BEFORE), oldest first."""
+        params = (name_key(room), *_before(before), limit)
         rows = self._call(
             lambda: self._execute(
-                f"{_SELECT} WHERE room_key = ? AND id < ? ORDER BY id DESC LIMIT ?", params
+                f"{_SELECT} WHERE room_key = ? AND pos < {_BEFORE} ORDER BY pos DESC LIMIT ?", params
             ).fetchall()
         )
         return [_message(row) for row in reversed(rows)]
@@ -597,10 +616,11 @@ class Engine:
     ) -> list[ChatMessage]:
         """The *limit* newest messages between *a* and *b* older than *before*
         and not older than *since*, oldest first."""
-        params = (conversation_key(a, b), NO_LIMIT_ID if before is None else before, since, limit)
+        params = (conversation_key(a, b), *_before(before), since, limit)
         rows = self._call(
             lambda: self._execute(
-                f"{_SELECT} WHERE conversation = ? AND id < ? AND ts >= ? ORDER BY id DESC LIMIT ?",
+                f"{_SELECT} WHERE conversation = ? AND pos < {_BEFORE} AND ts >= ?"
+                " ORDER BY pos DESC LIMIT ?",
                 params,
             ).fetchall()
         )

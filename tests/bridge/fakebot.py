@@ -128,6 +128,9 @@ class FakeBotAPI:
     violations: int = 0
     #: long polls ended by another poller's getUpdates (409 Conflict)
     conflicts: int = 0
+    #: (time, client TCP port) of every getUpdates: tells pollers apart
+    #: (a process that polls again reuses its connection or opens another)
+    pollers: list[tuple[float, int]] = field(default_factory=list)
     #: (chat id, message id, new plain text) of every editMessageText
     edits: list[tuple[int, int, str]] = field(default_factory=list)
     #: (chat id, message id) of every deleteMessage
@@ -359,6 +362,7 @@ class FakeBotAPI:
         timeout = float(params.get("timeout", 0) or 0)
         self.offsets.append(offset)
         self.calls.append(("getUpdates", self.reactor.seconds(), "ok"))
+        self.pollers.append((self.reactor.seconds(), request.getClientAddress().port))
         # Telegram allows one poller per bot: a new getUpdates ends one still
         # waiting with 409 Conflict.
         for poll in list(self._polls):

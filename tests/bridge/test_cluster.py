@@ -3,8 +3,9 @@ at a time by a lease in the real Redis, the state in the real PostgreSQL,
 the real python-telegram-bot against the fake Bot API.
 
 The nodes are ClusteredBridge services on one chat server's hub: the hub
-stands for a cluster whose bus delivers everything (what rcluster builds);
-what is tested here is the hand-over between bridges. The takeover times
+stands for a cluster whose bus delivers everything; what is tested here is
+the hand-over between bridges, with deaths placed where real processes
+cannot place them (tests/cluster/test_telegram_failover.py runs real nodes). The takeover times
 are printed (``pytest -s``), not asserted: the fake-clock tests in
 test_lease.py bound them.
 """
@@ -231,8 +232,9 @@ async def test_failover_relays_every_update_and_line_once(cluster):
 @pytest_twisted.ensureDeferred
 async def test_death_between_the_chat_commit_and_the_offset(cluster):
     """The leader relays a batch (the chat commits it) and dies before its
-    offset is written: the next leader gets the batch again from Telegram,
-    finds the messages in the chat and relays none of them twice."""
+    offset is written: the next leader gets the batch again from Telegram
+    and relays it again, with the same cids, which the chat stores once
+    (without the cids "una" is in the chat twice)."""
     fake = cluster.fake
     dying: list[ClusteredBridge] = []
 
@@ -270,6 +272,34 @@ async def test_death_between_the_chat_commit_and_the_offset(cluster):
     relayed = [m.text for m in history if m.sender.endswith("(TG)")]
     assert relayed == ["antes", "una", "dos", "tres"], relayed
     assert got == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_lines_said_without_a_leader_are_found_by_position(cluster):
+    """Each node of a cluster numbers messages from blocks of its own, so a
+    line said after the last one queued may have a lower id: the new
+    leader's catch-up goes by stream position (with ids, c2 is lost)."""
+    fake = cluster.fake
+    quick = LeaseTiming(ttl=2.0, renew_every=0.4, retry_every=0.1, margin=0.4)
+    a = await cluster.node("a", quick)
+    await leading(a)
+    b = await cluster.node("b", quick)
+    ana = await cluster.client("Ana")
+    ids = cluster.server.hub.ids
+    ids._next = 10_000  # one node's block
+    ana.send(cmd="broadcast", msg="c1")
+    await fake.wait_sent(1)
+    await wait_for(lambda: a.queue_depth() == 0)
+    assert a.active is not None
+    await a.active.state.flush()
+    crash(a)
+    ids._next = 500  # another node's, lower
+    ana.send(cmd="broadcast", msg="c2")
+    await ana.expect("broadcast", msg="c2")
+    await leading(b)
+    await wait_for(lambda: len(fake.group_lines()) >= 2)
+    await sleep(0.3)
+    assert fake.group_lines() == ["Ana: c1", "Ana: c2"]
 
 
 @pytest_twisted.ensureDeferred

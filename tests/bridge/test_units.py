@@ -228,6 +228,27 @@ def test_cluster_options_reach_the_bridge(monkeypatch):
         config_from_options(options)
 
 
+def test_checking_the_cluster_options_installs_no_reactor():
+    """``twistd chatserv --cluster … --telegram-chat …`` without ``-r``: the
+    bridge installs the asyncio reactor after the options are checked, so
+    checking --cluster must not import txredisapi (which installs the
+    default one). In a fresh interpreter: this one has its reactor."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from chatserv.tap import Options\n"
+        "Options().parseOptions(['--db', 'postgresql://x@h/db', '--cluster', 'redis://127.0.0.1:6379/0',"
+        " '--telegram-chat', '-100'])\n"
+        "print('twisted.internet.reactor' in sys.modules)\n"
+    )
+    env = {**os.environ, "TELEGRAM_BOT_TOKEN": "4242:env"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stdout + done.stderr
+
+
 def test_fake_bot_identity():
     # The fake's getMe answer must parse as a real User.
     from telegram import User

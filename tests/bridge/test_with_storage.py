@@ -99,3 +99,41 @@ async def test_full_restart_with_storage_keeps_ids(fakebot, tmp_path):
         assert corrected[0]["msg"] == "yo, seguro" and "edited" in corrected[0]
     finally:
         await app.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_updates_offered_again_are_stored_once(fakebot, tmp_path):
+    """The bridge lost its offset (its state file is gone) and Telegram
+    offers an update it relayed again: relayed with the same cid, the
+    database recognises it and the chat keeps it once; the bridge maps the
+    Telegram message to the stored one (a reply to it names that), and the
+    batch does not wait for a commit that never comes."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    warnings: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            warnings.append(formatEvent(event))
+
+    app = await App(fakebot, tmp_path).start()
+    globalLogPublisher.addObserver(observe)
+    try:
+        ana = await app.client("Ana")
+        hola = fakebot.say(LUIS, "hola")
+        first = await ana.expect("broadcast", msg="hola")
+        await app.stop()
+        (tmp_path / "bridge.sqlite3").unlink()
+        fakebot.unconfirm_all()
+
+        await app.start()
+        bea = await app.client("Bea")
+        fakebot.say(LUIS, "otra", reply_to=hola)
+        frame = await bea.expect("broadcast", **{"from": "Luis (TG)"})
+        assert frame["msg"] == "otra" and frame["reply_to"]["id"] == first["id"]
+        history = await app.server.hub.store.room_page("general", None, 50)
+        assert [m.text for m in history if m.sender == "Luis (TG)"] == ["hola", "otra"]
+        assert not [w for w in warnings if "not committed" in w], warnings
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await app.stop()

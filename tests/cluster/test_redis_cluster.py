@@ -1,0 +1,174 @@
+"""RedisCluster on the in-memory bus: several hubs in one process, on one
+fake clock, sharing a "database" (a list with positions). Names, presence,
+reaping, health, and the stream, without a network."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from chatserv.bus.memory import MemoryBus, MemoryRedis
+from chatserv.cluster_redis import RedisCluster
+from chatserv.errors import NameTaken, ServerBusy
+from chatserv.events import MessageIds
+from chatserv.hub import Hub
+from tests.test_hub import Recorder
+
+
+class SharedLog:
+    """One database for every node: commits at the end of the turn, with positions."""
+
+    keeps_history = False
+
+    def __init__(self, clock: Clock, events: list[Any]) -> None:
+        self.clock = clock
+        self.events = events
+        self._queue: list[tuple[Any, Any]] = []
+
+    def append_then(self, message: Any, deliver: Any) -> None:
+        self._add(message, deliver)
+
+    def correct_then(self, correction: Any, deliver: Any) -> None:
+        self._add(correction, deliver)
+
+    def _add(self, item: Any, deliver: Any) -> None:
+        if not self._queue:
+            self.clock.callLater(0, self._commit)
+        self._queue.append((item, deliver))
+
+    def _commit(self) -> None:
+        queue, self._queue = self._queue, []
+        for item, deliver in queue:
+            self.events.append(item)
+            item.pos = len(self.events)
+            deliver(item)
+
+    def congested(self) -> bool:
+        return False
+
+    def events_after(self, pos: int, limit: int) -> Deferred[list[Any]]:
+        return succeed(self.events[pos : pos + limit])
+
+
+class Chat:
+    def __init__(self, drop: float = 0.0) -> None:
+        self.clock = Clock()
+        self.redis = MemoryRedis(self.clock, random.Random(1), drop=drop)
+        self.events: list[Any] = []
+        self.nodes: list[tuple[Hub, RedisCluster]] = []
+        self._ids = 0
+
+    def node(self) -> tuple[Hub, RedisCluster]:
+        self._ids += 1
+        log = SharedLog(self.clock, self.events)
+        cluster = RedisCluster(
+            MemoryBus(self.redis), self.clock, log.events_after, len(self.events),
+            MessageIds(self._ids * 1000), name="t", node=f"n{self._ids}",
+        )
+        hub = Hub(self.clock, store=log, cluster=cluster)
+        cluster.start()
+        self.nodes.append((hub, cluster))
+        return hub, cluster
+
+    def run(self, seconds: float, step: float = 0.05) -> None:
+        for _ in range(int(seconds / step)):
+            self.clock.advance(step)
+
+
+def login(hub: Hub, chat: Chat, name: str) -> tuple[Any, Recorder]:
+    recorder = Recorder(name)
+    d = hub.claim(name)
+    assert d is not None
+    results: list[Any] = []
+    d.addBoth(results.append)
+    chat.run(0.1)
+    if results and results[0] is not None:
+        raise results[0].value
+    return hub.login(recorder, name), recorder
+
+
+@pytest.fixture
+def chat() -> Chat:
+    return Chat()
+
+
+def test_members_and_messages_cross_nodes(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    luis, rl = login(two, chat, "Luis")
+    chat.run(0.2)
+    assert sorted(one.users()) == sorted(two.users()) == ["Ana", "Luis"]
+    one.broadcast(ana, "hola")
+    two.private(luis, "ana", "psst")
+    chat.run(0.2)
+    assert [m.text for m in rl.take("message")] == ["hola", "psst"]  # and its copy
+    assert [m.text for m in ra.take("message")] == ["hola", "psst"]
+    two.logout(luis)
+    chat.run(0.2)
+    assert one.users() == ("Ana",)
+
+
+def test_one_login_wins_a_name_across_nodes(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    first, second = one.claim("Ana"), two.claim("ANA")
+    outcomes: list[Any] = []
+    first.addBoth(outcomes.append)
+    second.addBoth(outcomes.append)
+    chat.run(0.1)
+    assert outcomes[0] is None and outcomes[1].check(NameTaken)
+
+
+def test_a_reservation_no_login_takes_is_given_back(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    one.claim("Ana")  # the client left before its login
+    chat.run(11)
+    _, recorder = login(two, chat, "Ana")
+    assert two.find("Ana") is not None
+
+
+def test_a_dead_node_is_reaped_and_its_users_leave(chat):
+    (one, _), (two, dead) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    login(two, chat, "Luis")
+    chat.run(1)
+    assert one.users() == ("Ana", "Luis")
+    # The process dies: no clean stop, its heartbeats just end.
+    for loop in dead._loops:
+        loop.stop()
+    dead.bus.disconnect()
+    chat.run(10)  # alive key expired (5 s), then a look every 2 s
+    assert one.users() == ("Ana",)
+    # Its names are free again.
+    login(one, chat, "LUIS")
+
+
+def test_nodes_without_redis_refuse_new_names_and_report_unhealthy(chat):
+    (one, cluster), _ = chat.node(), chat.node()
+    chat.run(5)
+    assert cluster.health_problems() == []
+    cluster.bus.disconnect()
+    with pytest.raises(ServerBusy):
+        one.claim("Ana")
+    assert cluster.health_problems()
+    cluster.bus.connect()
+    chat.run(2)
+    assert cluster.health_problems() == []
+
+
+def test_a_lost_notice_is_read_from_the_database(chat):
+    chat.redis.drop = 1.0  # nothing arrives through the bus
+    (one, _), (two, _) = chat.node(), chat.node()
+    chat.redis.drop = 0.0
+    ana, ra = login(one, chat, "Ana")
+    luis, rl = login(two, chat, "Luis")
+    chat.redis.drop = 1.0
+    one.broadcast(ana, "perdido")
+    chat.run(0.2)
+    assert rl.take("message") == []
+    chat.redis.drop = 0.0  # heartbeats get through again, naming the position
+    chat.run(2)
+    assert [m.text for m in rl.take("message")] == ["perdido"]
