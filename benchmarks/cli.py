@@ -359,6 +359,8 @@ def suite_plan(a: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
         ("fanout1000_max", "fanout", {"clients": 1000, "senders": 10, "repeat": a.repeat, **ramp}),
         ("fanout200_100k", "fanout", {"clients": 200, "senders": 10, "deliveries": 100000.0,
                                       "duration": 10.0, **fixed}),
+        ("fanout1000_100k", "fanout", {"clients": 1000, "senders": 10, "deliveries": 100000.0,
+                                       "duration": 10.0, **fixed}),
         ("conns1000", "conns", {"clients": 1000, "timeout": 20.0}),
         ("conns5000", "conns", {"clients": 5000, "timeout": 20.0}),
         ("conns10000", "conns", {"clients": 10000, "timeout": 20.0}),

@@ -174,6 +174,7 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
             peers.append(r["peer"])
     f200, f1000 = _by(results, "fanout200_max"), _by(results, "fanout1000_max")
     fx = _by(results, "fanout200_100k")
+    fx1000 = _by(results, "fanout1000_100k")
     c1, c5, c10 = _by(results, "conns1000"), _by(results, "conns5000"), _by(results, "conns10000")
     c10f = _by(results, "conns10000_fulllists")
     c10l = _by(results, "conns10000_lazy")
@@ -193,6 +194,10 @@ def suite_markdown(results: list[dict[str, Any]], meta: dict[str, Any], wall: fl
          f"deliveries/s ({n_of(fx, 'clients', '200')} clients)", fx, _cpu_cell),
         (f"p99 latency at {float(n_of(fx, 'deliveries', '0')) / 1000:.0f} k deliveries/s", fx,
          _p99_cell),
+        (f"server CPU per 1,000 deliveries at {float(n_of(fx1000, 'deliveries', '0')) / 1000:.0f} k "
+         f"deliveries/s ({n_of(fx1000, 'clients', '1000')} clients)", fx1000, _cpu_cell),
+        (f"p99 latency at {float(n_of(fx1000, 'deliveries', '0')) / 1000:.0f} k deliveries/s "
+         f"({n_of(fx1000, 'clients', '1000')} clients)", fx1000, _p99_cell),
         (f"{n_of(c1, 'clients', '1000')} clients logging in to one room "
          f"({n_of(c1, 'timeout', '20').split('.')[0]} s allowed)", c1, _conns_cell),
         (f"{n_of(c5, 'clients', '5000')} clients logging in to one room (20 s allowed)", c5,
