@@ -350,6 +350,19 @@ class Hub:
         self.cluster.release_name(session.key)
         log.debug("logout {name}", name=session.name)
 
+    def evict(self, session: Session, error: ChatError) -> None:
+        """Take *session* offline because the chat no longer lets it be
+        (*error*: why, for its client): the cluster found its name held by
+        another node's session (see chatserv.cluster_redis). A participant
+        with an ``evicted`` method is told, and hangs up; any other is only
+        logged out."""
+        if self.sessions.get(session.key) is not session:
+            return
+        told = getattr(session.participant, "evicted", None)
+        if told is not None:
+            told(error)
+        self.logout(session)
+
     def find(self, name: str) -> Session | None:
         return self.sessions.get(name_key(name))
 

@@ -44,8 +44,14 @@ log = Logger()
 
 #: Seconds between full reads of the other nodes' members.
 RESYNC = 10.0
-#: Heartbeat key lifetime (ms): a node silent this long is dead.
+#: Heartbeat key lifetime (ms): a node silent this long is suspected dead.
 ALIVE_MS = 5000
+#: Seconds a node's alive key must stay missing, from the look that first
+#: found it missing, before that node is reaped: a live node whose reactor is
+#: saturated (a login storm) renews its key late, and must not lose its
+#: users' names for it. A dead node is reaped within BEAT + ALIVE_MS +
+#: REAP_EVERY + REAP_GRACE + REAP_EVERY (about 13 s) of its last heartbeat.
+REAP_GRACE = 3.0
 
 
 def _field(room: str, name: str) -> str:
@@ -72,6 +78,8 @@ class Members:
         self._general = self.elsewhere(name_key(GENERAL))
         #: node -> full reads in a row that found it without its alive key.
         self._missing: dict[str, int] = {}
+        #: node -> when a reaping look first found its alive key missing.
+        self._suspected: dict[str, float] = {}
 
     def key(self, what: str, node: str | None = None) -> str:
         return f"{self.prefix}:{what}:{node or self.node}"
@@ -212,11 +220,19 @@ class Members:
         """Free the names and members of every node whose heartbeat has expired."""
         nodes = yield self.bus.smembers(f"{self.prefix}:nodes")
         nodes = set(nodes) - {self.node}
+        for node in set(self._suspected) - nodes:
+            del self._suspected[node]
         gone = []
         for node in nodes:
             alive = yield self.bus.exists(self.key("alive", node))
             if alive:
+                self._suspected.pop(node, None)
                 continue
+            now = self.clock.seconds()
+            since = self._suspected.setdefault(node, now)
+            if now - since < REAP_GRACE:
+                continue  # perhaps only late: look again at the next round
+            del self._suspected[node]
             mine = yield self.bus.set(self.key("reaping", node), self.node, px=ALIVE_MS * 2, nx=True)
             if not mine:
                 continue

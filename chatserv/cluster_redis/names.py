@@ -11,6 +11,7 @@ seconds (the client left meanwhile) is given back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -37,6 +38,10 @@ class NameClaims:
         self._listed: dict[str, bool] = {}
         #: Keys held by sessions of this node.
         self.owned: set[str] = set()
+        #: Called with a key this node's session held, found held by another
+        #: node when this node re-asserted its names (it was taken for dead
+        #: and the name given to someone else meanwhile).
+        self.on_lost: Callable[[str], None] = lambda key: None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:name:{key}"
@@ -102,10 +107,18 @@ class NameClaims:
         self.owned.add(key)
         return True
 
-    def _claim_late(self, key: str) -> None:
+    def _claim_late(self, key: str, reasserting: bool = False) -> None:
         def holder(node: str | None) -> None:
-            if node is not None and node != self.node:
+            if node is None and reasserting:
+                self._claim_late(key, reasserting)  # freed meanwhile: try again
+            elif node is not None and node != self.node:
                 log.warn("the name key {key} is held on node {node} too", key=key, node=node)
+                if reasserting and key in self.owned:
+                    # The other holder logged in while this node was taken
+                    # for dead; it keeps the name, ours is the session to go.
+                    self.owned.discard(key)
+                    self._note(key, False)
+                    self.on_lost(key)
 
         def decided(won: bool) -> Any:
             self._note(key, True)
@@ -130,7 +143,7 @@ class NameClaims:
             return
         self.bus.sadd(self._list, keys).addErrback(lambda _: None)
         for key in keys:
-            self._claim_late(key)
+            self._claim_late(key, reasserting=True)
 
     def forget_all(self) -> Deferred[Any]:
         """A clean stop: free every name now rather than when reaped."""

@@ -16,6 +16,7 @@ from chatserv.cluster_redis import RedisCluster
 from chatserv.errors import NameTaken, ServerBusy
 from chatserv.events import MessageIds
 from chatserv.hub import Hub
+from chatserv.names import name_key
 from tests.test_hub import Recorder
 
 
@@ -172,3 +173,57 @@ def test_a_lost_notice_is_read_from_the_database(chat):
     chat.redis.drop = 0.0  # heartbeats get through again, naming the position
     chat.run(2)
     assert [m.text for m in rl.take("message")] == ["perdido"]
+
+
+def pause(cluster: RedisCluster, chat: Chat, seconds: float) -> None:
+    """A node whose reactor is saturated (a login storm): no heartbeat, no
+    look for dead nodes, nothing heard, for *seconds*; then it goes on."""
+    loops, cluster._loops = cluster._loops, []
+    for loop in loops:
+        loop.stop()
+    hear, cluster.bus._on_message = cluster.bus._on_message, lambda data: None  # type: ignore[attr-defined]
+    chat.run(seconds)
+    cluster.bus._on_message = hear  # type: ignore[attr-defined]
+    cluster.start_loops()
+
+
+def test_a_late_node_is_not_reaped(chat):
+    """Its alive key expires for a moment: a live node, late, keeps its users' names."""
+    (one, _), (two, late) = chat.node(), chat.node()
+    login(one, chat, "Ana")
+    login(two, chat, "Luis")
+    chat.run(1)
+    pause(late, chat, 7.5)  # the key expired 1.5-2.5 s ago
+    assert one.users() == ("Ana", "Luis")
+    assert chat.redis.data.get("t:name:" + name_key("Luis")) == "n2"
+    chat.run(6)
+    assert one.users() == ("Ana", "Luis")
+    with pytest.raises(NameTaken):
+        login(one, chat, "LUIS")
+
+
+def test_a_node_taken_for_dead_takes_its_names_back_or_evicts(chat):
+    """Reaped while alive (and deaf to the ``g`` notice): at its next beat it
+    finds its alive key gone, re-asserts its names and members, and a session
+    whose name another node gave away meanwhile is evicted with name_taken."""
+    (one, _), (two, late) = chat.node(), chat.node()
+    login(one, chat, "Ana")
+    luis, _ = login(two, chat, "Luis")
+    bea, _ = login(two, chat, "Bea")
+    chat.run(1)
+    loops, late._loops = late._loops, []
+    for loop in loops:
+        loop.stop()
+    hear, late.bus._on_message = late.bus._on_message, lambda data: None
+    chat.run(14)
+    assert one.users() == ("Ana",)  # reaped: a dead node's users leave
+    login(one, chat, "LUIS")  # the name is free: someone else takes it
+    late.bus._on_message = hear
+    late.start_loops()
+    chat.run(3)
+    assert two.find("Luis") is None  # evicted: the other node's session keeps it
+    assert two.find("Bea") is bea
+    assert chat.redis.data.get("t:name:" + name_key("Bea")) == "n2"
+    assert chat.redis.data.get("t:name:" + name_key("Luis")) == "n1"
+    assert sorted(one.users()) == ["Ana", "Bea", "LUIS"]
+    assert sorted(two.users()) == ["Ana", "Bea", "LUIS"]
