@@ -47,6 +47,17 @@ redis.call('DEL', KEYS[1])
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
+_COUNTER_ADD = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) return n end
+if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+_COUNTER_READ = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, -2} end
+return {tonumber(v), redis.call('PTTL', KEYS[1])}
+"""
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -312,3 +323,11 @@ class RedisBus:
 
     def smembers(self, key: str) -> Deferred[AbstractSet[str]]:
         return self._run("smembers", key).addCallback(lambda reply: set(reply or ()))
+
+    def counter_add(self, key: str, delta: int, px: int | None = None) -> Deferred[int]:
+        d = self._run("eval", _COUNTER_ADD, [key], [delta, "" if px is None else px])
+        return d.addCallback(int)
+
+    def counter_read(self, key: str) -> Deferred[tuple[int, int]]:
+        d = self._run("eval", _COUNTER_READ, [key], [])
+        return d.addCallback(lambda reply: (int(reply[0]), int(reply[1])))

@@ -37,6 +37,7 @@ from ..events import ChatMessage, Correction, MessageIds, Typing
 from ..logs import Logger
 from ..names import name_key
 from . import codec
+from .failures import RedisFailures
 from .members import ALIVE_MS, RESYNC, Members
 from .names import NameClaims
 from .sequencer import Sequencer
@@ -81,6 +82,8 @@ class RedisCluster:
         self.sequencer = Sequencer(clock, self._deliver, fetch, position)
         self.names = NameClaims(bus, name, self.node, clock)
         self.names.on_lost = self._name_lost
+        #: Failed-login counts for every node's accounts (chatserv.accounts).
+        self.failures = RedisFailures(bus, name, clock)
         self.members = Members(bus, name, self.node, self.channel, clock)
         #: The last position this node committed: its heartbeats name it.
         self.committed = position
