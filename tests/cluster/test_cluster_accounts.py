@@ -87,7 +87,12 @@ async def test_counters_on_a_real_redis(redis_url, cluster_name):
 
     bus = RedisBus(redis_url, reactor)
     ready: Deferred[bool] = Deferred()
-    bus.start(f"{cluster_name}:bus", lambda data: None, lambda up: up and not ready.called and ready.callback(up))
+
+    def up(is_up: bool) -> None:
+        if is_up and not ready.called:
+            ready.callback(True)
+
+    bus.start(f"{cluster_name}:bus", lambda data: None, up)
     try:
         await ready
         key = f"{cluster_name}:fail:test"
