@@ -28,6 +28,7 @@ goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -366,6 +367,15 @@ class Hub:
     def find(self, name: str) -> Session | None:
         return self.sessions.get(name_key(name))
 
+    def online_holder(self, name: str, participant: object = None) -> str | None:
+        """The name as shown of whoever is online with *name* (or a look-alike),
+        on this node or any other, unless it is *participant* itself; None
+        when nobody is. What ``register`` refuses (``name_taken``)."""
+        holder = self.find(name)
+        if holder is not None:
+            return None if holder.participant is participant else holder.name
+        return self._elsewhere(name)
+
     # -- rooms ------------------------------------------------------------
 
     def join(self, session: Session, room_name: object, *, admitted: bool = False) -> Room:
@@ -434,6 +444,27 @@ class Hub:
         start = 0 if after is None else bisect.bisect_right(order, _order(after))
         page = order[start : start + limit]
         return [self.rooms[key] for _, key in page], start + limit < len(order)
+
+    def room_listing(
+        self, after: str | None = None, limit: int = ROOMS_PAGE
+    ) -> tuple[list[tuple[str, int]], bool, int]:
+        """What ``rooms`` answers: up to *limit* (name, members) after the
+        name *after*, in case-folded name order, whether more follow, and how
+        many rooms there are; in a cluster, the rooms of every node (a room
+        with members only on other nodes included), with every node's members
+        counted."""
+        remote = self.cluster.rooms_elsewhere()
+        extra = sorted(_order(name) for key, (name, _) in remote.items() if key not in self.rooms)
+        if not extra:
+            page, more = self.room_page(after, limit)
+            return [(room.name, room.size()) for room in page], more, len(self.rooms)
+        order = list(heapq.merge(self._room_order, extra))
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        listed = []
+        for _, key in order[start : start + limit]:
+            room = self.rooms.get(key)
+            listed.append((room.name, room.size()) if room is not None else (remote[key][0], remote[key][1]))
+        return listed, start + limit < len(order), len(order)
 
     def _create_room(self, room_name: str) -> Room:
         key = name_key(room_name)

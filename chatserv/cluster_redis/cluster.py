@@ -299,6 +299,9 @@ class RedisCluster:
     def where(self, key: str) -> str | None:
         return self.members.where(key)
 
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        return self.members.rooms_elsewhere()
+
     def publish_typing(self, typing: Typing, key: str) -> None:
         assert self._hub is not None
         self._hub.deliver_typing(typing, key)

@@ -76,6 +76,8 @@ class Members:
         #: node -> {field: (room, name)}: what each other node has said.
         self._by_node: dict[str, dict[str, tuple[str, str]]] = {}
         self._general = self.elsewhere(name_key(GENERAL))
+        #: room key -> the room's name as shown, for rooms heard of from other nodes.
+        self._room_names: dict[str, str] = {name_key(GENERAL): GENERAL}
         #: node -> full reads in a row that found it without its alive key.
         self._missing: dict[str, int] = {}
         #: node -> when a reaping look first found its alive key missing.
@@ -91,6 +93,14 @@ class Members:
         if found is None:
             found = self._elsewhere[room_key] = {}
         return found
+
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        """Room key -> (name, members on other nodes), for rooms that have some."""
+        return {
+            key: (self._room_names.get(key, key), len(members))
+            for key, members in self._elsewhere.items()
+            if members
+        }
 
     def where(self, key: str) -> str | None:
         """The name as shown of the user *key* online on another node (everyone is in general)."""
@@ -171,7 +181,9 @@ class Members:
             self._left(room, name)
 
     def _joined(self, room: str, name: str) -> None:
-        self.elsewhere(name_key(room))[name_key(name)] = name
+        key = name_key(room)
+        self.elsewhere(key)[name_key(name)] = name
+        self._room_names.setdefault(key, room)
         assert self.hub is not None
         self.hub.note_presence(room, joined=name)
 

@@ -15,7 +15,7 @@ from chatserv.bus.memory import MemoryBus, MemoryRedis
 from chatserv.cluster_redis import RedisCluster
 from chatserv.errors import NameTaken, ServerBusy
 from chatserv.events import MessageIds
-from chatserv.hub import Hub
+from chatserv.hub import GENERAL, Hub
 from chatserv.names import name_key
 from tests.test_hub import Recorder
 
@@ -227,3 +227,30 @@ def test_a_node_taken_for_dead_takes_its_names_back_or_evicts(chat):
     assert chat.redis.data.get("t:name:" + name_key("Luis")) == "n1"
     assert sorted(one.users()) == ["Ana", "Bea", "LUIS"]
     assert sorted(two.users()) == ["Ana", "Bea", "LUIS"]
+
+
+def test_a_name_online_on_another_node_is_held_for_register(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    _, ra = login(one, chat, "Ana")
+    chat.run(0.5)
+    assert two.online_holder("ANA") == "Ana"  # register refuses it there too
+    assert one.online_holder("ana", ra) is None  # Ana may register her own name
+    assert one.online_holder("Bea") is None and two.online_holder("Bea") is None
+
+
+def test_rooms_lists_every_nodes_rooms_with_every_nodes_members(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    ana, _ = login(one, chat, "Ana")
+    luis, _ = login(two, chat, "Luis")
+    bea, _ = login(two, chat, "Bea")
+    one.join(ana, "Cocina")
+    two.join(luis, "Cocina")
+    two.join(bea, "Jardín")
+    chat.run(0.5)
+    for hub in (one, two):
+        listed, more, total = hub.room_listing()
+        assert listed == [("Cocina", 2), (GENERAL, 3), ("Jardín", 1)] and not more and total == 3
+    assert one.room_listing("cocina", limit=1) == ([(GENERAL, 3)], True, 3)
+    two.leave(bea, "Jardín")
+    chat.run(0.5)
+    assert one.room_listing()[0] == [("Cocina", 2), (GENERAL, 3)]
