@@ -139,7 +139,8 @@ class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
     __slots__ = (
-        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "__weakref__",
+        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "since",
+        "__weakref__",
     )
 
     def __init__(
@@ -157,6 +158,10 @@ class Session:
         self.trusted = trusted
         #: Rooms this session may still bring into being (made at its first one).
         self.creations: TokenBucket | None = None
+        #: When it logged in (the hub's clock): a message sent before it came
+        #: from another node was not for it, whatever name it holds
+        #: (chatserv.cluster_redis; the hub sets it).
+        self.since = 0.0
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r}>"
@@ -311,6 +316,7 @@ class Hub:
         if key in self.sessions or not self.cluster.claim_name(key):
             raise NameTaken("name_taken", name=name)
         session = Session(name, key, participant, trusted, account)
+        session.since = self.clock.seconds()
         self.sessions[key] = session
         self.stats.logins += 1
         log.debug("login {name}", name=name)

@@ -43,7 +43,7 @@ from .names import NameClaims
 from .sequencer import Sequencer
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from ..hub import Hub, Session
 
 log = Logger()
 
@@ -219,14 +219,15 @@ class RedisCluster:
             if event.cid is not None and event.from_session is None:
                 # Read back rather than this node's own object: its sender,
                 # if here, must still get its echo with the cid.
-                event.from_session = hub.sessions.get(name_key(event.sender))
+                event.from_session = _held_when(hub, event.sender, event.ts)
             hub.deliver_to_room(event)
         else:
             if event.from_session is None and event.to_session is None:
-                # From another node (or read back): its ends by name, here.
+                # From another node (or read back): its ends by name, here,
+                # but only sessions that held the name when it was sent.
                 assert event.recipient is not None
-                event.to_session = hub.sessions.get(name_key(event.recipient))
-                event.from_session = hub.sessions.get(name_key(event.sender))
+                event.to_session = _held_when(hub, event.recipient, event.ts)
+                event.from_session = _held_when(hub, event.sender, event.ts)
             hub.deliver_private(event)
 
     def _heard(self, data: str) -> None:
@@ -387,6 +388,16 @@ class RedisCluster:
         if failure.check(BusUnavailable):
             return
         log.failure("cluster: {what} failed", failure, what=what)
+
+
+def _held_when(hub: Hub, name: str, ts: float) -> Session | None:
+    """This node's session with *name*, if it was logged in at *ts* (when a
+    message was sent): a guest who took the name later is somebody else, and
+    must not read what was sent to (or confirm what was sent by) the one
+    before. Compares the sending node's clock with this node's (see
+    docs/CLUSTER.md, Known limits)."""
+    session = hub.sessions.get(name_key(name))
+    return session if session is not None and session.since <= ts else None
 
 
 def _ignore(failure: Any) -> None:

@@ -254,3 +254,27 @@ def test_rooms_lists_every_nodes_rooms_with_every_nodes_members(chat):
     two.leave(bea, "Jardín")
     chat.run(0.5)
     assert one.room_listing()[0] == [("Cocina", 2), (GENERAL, 3)]
+
+
+def test_a_private_message_reaches_only_who_held_the_name_when_it_was_sent(chat):
+    """Read back from the database after its notice was lost: the guest who
+    took the recipient's name meanwhile must not get it; a recipient who was
+    online when it was sent still does."""
+    (one, _), (two, _) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    luis, rl = login(two, chat, "Luis")
+    bea, rb = login(two, chat, "Bea")
+    chat.run(0.5)
+    chat.redis.drop = 1.0  # the notices are lost: node two reads them back later
+    one.private(ana, "Luis", "solo para Luis")
+    one.private(ana, "Bea", "para Bea")
+    chat.run(0.2)
+    two.logout(luis)
+    chat.run(0.2)
+    impostor, ri = login(two, chat, "LUIS")  # another guest takes the name
+    chat.redis.drop = 0.0  # heartbeats name the position: node two catches up
+    chat.run(2)
+    assert [m.text for m in rb.take("message")] == ["para Bea"]
+    assert ri.take("message") == []
+    assert rl.take("message") == []
+    assert [m.text for m in ra.take("message")] == ["solo para Luis", "para Bea"]  # the sender's copies
