@@ -11,7 +11,8 @@ announced to this node's members like any other change.
 
 A node is alive while its key ``PREFIX:alive:NODE`` exists (renewed every
 second, with a time to live of 5 s). Survivors look for dead nodes in
-``PREFIX:nodes`` every 2 s; the one that takes the lock ``PREFIX:reaping:NODE``
+``PREFIX:nodes`` every 2 s, and reap one whose key is still missing
+:data:`REAP_GRACE` seconds after a look first missed it; the one that takes the lock ``PREFIX:reaping:NODE``
 frees the dead node's names, deletes its hash, and sends ``g`` (gone):
 every node then announces the dead node's members as having left.
 
@@ -49,8 +50,9 @@ ALIVE_MS = 5000
 #: Seconds a node's alive key must stay missing, from the look that first
 #: found it missing, before that node is reaped: a live node whose reactor is
 #: saturated (a login storm) renews its key late, and must not lose its
-#: users' names for it. A dead node is reaped within BEAT + ALIVE_MS +
-#: REAP_EVERY + REAP_GRACE + REAP_EVERY (about 13 s) of its last heartbeat.
+#: users' names for it. A dead node is reaped within ALIVE_MS + REAP_EVERY
+#: (the first look that misses it) + 2 * REAP_EVERY (the first look at least
+#: REAP_GRACE later): about 11 s after its last heartbeat (issue 9: 15 s).
 REAP_GRACE = 3.0
 
 
