@@ -278,3 +278,19 @@ def test_a_private_message_reaches_only_who_held_the_name_when_it_was_sent(chat)
     assert ri.take("message") == []
     assert rl.take("message") == []
     assert [m.text for m in ra.take("message")] == ["solo para Luis", "para Bea"]  # the sender's copies
+
+
+def test_a_reservation_found_taken_when_reasserting_fails_its_login(chat):
+    """A login was waiting on its reservation when this node was taken for
+    dead and the name went elsewhere: the login gets name_taken."""
+    (one, cluster), _ = chat.node(), chat.node()
+    d = one.claim("Luis")
+    chat.run(0.1)
+    assert d.called
+    key = name_key("Luis")
+    chat.redis.data[f"t:name:{key}"] = "n2"  # given to node two meanwhile
+    cluster.names.assert_own()
+    chat.run(0.1)
+    with pytest.raises(NameTaken):
+        one.login(Recorder("Luis"), "Luis")
+    assert chat.redis.data[f"t:name:{key}"] == "n2"
