@@ -20,6 +20,12 @@ per address and server-wide, and every hash goes through the bounded,
 prioritised queue of :mod:`chatserv.hashing`. All of it is computed from
 timestamps of the injected clock when a request arrives: no timers, and
 memory bounded by pruning the oldest entries.
+
+In a cluster the failure counts are shared by every node (:class:`SharedFailures`,
+kept in Redis by chatserv.cluster_redis.failures), so a guesser gains nothing
+by spreading its attempts over the nodes; each node keeps its own counts as
+well, which alone decide while Redis is away, and which are a lone node's
+whole truth (it has no ``shared``, and takes no other path).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -123,6 +129,10 @@ class Throttle:
         if now - last >= self.forget:
             del self._entries[key]
             return 0.0
+        return self.wait_after(failures, last, now)
+
+    def wait_after(self, failures: int, last: float, now: float) -> float:
+        """Seconds to wait at *now* after *failures* failures, the last at *last*."""
         if failures <= self.free:
             return 0.0
         delay = min(self.cap, self.base * 2.0 ** (failures - self.free - 1))
@@ -154,6 +164,23 @@ class Throttle:
         excess = len(self._entries) - self.max_entries * 9 // 10
         for key in list(self._entries)[:excess]:
             del self._entries[key]
+
+
+class SharedFailures(Protocol):
+    """Failure counts every node of a cluster shares, by *kind* (``account``,
+    ``address``, ``pair``) and key, with the back-off rules of the node's
+    :class:`Throttle` for that kind; reads fail while the cluster's store is
+    away (the node's own counts then decide alone)."""
+
+    def failures(self, kind: str, key: str) -> Deferred[int]: ...
+
+    def wait(self, kind: str, key: str, rules: Throttle) -> Deferred[float]: ...
+
+    def failure(self, kind: str, key: str, rules: Throttle) -> None: ...
+
+    def forgive(self, kind: str, key: str) -> None: ...
+
+    def reset(self, kind: str, key: str) -> None: ...
 
 
 class Recent:
@@ -225,6 +252,8 @@ class Accounts:
         #: Guessers and registration floods write a bounded log (chatserv.logs).
         self.log_budget = LogBudget(self.clock, log)
         self._dummy_lock = threading.Lock()
+        #: The cluster's shared failure counts (None: a lone node).
+        self.shared: SharedFailures | None = None
 
     # -- the three entry points -------------------------------------------------
 
@@ -279,6 +308,8 @@ class Accounts:
         key = name_key(name)
         pair = f"{key} {address}"  # names hold no white space
         wait = self._wait(key, address, pair)
+        if self.shared is not None:
+            wait = max(wait, await self._shared_wait(self.shared, key, address, pair))
         if wait > 0:
             raise AuthFailed(f"demasiados intentos fallidos; vuelve a intentarlo en {math.ceil(wait)} s")
         # Counted before the check, so that parallel guesses on several
@@ -287,6 +318,10 @@ class Accounts:
         self.by_account.failure(key)
         self.by_address.failure(address)
         self.by_pair.failure(pair)
+        if self.shared is not None:
+            self.shared.failure("account", key, self.by_account)
+            self.shared.failure("address", address, self.by_address)
+            self.shared.failure("pair", pair, self.by_pair)
         try:
             account = await self.store.account(name)
             stored = account.password_hash if account is not None else None
@@ -304,6 +339,8 @@ class Accounts:
         # of guessers elsewhere keep slowing them.
         self._forgive(key, address, pair)
         self.by_pair.reset(pair)
+        if self.shared is not None:
+            self.shared.reset("pair", pair)
         self.known.add(pair)
         if rehash:
             # The hasher's parameters went up since this hash was made; a
@@ -325,10 +362,28 @@ class Accounts:
             wait = max(wait, self.by_account.wait(key))
         return wait
 
+    async def _shared_wait(self, shared: SharedFailures, key: str, address: str, pair: str) -> float:
+        """:meth:`_wait` over the cluster's counts (whether the address is
+        the account's known one is this node's knowledge)."""
+        try:
+            wait = 0.0
+            if pair not in self.known:
+                wait = await shared.wait("address", address, self.by_address)
+            if await shared.failures("pair", pair):
+                wait = max(wait, await shared.wait("account", key, self.by_account))
+            return wait
+        except Exception as e:  # Redis away: this node's own counts decide
+            log.debug("shared login throttle unavailable: {e}", e=e)
+            return 0.0
+
     def _forgive(self, key: str, address: str, pair: str) -> None:
         self.by_account.forgive(key)
         self.by_address.forgive(address)
         self.by_pair.forgive(pair)
+        if self.shared is not None:
+            self.shared.forgive("account", key)
+            self.shared.forgive("address", address)
+            self.shared.forgive("pair", pair)
 
     async def _register(self, name: str, password: str, address: str) -> str:
         try:

@@ -85,6 +85,10 @@ class Cluster(Protocol):
         """The name as shown of the user whose name key is *key* if it is
         online on another node; None otherwise (always, on a lone node)."""
 
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        """The rooms with members on other nodes: room key -> (name as
+        shown, how many members they have there); empty on a lone node."""
+
     def publish_typing(self, typing: Typing, key: str) -> None:
         """Hand *typing* to the others of the room whose key is *key* (or to
         the user whose name key is *key*, for private typing)."""

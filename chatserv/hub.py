@@ -32,6 +32,7 @@ goes through :class:`chatserv.cluster.Cluster`; the ``deliver_*`` and
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -142,7 +143,8 @@ class Session:
     """One logged-in name, bound to the participant that receives its events."""
 
     __slots__ = (
-        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "__weakref__",
+        "name", "key", "participant", "rooms", "creations", "trusted", "sender_key", "since",
+        "__weakref__",
     )
 
     def __init__(
@@ -160,6 +162,10 @@ class Session:
         self.trusted = trusted
         #: Rooms this session may still bring into being (made at its first one).
         self.creations: TokenBucket | None = None
+        #: When it logged in (the hub's clock): a message sent before it came
+        #: from another node was not for it, whatever name it holds
+        #: (chatserv.cluster_redis; the hub sets it).
+        self.since = 0.0
 
     def __repr__(self) -> str:
         return f"<Session {self.name!r}>"
@@ -350,6 +356,7 @@ class Hub:
         if key in self.sessions or not self.cluster.claim_name(key):
             raise NameTaken("name_taken", name=name)
         session = Session(name, key, participant, trusted, account)
+        session.since = self.clock.seconds()
         self.sessions[key] = session
         self.stats.logins += 1
         log.debug("login {name}", name=name)
@@ -390,8 +397,30 @@ class Hub:
         self.cluster.release_name(session.key)
         log.debug("logout {name}", name=session.name)
 
+    def evict(self, session: Session, error: ChatError) -> None:
+        """Take *session* offline because the chat no longer lets it be
+        (*error*: why, for its client): the cluster found its name held by
+        another node's session (see chatserv.cluster_redis). A participant
+        with an ``evicted`` method is told, and hangs up; any other is only
+        logged out."""
+        if self.sessions.get(session.key) is not session:
+            return
+        told = getattr(session.participant, "evicted", None)
+        if told is not None:
+            told(error)
+        self.logout(session)
+
     def find(self, name: str) -> Session | None:
         return self.sessions.get(name_key(name))
+
+    def online_holder(self, name: str, participant: object = None) -> str | None:
+        """The name as shown of whoever is online with *name* (or a look-alike),
+        on this node or any other, unless it is *participant* itself; None
+        when nobody is. What ``register`` refuses (``name_taken``)."""
+        holder = self.find(name)
+        if holder is not None:
+            return None if holder.participant is participant else holder.name
+        return self._elsewhere(name)
 
     # -- rooms ------------------------------------------------------------
 
@@ -461,6 +490,27 @@ class Hub:
         start = 0 if after is None else bisect.bisect_right(order, _order(after))
         page = order[start : start + limit]
         return [self.rooms[key] for _, key in page], start + limit < len(order)
+
+    def room_listing(
+        self, after: str | None = None, limit: int = ROOMS_PAGE
+    ) -> tuple[list[tuple[str, int]], bool, int]:
+        """What ``rooms`` answers: up to *limit* (name, members) after the
+        name *after*, in case-folded name order, whether more follow, and how
+        many rooms there are; in a cluster, the rooms of every node (a room
+        with members only on other nodes included), with every node's members
+        counted."""
+        remote = self.cluster.rooms_elsewhere()
+        extra = sorted(_order(name) for key, (name, _) in remote.items() if key not in self.rooms)
+        if not extra:
+            page, more = self.room_page(after, limit)
+            return [(room.name, room.size()) for room in page], more, len(self.rooms)
+        order = list(heapq.merge(self._room_order, extra))
+        start = 0 if after is None else bisect.bisect_right(order, _order(after))
+        listed = []
+        for _, key in order[start : start + limit]:
+            room = self.rooms.get(key)
+            listed.append((room.name, room.size()) if room is not None else (remote[key][0], remote[key][1]))
+        return listed, start + limit < len(order), len(order)
 
     def _create_room(self, room_name: str) -> Room:
         key = name_key(room_name)

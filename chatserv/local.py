@@ -64,6 +64,9 @@ class LocalCluster:
     def where(self, key: str) -> str | None:
         return None
 
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        return {}
+
     def publish_typing(self, typing: Typing, key: str) -> None:
         assert self._hub is not None
         self._hub.deliver_typing(typing, key)

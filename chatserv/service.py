@@ -226,6 +226,8 @@ def build_server(
         if hashing is None:
             hashing = own_pool = HashPool(reactor)
         accounts = Accounts(store, reactor, hashing.queue, require_accounts=config.require_accounts)
+        # In a cluster, failed logins count on every node (a lone node has none).
+        accounts.shared = getattr(cluster, "failures", None)
     factory = ChatFactory(hub, reactor, limits, accounts=accounts, history=store)
     server = ChatServer(factory, config.listen, reactor, config.adopt_fds)
     if own_pool is not None:

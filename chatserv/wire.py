@@ -48,6 +48,10 @@ ERROR_TEXTS: dict[str, str] = {
     "trusted_name": "nombre vacío o con caracteres de control",
     "reserved_name": "el nombre {name} se parece a uno reservado para Telegram",
     "name_taken": "el nombre {name} ya está en uso",
+    "name_lost": (
+        "este servidor perdió el contacto con los demás y el nombre {name} pasó a otra sesión;"
+        " vuelve a entrar con otro nombre"
+    ),
     "too_many_rooms": "no se puede estar en más de {limit} salas",
     "room_creation": "demasiadas salas nuevas; espera un momento",
     "leave_general": "no se puede salir de la sala general",

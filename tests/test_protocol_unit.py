@@ -270,3 +270,24 @@ def test_reconnect_in_the_same_turn_gets_a_complete_login_answer(world):
     again = world.connect()
     again.send(cmd="login", user="Ana")  # ... and its client is back in the same turn
     assert [f["cmd"] for f in again.frames()] == ["history", "users"]
+
+
+def test_an_evicted_session_is_told_why_and_hung_up():
+    """The cluster found the name held by another node's session
+    (chatserv.cluster_redis): the client reads name_taken, then the server
+    hangs up, and the others see it leave."""
+    from chatserv.errors import NameTaken
+
+    world = World()
+    ana = world.user("Ana")
+    listener = world.user("Luis")
+    world.settle(ana, listener)
+    session = world.hub.find("Ana")
+    world.hub.evict(session, NameTaken("name_lost", name="Ana"))
+    error = ana.error()
+    assert error["code"] == "name_taken" and "Ana" in error["msg"] and "ref" not in error
+    assert ana.closing
+    assert world.hub.find("Ana") is None
+    system, users = listener.frames()
+    assert system["event"] == "leave" and users["list"] == ["Luis"]
+    ana.lose()

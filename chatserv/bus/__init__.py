@@ -80,6 +80,15 @@ class Bus(Protocol):
     def smembers(self, key: str) -> Any:
         """Fires with a set."""
 
+    def counter_add(self, key: str, delta: int, px: int | None = None) -> Any:
+        """Add *delta* to the counter *key* (missing: 0), atomically; with
+        *px*, it then expires *px* ms from now, else its expiry stays; a
+        counter that falls to 0 or below is deleted. Fires with the new value."""
+
+    def counter_read(self, key: str) -> Any:
+        """Fires with (value, ms left to live) of the counter *key*: (0, -2)
+        when it does not exist, ms -1 when it has no expiry."""
+
 
 def parse_url(url: str) -> tuple[str, int, int, str | None]:
     """``redis://[:password@]host[:port][/db]`` -> (host, port, db, password);

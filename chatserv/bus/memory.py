@@ -158,6 +158,31 @@ class MemoryBus:
 
         return self._do(run)
 
+    def counter_add(self, key: str, delta: int, px: int | None = None) -> Deferred[int]:
+        def run() -> int:
+            n = int(self.redis._live(key) or 0) + delta
+            if n <= 0:
+                self.redis.data.pop(key, None)
+                self.redis.expiry.pop(key, None)
+                return n
+            self.redis.data[key] = str(n)
+            if px is not None:
+                self.redis.expiry[key] = self.redis.clock.seconds() + px / 1000
+            return n
+
+        return self._do(run)
+
+    def counter_read(self, key: str) -> Deferred[tuple[int, int]]:
+        def run() -> tuple[int, int]:
+            value = self.redis._live(key)
+            if value is None:
+                return 0, -2
+            due = self.redis.expiry.get(key)
+            left = -1 if due is None else int((due - self.redis.clock.seconds()) * 1000)
+            return int(value), left
+
+        return self._do(run)
+
     def exists(self, key: str) -> Deferred[bool]:
         return self._do(lambda: self.redis._live(key) is not None)
 

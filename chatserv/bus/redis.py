@@ -7,10 +7,15 @@ connection may issue no other command. Each reconnect of the subscriber
 subscribes again. The bus is *ready* while both are up and subscribed;
 each change is reported to ``on_ready`` (see :class:`chatserv.bus.Bus`).
 
-Commands have a reply timeout, so a Redis that stops answering is treated
-as lost (the connection is aborted and made again); the subscription has
-none (it is quiet between messages), which is why the cluster checks that
-its own heartbeats come back through it (see chatserv.cluster_redis).
+A Redis that stops answering is treated as lost (the connection is aborted
+and made again) when a reply has been awaited while *nothing at all* arrived
+on the connection for :data:`REPLY_TIMEOUT` seconds, counted in watchdog
+ticks that ran on time: a node whose reactor is saturated (a login storm)
+reads its replies late, but reads them, and must not drop a healthy
+connection for it (txredisapi's own reply timeout did, and the node was then
+taken for dead). The subscription has none (it is quiet between messages),
+which is why the cluster checks that its own heartbeats come back through it
+(see chatserv.cluster_redis).
 """
 
 from __future__ import annotations
@@ -24,19 +29,34 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
 
 from ..logs import Logger
 from . import BusUnavailable, parse_url  # parse_url: kept there, see its docstring
 
 log = Logger()
 
-#: Seconds a command may wait for its reply before the connection is given up.
+#: Seconds of silence while a reply is awaited before the connection is given up.
 REPLY_TIMEOUT = 5.0
+#: Seconds between the watchdog's looks; a look later than twice this means
+#: the reactor was busy, and restarts the count.
+WATCH_EVERY = 1.0
 
 _REPLACE_HASH = """
 redis.call('DEL', KEYS[1])
 for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
+"""
+_COUNTER_ADD = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) return n end
+if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
+"""
+_COUNTER_READ = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0, -2} end
+return {tonumber(v), redis.call('PTTL', KEYS[1])}
 """
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -67,6 +87,12 @@ class _Factory(Factory):
 
 class _Commands(txredisapi.RedisProtocol):
     on_lost: Callable[[], None] = staticmethod(lambda: None)
+    #: How many reads the connection has had (the watchdog's sign of life).
+    reads = 0
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        self.reads += 1
+        super().dataReceived(data, unpause)
 
     def connectionLost(self, why: Any) -> None:
         super().connectionLost(why)
@@ -106,6 +132,10 @@ class RedisBus:
         self._on_message: Callable[[str], None] = lambda data: None
         self._channel = ""
         self._stopped = False
+        self._watchdog: LoopingCall | None = None
+        self._watched_at: float | None = None
+        self._reads_seen = -1
+        self._silent = 0
 
     def __repr__(self) -> str:
         return f"<RedisBus {self.host}:{self.port}/{self.db}>"
@@ -121,7 +151,7 @@ class RedisBus:
 
         def commands() -> _Commands:
             protocol = _Commands(
-                replyTimeout=REPLY_TIMEOUT, password=self._password, dbid=self.db, convertNumbers=False
+                replyTimeout=None, password=self._password, dbid=self.db, convertNumbers=False
             )
             protocol.on_lost = lambda: self._lost(protocol)
             return protocol
@@ -146,6 +176,27 @@ class RedisBus:
         ]
         for service in self._services:
             service.startService()
+        self._watchdog = LoopingCall(self._watch)
+        self._watchdog.clock = self.reactor
+        self._watchdog.start(WATCH_EVERY, now=False)
+
+    def _watch(self) -> None:
+        """Abort the command connection when Redis has said nothing for
+        REPLY_TIMEOUT while a reply is awaited; see the module docstring."""
+        now = self.reactor.seconds()
+        late = self._watched_at is not None and now - self._watched_at > 2 * WATCH_EVERY
+        self._watched_at = now
+        protocol = self._commands
+        if protocol is None or late or not protocol.replyQueue.waiting or protocol.reads != self._reads_seen:
+            self._reads_seen = protocol.reads if protocol is not None else -1
+            self._silent = 0
+            return
+        self._silent += 1
+        if self._silent * WATCH_EVERY >= REPLY_TIMEOUT and protocol.transport is not None:
+            log.warn("redis {host}:{port}: no reply for {s:g} s; reconnecting", host=self.host,
+                     port=self.port, s=REPLY_TIMEOUT)
+            self._silent = 0
+            protocol.transport.abortConnection()
 
     def _commands_up(self, protocol: Any) -> Deferred[Any]:
         protocol = _unwrapped(protocol)
@@ -187,6 +238,8 @@ class RedisBus:
 
     def stop(self) -> Deferred[Any]:
         self._stopped = True
+        if self._watchdog is not None and self._watchdog.running:
+            self._watchdog.stop()
         self._check()
         from twisted.internet.defer import DeferredList
 
@@ -201,9 +254,8 @@ class RedisBus:
     # -- commands -----------------------------------------------------------------
 
     def _send(self, *command: Any) -> Deferred[Any]:
-        """A command whose answer nobody waits for: no reply timer of its own
-        (the heartbeat's, which has one, notices a Redis that stopped answering)."""
-        return self._run("execute_command", *command, apply_timeout=False)
+        """A command whose answer nobody waits for."""
+        return self._run("execute_command", *command)
 
     def _run(self, method: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         protocol = self._commands
@@ -225,7 +277,7 @@ class RedisBus:
         return self._run("get", key)
 
     def pexpire(self, key: str, ms: int) -> Deferred[bool]:
-        return self._run("pexpire", key, ms).addCallback(lambda n: bool(int(n)))
+        return self._run("execute_command", "PEXPIRE", key, ms).addCallback(lambda n: bool(int(n)))
 
     def delete(self, *keys: str) -> Deferred[Any]:
         if not keys:
@@ -271,3 +323,11 @@ class RedisBus:
 
     def smembers(self, key: str) -> Deferred[AbstractSet[str]]:
         return self._run("smembers", key).addCallback(lambda reply: set(reply or ()))
+
+    def counter_add(self, key: str, delta: int, px: int | None = None) -> Deferred[int]:
+        d = self._run("eval", _COUNTER_ADD, [key], [delta, "" if px is None else px])
+        return d.addCallback(int)
+
+    def counter_read(self, key: str) -> Deferred[tuple[int, int]]:
+        d = self._run("eval", _COUNTER_READ, [key], [])
+        return d.addCallback(lambda reply: (int(reply[0]), int(reply[1])))

@@ -32,17 +32,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from ..bus import Bus, BusUnavailable
-from ..errors import ChatError, ServerBusy
+from ..errors import ChatError, NameTaken, ServerBusy
 from ..events import ChatMessage, Correction, MessageIds, Typing
 from ..logs import Logger
 from ..names import name_key
 from . import codec
+from .failures import RedisFailures
 from .members import ALIVE_MS, RESYNC, Members
 from .names import NameClaims
 from .sequencer import Sequencer
 
 if TYPE_CHECKING:
-    from ..hub import Hub
+    from ..hub import Hub, Session
 
 log = Logger()
 
@@ -80,6 +81,9 @@ class RedisCluster:
         self.channel = f"{name}:bus"
         self.sequencer = Sequencer(clock, self._deliver, fetch, position)
         self.names = NameClaims(bus, name, self.node, clock)
+        self.names.on_lost = self._name_lost
+        #: Failed-login counts for every node's accounts (chatserv.accounts).
+        self.failures = RedisFailures(bus, name, clock)
         self.members = Members(bus, name, self.node, self.channel, clock)
         #: The last position this node committed: its heartbeats name it.
         self.committed = position
@@ -92,6 +96,7 @@ class RedisCluster:
         self._ready_at = 0.0
         self._was_ready = False
         self._claims_from = 0.0
+        self._reasserting = False
         self.publish_room: Callable[[ChatMessage], None] = self._committed
         self.publish_private: Callable[[ChatMessage], None] = self._committed
         self.publish_correction: Callable[[Correction], None] = self._committed
@@ -107,6 +112,10 @@ class RedisCluster:
 
     def start(self) -> None:
         self.bus.start(self.channel, self._heard, self._ready)
+        self.start_loops()
+
+    def start_loops(self) -> None:
+        """Start the heartbeat, the reaping and the resync (tests pause them)."""
         for every, work in ((BEAT, self._beat), (REAP_EVERY, self._reap), (RESYNC, self._resync)):
             loop = LoopingCall(self._guarded, work)
             loop.clock = self.clock
@@ -150,14 +159,31 @@ class RedisCluster:
         """Write this node's names and members whole, and only then renew
         its alive key (a live node's hash is trusted as complete) and ask the
         others to read it (``s``)."""
+        self._reasserting = True
         self.names.assert_own()
 
         def written(_: object) -> Any:
-            self._beat()
+            self._set_alive()
+            beat = codec.heartbeat_notice(self.node, self.committed)
+            self.bus.publish(self.channel, beat).addErrback(_ignore)
             self.bus.publish(self.channel, codec.synced_notice(self.node)).addErrback(_ignore)
             return self.members.resync()
 
-        self.members.assert_own().addCallback(written).addErrback(self._failed, "announcing this node")
+        def done(result: object) -> object:
+            self._reasserting = False
+            return result
+
+        d = self.members.assert_own().addCallback(written).addBoth(done)
+        d.addErrback(self._failed, "announcing this node")
+
+    def _name_lost(self, key: str) -> None:
+        """A name this node's session held went to another node's session
+        while this node was taken for dead: that one keeps it, ours goes."""
+        assert self._hub is not None
+        session = self._hub.sessions.get(key)
+        log.warn("the name {key} went to another node while this one was taken for dead", key=key)
+        if session is not None:
+            self._hub.evict(session, NameTaken("name_lost", name=session.name))
 
     # -- the stream -------------------------------------------------------------------
 
@@ -193,14 +219,15 @@ class RedisCluster:
             if event.cid is not None and event.from_session is None:
                 # Read back rather than this node's own object: its sender,
                 # if here, must still get its echo with the cid.
-                event.from_session = hub.sessions.get(name_key(event.sender))
+                event.from_session = _held_when(hub, event.sender, event.ts)
             hub.deliver_to_room(event)
         else:
             if event.from_session is None and event.to_session is None:
-                # From another node (or read back): its ends by name, here.
+                # From another node (or read back): its ends by name, here,
+                # but only sessions that held the name when it was sent.
                 assert event.recipient is not None
-                event.to_session = hub.sessions.get(name_key(event.recipient))
-                event.from_session = hub.sessions.get(name_key(event.sender))
+                event.to_session = _held_when(hub, event.recipient, event.ts)
+                event.from_session = _held_when(hub, event.sender, event.ts)
             hub.deliver_private(event)
 
     def _heard(self, data: str) -> None:
@@ -273,6 +300,9 @@ class RedisCluster:
     def where(self, key: str) -> str | None:
         return self.members.where(key)
 
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        return self.members.rooms_elsewhere()
+
     def publish_typing(self, typing: Typing, key: str) -> None:
         assert self._hub is not None
         self._hub.deliver_typing(typing, key)
@@ -297,12 +327,21 @@ class RedisCluster:
     def _beat(self) -> None:
         if not self.bus.ready:
             return
-
-        def renewed(_: object) -> None:
-            self._beat_at = self.clock.seconds()
-
         alive = f"{self.prefix}:alive:{self.node}"
-        self.bus.set(alive, str(self.committed), px=ALIVE_MS).addCallbacks(renewed, _ignore)
+        if self._reasserting:
+            self._set_alive()
+        else:
+            # A key that had expired: this node was late (a saturated reactor)
+            # and may have been reaped, its names given away. Say again who we
+            # are, hash first, reclaiming the names, rather than only renew it.
+            def renew(existed: bool) -> None:
+                if existed or self._reasserting:
+                    self._set_alive()
+                elif self.bus.ready:
+                    log.warn("this node's alive key had expired; announcing it again")
+                    self._reassert()
+
+            self.bus.pexpire(alive, ALIVE_MS).addCallbacks(renew, _ignore)
         self.bus.publish(self.channel, codec.heartbeat_notice(self.node, self.committed)).addErrback(_ignore)
         # A subscription that is up but hears nothing (Centrifugo's wedged
         # pub/sub) is made again.
@@ -312,6 +351,13 @@ class RedisCluster:
             log.warn("the Redis subscription has gone quiet; subscribing again")
             self._ready_at = now
             self.bus.resubscribe()
+
+    def _set_alive(self) -> None:
+        def renewed(_: object) -> None:
+            self._beat_at = self.clock.seconds()
+
+        alive = f"{self.prefix}:alive:{self.node}"
+        self.bus.set(alive, str(self.committed), px=ALIVE_MS).addCallbacks(renewed, _ignore)
 
     def _guarded(self, work: Callable[[], None]) -> None:
         """Run periodic *work*; a failure is logged, and the next period comes
@@ -342,6 +388,16 @@ class RedisCluster:
         if failure.check(BusUnavailable):
             return
         log.failure("cluster: {what} failed", failure, what=what)
+
+
+def _held_when(hub: Hub, name: str, ts: float) -> Session | None:
+    """This node's session with *name*, if it was logged in at *ts* (when a
+    message was sent): a guest who took the name later is somebody else, and
+    must not read what was sent to (or confirm what was sent by) the one
+    before. Compares the sending node's clock with this node's (see
+    docs/CLUSTER.md, Known limits)."""
+    session = hub.sessions.get(name_key(name))
+    return session if session is not None and session.since <= ts else None
 
 
 def _ignore(failure: Any) -> None:

@@ -11,7 +11,8 @@ announced to this node's members like any other change.
 
 A node is alive while its key ``PREFIX:alive:NODE`` exists (renewed every
 second, with a time to live of 5 s). Survivors look for dead nodes in
-``PREFIX:nodes`` every 2 s; the one that takes the lock ``PREFIX:reaping:NODE``
+``PREFIX:nodes`` every 2 s, and reap one whose key is still missing
+:data:`REAP_GRACE` seconds after a look first missed it; the one that takes the lock ``PREFIX:reaping:NODE``
 frees the dead node's names, deletes its hash, and sends ``g`` (gone):
 every node then announces the dead node's members as having left.
 
@@ -44,8 +45,15 @@ log = Logger()
 
 #: Seconds between full reads of the other nodes' members.
 RESYNC = 10.0
-#: Heartbeat key lifetime (ms): a node silent this long is dead.
+#: Heartbeat key lifetime (ms): a node silent this long is suspected dead.
 ALIVE_MS = 5000
+#: Seconds a node's alive key must stay missing, from the look that first
+#: found it missing, before that node is reaped: a live node whose reactor is
+#: saturated (a login storm) renews its key late, and must not lose its
+#: users' names for it. A dead node is reaped within ALIVE_MS + REAP_EVERY
+#: (the first look that misses it) + 2 * REAP_EVERY (the first look at least
+#: REAP_GRACE later): about 11 s after its last heartbeat (issue 9: 15 s).
+REAP_GRACE = 3.0
 
 
 def _field(room: str, name: str) -> str:
@@ -70,8 +78,12 @@ class Members:
         #: node -> {field: (room, name)}: what each other node has said.
         self._by_node: dict[str, dict[str, tuple[str, str]]] = {}
         self._general = self.elsewhere(name_key(GENERAL))
+        #: room key -> the room's name as shown, for rooms heard of from other nodes.
+        self._room_names: dict[str, str] = {name_key(GENERAL): GENERAL}
         #: node -> full reads in a row that found it without its alive key.
         self._missing: dict[str, int] = {}
+        #: node -> when a reaping look first found its alive key missing.
+        self._suspected: dict[str, float] = {}
 
     def key(self, what: str, node: str | None = None) -> str:
         return f"{self.prefix}:{what}:{node or self.node}"
@@ -83,6 +95,14 @@ class Members:
         if found is None:
             found = self._elsewhere[room_key] = {}
         return found
+
+    def rooms_elsewhere(self) -> dict[str, tuple[str, int]]:
+        """Room key -> (name, members on other nodes), for rooms that have some."""
+        return {
+            key: (self._room_names.get(key, key), len(members))
+            for key, members in self._elsewhere.items()
+            if members
+        }
 
     def where(self, key: str) -> str | None:
         """The name as shown of the user *key* online on another node (everyone is in general)."""
@@ -163,7 +183,9 @@ class Members:
             self._left(room, name)
 
     def _joined(self, room: str, name: str) -> None:
-        self.elsewhere(name_key(room))[name_key(name)] = name
+        key = name_key(room)
+        self.elsewhere(key)[name_key(name)] = name
+        self._room_names.setdefault(key, room)
         assert self.hub is not None
         self.hub.note_presence(room, joined=name)
 
@@ -212,11 +234,19 @@ class Members:
         """Free the names and members of every node whose heartbeat has expired."""
         nodes = yield self.bus.smembers(f"{self.prefix}:nodes")
         nodes = set(nodes) - {self.node}
+        for node in set(self._suspected) - nodes:
+            del self._suspected[node]
         gone = []
         for node in nodes:
             alive = yield self.bus.exists(self.key("alive", node))
             if alive:
+                self._suspected.pop(node, None)
                 continue
+            now = self.clock.seconds()
+            since = self._suspected.setdefault(node, now)
+            if now - since < REAP_GRACE:
+                continue  # perhaps only late: look again at the next round
+            del self._suspected[node]
             mine = yield self.bus.set(self.key("reaping", node), self.node, px=ALIVE_MS * 2, nx=True)
             if not mine:
                 continue

@@ -11,6 +11,7 @@ seconds (the client left meanwhile) is given back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -32,11 +33,18 @@ class NameClaims:
         self.node = node
         self.clock = clock
         self._reserved: dict[str, IDelayedCall] = {}
+        #: Reservations found held by another node when re-asserting: the
+        #: login waiting on one must fail (name_taken), not take the name.
+        self._revoked: set[str] = set()
         #: This turn's changes of the node's list of names (key -> held),
         #: written together at its end.
         self._listed: dict[str, bool] = {}
         #: Keys held by sessions of this node.
         self.owned: set[str] = set()
+        #: Called with a key this node's session held, found held by another
+        #: node when this node re-asserted its names (it was taken for dead
+        #: and the name given to someone else meanwhile).
+        self.on_lost: Callable[[str], None] = lambda key: None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:name:{key}"
@@ -93,6 +101,9 @@ class NameClaims:
         """A session of this node takes *key* now (the hub's login). Without
         a reservation (an in-process participant, which does not wait), the
         name is claimed in the background, and a clash only logged."""
+        if key in self._revoked:
+            self._revoked.discard(key)
+            return False
         call = self._reserved.pop(key, None)
         if call is not None:
             if call.active():
@@ -102,10 +113,27 @@ class NameClaims:
         self.owned.add(key)
         return True
 
-    def _claim_late(self, key: str) -> None:
+    def _claim_late(self, key: str, reasserting: bool = False, attempts: int = 3) -> None:
         def holder(node: str | None) -> None:
-            if node is not None and node != self.node:
+            if node is None and reasserting and attempts > 1:
+                self._claim_late(key, reasserting, attempts - 1)  # freed meanwhile: try again
+            elif node is not None and node != self.node:
                 log.warn("the name key {key} is held on node {node} too", key=key, node=node)
+                if not reasserting:
+                    return
+                # The other holder logged in while this node was taken for
+                # dead; it keeps the name, ours is the session (or the
+                # login under way) to go.
+                call = self._reserved.pop(key, None)
+                if call is not None:
+                    if call.active():
+                        call.cancel()
+                    self._revoked.add(key)
+                    self.clock.callLater(RESERVED_FOR, self._revoked.discard, key)
+                if key in self.owned:
+                    self.owned.discard(key)
+                    self.on_lost(key)
+                self._note(key, False)
 
         def decided(won: bool) -> Any:
             self._note(key, True)
@@ -130,7 +158,7 @@ class NameClaims:
             return
         self.bus.sadd(self._list, keys).addErrback(lambda _: None)
         for key in keys:
-            self._claim_late(key)
+            self._claim_late(key, reasserting=True)
 
     def forget_all(self) -> Deferred[Any]:
         """A clean stop: free every name now rather than when reaped."""

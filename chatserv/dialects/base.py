@@ -9,7 +9,9 @@ from twisted.internet.defer import Deferred
 
 from .. import conversation
 from ..addresses import source
+from ..errors import ChatError
 from ..events import ChatMessage, Correction, PresenceChange, Typing
+from ..wire import error_text
 
 if TYPE_CHECKING:
     from ..accounts import Identity
@@ -104,6 +106,12 @@ class Dialect:
 
     def receive_correction(self, correction: Correction) -> None:
         raise NotImplementedError
+
+    def evicted(self, error: ChatError) -> None:
+        """The hub takes this session offline (:meth:`chatserv.hub.Hub.evict`):
+        say why, then hang up."""
+        self.connection.error(error.code, error_text(error))
+        self.connection._close()
 
     # -- replies, edits, deletes (see chatserv.conversation) -----------------
 

@@ -226,10 +226,10 @@ class JsonDialect(Dialect):
         accounts = self.factory.accounts
         if accounts is None:
             raise BadRequest("este servidor no tiene cuentas")
-        holder = self.factory.hub.find(user)
-        if holder is not None and holder.participant is not self:
-            # Online names are not up for grabs; a guest may register its own.
-            raise NameTaken("name_taken", name=holder.name)
+        holder = self.factory.hub.online_holder(user, self)
+        if holder is not None:
+            # Online names, on any node, are not up for grabs; a guest may register its own.
+            raise NameTaken("name_taken", name=holder)
         d = accounts.register(user, password, host(self.connection.transport.getPeer()))
         self.connection._hold(
             d, lambda name: self.send(wire.frame({"cmd": "registered", "user": name})), "register"
@@ -378,9 +378,9 @@ class JsonDialect(Dialect):
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise BadRequest("el campo 'limit' debe ser un entero positivo")
         hub = self.factory.hub
-        page, more = hub.room_page(after, min(limit, ROOMS_PAGE))
-        rooms = [{"name": room.name, "members": room.size()} for room in page]
-        self.send(wire.frame({"cmd": "rooms", "list": rooms, "more": more, "total": len(hub.rooms)}))
+        page, more, total = hub.room_listing(after, min(limit, ROOMS_PAGE))
+        rooms = [{"name": name, "members": members} for name, members in page]
+        self.send(wire.frame({"cmd": "rooms", "list": rooms, "more": more, "total": total}))
 
     def _cmd_ping(self, frame: dict[str, Any]) -> None:
         pong: dict[str, Any] = {"cmd": "pong"}

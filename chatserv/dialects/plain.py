@@ -95,9 +95,9 @@ class PlainDialect(Dialect):
                 d = accounts.authenticate(user, password, address)
                 self._claim_then(d, lambda identity: self._login_as(identity, ""))
                 return
-            holder = self.factory.hub.find(user)
-            if holder is not None:
-                raise NameTaken("name_taken", name=holder.name)
+            holder = self.factory.hub.online_holder(user)
+            if holder is not None:  # online on any node
+                raise NameTaken("name_taken", name=holder)
             made = accounts.register(user, password, address)
             hold(made, lambda name: self.send(wire.plain_line(f"* Cuenta {name} creada.")), "register")
             return

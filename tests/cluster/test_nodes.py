@@ -167,3 +167,56 @@ async def test_a_name_is_taken_once_across_nodes(nodes):
     assert frame["cmd"] == "history"
     for client in clients + [again]:
         client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_accounts_register_and_rooms_across_nodes(nodes):
+    """register refuses a name online on another node; rooms lists every
+    node's rooms with every node's members; failed logins are throttled
+    cluster-wide (a guesser spreading over nodes is slowed on all)."""
+    a, b = nodes(), nodes()
+    await start_all(a, b)
+    luis = await online(b, "Luis")
+    luis.send(cmd="join", room="Cocina")
+    await luis.expect("history")
+    ana = await online(a, "Ana")
+    ana.send(cmd="join", room="Cocina")
+    await ana.expect("history")
+    # Luis is a guest on node b: nobody on node a may register his name.
+    stranger = await a.client()
+    for _ in range(40):  # bounded: until node a has heard of Luis
+        stranger.send(cmd="register", user="LUIS", password="secreto123")
+        frame = await stranger.frame()
+        if frame.get("code") == "name_taken":
+            break
+        assert frame["cmd"] != "registered", frame
+        await sleep(0.05)
+    assert frame.get("code") == "name_taken", frame
+    # Only node b knows the room Jardín: node a lists it, and counts both nodes' members.
+    luis.send(cmd="join", room="Jardín")
+    await luis.expect("history")
+    for _ in range(40):
+        ana.send(cmd="rooms")
+        listed = await ana.expect("rooms")
+        if any(room["name"] == "Jardín" for room in listed["list"]):
+            break
+        await sleep(0.05)
+    assert listed["list"] == [
+        {"name": "Cocina", "members": 2}, {"name": "general", "members": 2}, {"name": "Jardín", "members": 1},
+    ], listed
+    assert listed["total"] == 3
+    # A guesser spreading its attempts over the two nodes.
+    stranger.send(cmd="register", user="Bea", password="correcto123")
+    await stranger.expect("registered")
+    guessers = [await a.client(), await b.client()]
+    for i in range(6):  # the account's 5 free failures, and one more
+        guesser = guessers[i % 2]
+        guesser.send(cmd="login", user="Bea", password=f"mal{i}")
+        frame = await guesser.expect("error")
+        assert frame["code"] == "auth_failed" and "vuelve a intentarlo" not in frame["msg"], frame
+    for guesser in guessers:
+        guesser.send(cmd="login", user="Bea", password="correcto123")
+        frame = await guesser.expect("error")
+        assert frame["code"] == "auth_failed" and "vuelve a intentarlo" in frame["msg"], frame
+    for client in [luis, ana, stranger, *guessers]:
+        client.close()

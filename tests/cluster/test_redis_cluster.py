@@ -15,7 +15,8 @@ from chatserv.bus.memory import MemoryBus, MemoryRedis
 from chatserv.cluster_redis import RedisCluster
 from chatserv.errors import NameTaken, ServerBusy
 from chatserv.events import MessageIds
-from chatserv.hub import Hub
+from chatserv.hub import GENERAL, Hub
+from chatserv.names import name_key
 from tests.test_hub import Recorder
 
 
@@ -172,3 +173,124 @@ def test_a_lost_notice_is_read_from_the_database(chat):
     chat.redis.drop = 0.0  # heartbeats get through again, naming the position
     chat.run(2)
     assert [m.text for m in rl.take("message")] == ["perdido"]
+
+
+def pause(cluster: RedisCluster, chat: Chat, seconds: float) -> None:
+    """A node whose reactor is saturated (a login storm): no heartbeat, no
+    look for dead nodes, nothing heard, for *seconds*; then it goes on."""
+    loops, cluster._loops = cluster._loops, []
+    for loop in loops:
+        loop.stop()
+    hear, cluster.bus._on_message = cluster.bus._on_message, lambda data: None  # type: ignore[attr-defined]
+    chat.run(seconds)
+    cluster.bus._on_message = hear  # type: ignore[attr-defined]
+    cluster.start_loops()
+
+
+def test_a_late_node_is_not_reaped(chat):
+    """Its alive key expires for a moment: a live node, late, keeps its users' names."""
+    (one, _), (two, late) = chat.node(), chat.node()
+    login(one, chat, "Ana")
+    login(two, chat, "Luis")
+    chat.run(1)
+    pause(late, chat, 7.5)  # the key expired 1.5-2.5 s ago
+    assert one.users() == ("Ana", "Luis")
+    assert chat.redis.data.get("t:name:" + name_key("Luis")) == "n2"
+    chat.run(6)
+    assert one.users() == ("Ana", "Luis")
+    with pytest.raises(NameTaken):
+        login(one, chat, "LUIS")
+
+
+def test_a_node_taken_for_dead_takes_its_names_back_or_evicts(chat):
+    """Reaped while alive (and deaf to the ``g`` notice): at its next beat it
+    finds its alive key gone, re-asserts its names and members, and a session
+    whose name another node gave away meanwhile is evicted with name_taken."""
+    (one, _), (two, late) = chat.node(), chat.node()
+    login(one, chat, "Ana")
+    luis, _ = login(two, chat, "Luis")
+    bea, _ = login(two, chat, "Bea")
+    chat.run(1)
+    loops, late._loops = late._loops, []
+    for loop in loops:
+        loop.stop()
+    hear, late.bus._on_message = late.bus._on_message, lambda data: None
+    chat.run(14)
+    assert one.users() == ("Ana",)  # reaped: a dead node's users leave
+    login(one, chat, "LUIS")  # the name is free: someone else takes it
+    late.bus._on_message = hear
+    late.start_loops()
+    chat.run(3)
+    assert two.find("Luis") is None  # evicted: the other node's session keeps it
+    assert two.find("Bea") is bea
+    assert chat.redis.data.get("t:name:" + name_key("Bea")) == "n2"
+    assert chat.redis.data.get("t:name:" + name_key("Luis")) == "n1"
+    assert sorted(one.users()) == ["Ana", "Bea", "LUIS"]
+    assert sorted(two.users()) == ["Ana", "Bea", "LUIS"]
+
+
+def test_a_name_online_on_another_node_is_held_for_register(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    _, ra = login(one, chat, "Ana")
+    chat.run(0.5)
+    assert two.online_holder("ANA") == "Ana"  # register refuses it there too
+    assert one.online_holder("ana", ra) is None  # Ana may register her own name
+    assert one.online_holder("Bea") is None and two.online_holder("Bea") is None
+
+
+def test_rooms_lists_every_nodes_rooms_with_every_nodes_members(chat):
+    (one, _), (two, _) = chat.node(), chat.node()
+    ana, _ = login(one, chat, "Ana")
+    luis, _ = login(two, chat, "Luis")
+    bea, _ = login(two, chat, "Bea")
+    one.join(ana, "Cocina")
+    two.join(luis, "Cocina")
+    two.join(bea, "Jardín")
+    chat.run(0.5)
+    for hub in (one, two):
+        listed, more, total = hub.room_listing()
+        assert listed == [("Cocina", 2), (GENERAL, 3), ("Jardín", 1)] and not more and total == 3
+    assert one.room_listing("cocina", limit=1) == ([(GENERAL, 3)], True, 3)
+    two.leave(bea, "Jardín")
+    chat.run(0.5)
+    assert one.room_listing()[0] == [("Cocina", 2), (GENERAL, 3)]
+
+
+def test_a_private_message_reaches_only_who_held_the_name_when_it_was_sent(chat):
+    """Read back from the database after its notice was lost: the guest who
+    took the recipient's name meanwhile must not get it; a recipient who was
+    online when it was sent still does."""
+    (one, _), (two, _) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    luis, rl = login(two, chat, "Luis")
+    bea, rb = login(two, chat, "Bea")
+    chat.run(0.5)
+    chat.redis.drop = 1.0  # the notices are lost: node two reads them back later
+    one.private(ana, "Luis", "solo para Luis")
+    one.private(ana, "Bea", "para Bea")
+    chat.run(0.2)
+    two.logout(luis)
+    chat.run(0.2)
+    impostor, ri = login(two, chat, "LUIS")  # another guest takes the name
+    chat.redis.drop = 0.0  # heartbeats name the position: node two catches up
+    chat.run(2)
+    assert [m.text for m in rb.take("message")] == ["para Bea"]
+    assert ri.take("message") == []
+    assert rl.take("message") == []
+    assert [m.text for m in ra.take("message")] == ["solo para Luis", "para Bea"]  # the sender's copies
+
+
+def test_a_reservation_found_taken_when_reasserting_fails_its_login(chat):
+    """A login was waiting on its reservation when this node was taken for
+    dead and the name went elsewhere: the login gets name_taken."""
+    (one, cluster), _ = chat.node(), chat.node()
+    d = one.claim("Luis")
+    chat.run(0.1)
+    assert d.called
+    key = name_key("Luis")
+    chat.redis.data[f"t:name:{key}"] = "n2"  # given to node two meanwhile
+    cluster.names.assert_own()
+    chat.run(0.1)
+    with pytest.raises(NameTaken):
+        one.login(Recorder("Luis"), "Luis")
+    assert chat.redis.data[f"t:name:{key}"] == "n2"
