@@ -28,7 +28,7 @@ from chatserv.bridge.state import BridgeState, Fenced
 from tests.bridge.conftest import FAST, reactor
 from tests.bridge.fakebot import GROUP, TOKEN, FakeBotAPI
 from tests.bridge.test_faults import wait_for
-from tests.storage.conftest import PG_ADMIN_DSN, pg_unavailable
+from tests.storage.conftest import fresh_schema
 from tests.support import LineClient, connect, sleep, start_server
 
 LUIS = FakeBotAPI.user(42, "Luis")
@@ -51,20 +51,11 @@ def redis_unavailable() -> str | None:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    reason = pg_unavailable() or redis_unavailable()
+    reason = redis_unavailable()
     if reason:
         pytest.skip(reason)
-    import psycopg
-
-    schema = f"chatserv_tg_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_ADMIN_DSN else "?"
-    try:
-        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema("chatserv_tg") as (url, _):
+        yield url
 
 
 @pytest_twisted.async_yield_fixture

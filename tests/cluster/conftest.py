@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import PG_ADMIN_DSN, pg_unavailable
+from tests.storage.conftest import fresh_schema
 from tests.storage.test_twistd import Twistd
 
 REDIS_URL = os.environ.get("CHATSERV_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -38,20 +38,8 @@ def redis_unavailable(host: str | None = None, port: int | None = None) -> str |
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A DSN whose search_path is a fresh schema, dropped after the test."""
-    reason = pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-
-    schema = f"chatserv_cluster_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_ADMIN_DSN else "?"
-    try:
-        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with fresh_schema("chatserv_cluster") as (url, _):
+        yield url
 
 
 @pytest.fixture

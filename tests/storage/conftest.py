@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import pytest_twisted
@@ -40,23 +41,32 @@ def pg_unavailable() -> str | None:
     return _pg_reason
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A DSN whose search_path is a fresh schema, dropped after the test."""
+@contextmanager
+def fresh_schema(prefix: str = "chatserv_test") -> Iterator[tuple[str, str]]:
+    """A DSN whose search_path is a new schema, and the schema's name; the
+    schema is dropped afterwards (if the test has not dropped it already).
+    Skips the test when PostgreSQL is not there."""
     reason = pg_unavailable()
     if reason:
         pytest.skip(reason)
     import psycopg
 
-    schema = f"chatserv_test_{uuid.uuid4().hex[:12]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in PG_ADMIN_DSN else "?"
     try:
-        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}"
+        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}", schema
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A DSN whose search_path is a fresh schema, dropped after the test."""
+    with fresh_schema() as (url, _):
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

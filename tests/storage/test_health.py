@@ -4,8 +4,6 @@ cluster seam's ``health_problems``."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
@@ -13,7 +11,7 @@ from twisted.internet.defer import Deferred
 from chatserv.health import HealthService, NodeHealth
 from chatserv.local import LocalCluster
 from chatserv.service import ServerConfig, makeService
-from tests.storage.conftest import PG_ADMIN_DSN, pg_unavailable
+from tests.storage.conftest import PG_ADMIN_DSN, fresh_schema
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -94,20 +92,8 @@ async def test_a_database_that_does_not_answer_is_a_problem_after_the_timeout():
 @pytest.fixture
 def own_schema():
     """A PostgreSQL DSN on a fresh schema (the test may drop it), and its name."""
-    reason = pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    import psycopg
-
-    schema = f"chatserv_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG_ADMIN_DSN else "?"
-    try:
-        yield f"{PG_ADMIN_DSN}{sep}options=-csearch_path%3D{schema}", schema
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    with fresh_schema("chatserv_test") as pair:
+        yield pair
 
 
 @pytest_twisted.ensureDeferred
