@@ -664,20 +664,21 @@ class Engine:
 
         def delete() -> int:
             with self._transaction():
+                # By position, the commit order: on several nodes ids are not.
                 row = self._execute(
-                    "SELECT id FROM messages WHERE room_key = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    "SELECT pos FROM messages WHERE room_key = ? ORDER BY pos DESC LIMIT 1 OFFSET ?",
                     (room_key, keep),
                 ).fetchone()
                 if row is None:
                     return 0
                 self._execute(
                     "DELETE FROM message_edits WHERE message_id IN (SELECT id FROM messages"
-                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    " WHERE room_key = ? AND pos <= ? ORDER BY pos LIMIT ?)",
                     (room_key, row[0], batch),
                 )
                 cursor = self._execute(
                     "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
-                    " WHERE room_key = ? AND id <= ? ORDER BY id LIMIT ?)",
+                    " WHERE room_key = ? AND pos <= ? ORDER BY pos LIMIT ?)",
                     (room_key, row[0], batch),
                 )
                 return max(0, cursor.rowcount)
