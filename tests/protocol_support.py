@@ -26,6 +26,25 @@ def strict_json(line: bytes) -> Any:
     return json.loads(line.decode("utf-8"), parse_constant=no_constants)
 
 
+class Silent:
+    """A hub participant that ignores everything: fills a room cheaply."""
+
+    def receive_message(self, message: Any) -> None:
+        pass
+
+    def receive_own(self, message: Any) -> None:
+        pass
+
+    def receive_presence(self, change: Any) -> None:
+        pass
+
+    def receive_typing(self, typing: Any) -> None:
+        pass
+
+    def receive_correction(self, correction: Any) -> None:
+        pass
+
+
 class Conn:
     """One connection: what goes in, what came out."""
 

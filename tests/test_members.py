@@ -10,25 +10,9 @@ import pytest
 
 from chatserv.dialects import members
 from chatserv.hub import presence_window
-from tests.protocol_support import World
+from tests.protocol_support import Silent, World
 
 LAZY = ["lazy_members"]
-
-
-class Quiet:
-    """A participant that ignores everything: fills a room cheaply."""
-
-    def receive_message(self, message):
-        pass
-
-    def receive_presence(self, change):
-        pass
-
-    def receive_typing(self, typing):
-        pass
-
-    def receive_correction(self, correction):
-        pass
 
 
 @pytest.fixture
@@ -38,7 +22,7 @@ def world():
 
 def fill(world, count, prefix="m"):
     """*count* quiet members in general, their presence announced."""
-    sessions = [world.hub.login(Quiet(), f"{prefix}{i:04d}") for i in range(count)]
+    sessions = [world.hub.login(Silent(), f"{prefix}{i:04d}") for i in range(count)]
     world.hub.flush_all_presence()
     return sessions
 

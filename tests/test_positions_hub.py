@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from chatserv import wire
 from chatserv.events import ChatMessage
 from chatserv.hub import RECENT_CIDS_SECONDS, Hub
+from tests.protocol_support import Silent
 from tests.test_hub import online
 
 
@@ -84,28 +85,11 @@ def test_accounts_and_guests_of_one_name_have_separate_cids():
     first = hub.broadcast(guest, "hola", cid="k")
     clock.advance(0)
     hub.logout(guest)
-    account = hub.login(_Sink(), "Ana", account=True)
+    account = hub.login(Silent(), "Ana", account=True)
     clock.advance(0)
     second = hub.broadcast(account, "hola", cid="k")
     clock.advance(0)
     assert second is not first and second.pos == 2
-
-
-class _Sink:
-    def receive_message(self, message):
-        pass
-
-    def receive_own(self, message):
-        pass
-
-    def receive_presence(self, change):
-        pass
-
-    def receive_typing(self, typing):
-        pass
-
-    def receive_correction(self, correction):
-        pass
 
 
 def test_a_private_message_to_oneself_with_a_cid_is_confirmed_once():
