@@ -7,19 +7,9 @@ from twisted.internet.testing import MemoryReactorClock
 
 from chatserv.hub import GENERAL, Hub
 from chatserv.windows import cost_of
+from tests.protocol_support import Silent
 
 TEXT = "x" * 60_000
-
-
-class Quiet:
-    def receive_message(self, message):
-        pass
-
-    def receive_presence(self, change):
-        pass
-
-    def receive_typing(self, typing):
-        pass
 
 
 def consistent(hub: Hub) -> bool:
@@ -40,7 +30,7 @@ def held(hub: Hub) -> int:
 def test_windows_of_many_rooms_stay_within_the_budget():
     clock = MemoryReactorClock()
     hub = Hub(clock, history_size=50, history_memory=1_000_000)
-    sessions = [hub.login(Quiet(), f"u{i}") for i in range(10)]
+    sessions = [hub.login(Silent(), f"u{i}") for i in range(10)]
     hub.broadcast(sessions[0], "hola")
     clock.advance(0)
     for i, session in enumerate(sessions):
@@ -68,7 +58,7 @@ def test_windows_of_many_rooms_stay_within_the_budget():
 def test_a_room_alone_over_the_budget_keeps_its_newest_messages():
     clock = MemoryReactorClock()
     hub = Hub(clock, history_size=50, history_memory=200_000)
-    ana = hub.login(Quiet(), "Ana")
+    ana = hub.login(Silent(), "Ana")
     for _ in range(10):
         hub.broadcast(ana, TEXT)
         clock.advance(0)
@@ -80,7 +70,7 @@ def test_a_room_alone_over_the_budget_keeps_its_newest_messages():
 def test_the_cached_window_encoding_is_counted_and_released():
     clock = MemoryReactorClock()
     hub = Hub(clock, history_size=50, history_memory=10_000_000)
-    ana = hub.login(Quiet(), "Ana")
+    ana = hub.login(Silent(), "Ana")
     hub.broadcast(ana, TEXT)
     clock.advance(0)
     before = hub.windows.used

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest_twisted
 
 from chatserv.dialects import members
-from tests.test_members import Quiet
+from tests.protocol_support import Silent
 
 SIZE = members.LAZY_THRESHOLD + 100
 
@@ -15,7 +15,7 @@ SIZE = members.LAZY_THRESHOLD + 100
 async def test_lazy_and_seed000_clients_in_a_large_room(server, clients):
     hub = server.hub
     for i in range(SIZE):
-        hub.login(Quiet(), f"m{i:04d}")
+        hub.login(Silent(), f"m{i:04d}")
     lazy = await clients()
     _, users = await lazy.login("Ana", features=["lazy_members"])
     assert users["count"] == SIZE + 1 and users["more"] is True

@@ -496,10 +496,10 @@ async def test_the_window_remembers_its_size(tk_root):
 
 @pytest_twisted.ensureDeferred
 async def test_large_room_shows_count_and_first_page_then_loads_more_on_scroll(tk_root, chat_server):
-    from tests.test_members import Quiet
+    from tests.protocol_support import Silent
 
     for i in range(1200):
-        chat_server.hub.login(Quiet(), f"m{i:04d}")
+        chat_server.hub.login(Silent(), f"m{i:04d}")
     ana = GuiClient(tk_root, chat_server.port, "Ana")
     try:
         await ana.online()
