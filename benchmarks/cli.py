@@ -255,7 +255,8 @@ def add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=2,
                    help="rounds; the configurations are interleaved within each")
     p.add_argument("--node-cores", default="",
-                   help="comma-separated cores for the nodes, cycled (default: --server-core)")
+                   help="comma-separated cores for the nodes, cycled (default: --server-core "
+                        "and --gen-core, one node on each)")
     p.add_argument("--redis-core", type=int, default=None,
                    help="core for the Redis server (default: --server-core; -1 unpinned)")
     p.add_argument("--pg-core", type=int, default=None,
@@ -279,12 +280,25 @@ def add_cluster(p: argparse.ArgumentParser) -> None:
                         "bridges to the tests' fake Bot API; the polling one is SIGKILLed)")
 
 
+def default_node_cores(a: argparse.Namespace) -> list[int | None]:
+    """The nodes' cores unless ``--node-cores`` says: the server's core and the
+    generator's, in turn, so that two nodes run on two cores as a cluster is
+    deployed (one node per core; ``--workers``), the second beside the load
+    generator. ``--node-cores 0`` puts every node on one core instead."""
+    server = a.server_core if a.server_core is not None and a.server_core >= 0 else None
+    gen = a.gen_core if a.gen_core is not None and a.gen_core >= 0 else None
+    cpus = os.cpu_count() or 1
+    if server is None or gen is None or gen == server or gen >= cpus:
+        return [server]
+    return [server, gen]
+
+
 def cluster_params(a: argparse.Namespace) -> dict[str, Any]:
     def core(v: int | None) -> int | None:
         v = a.server_core if v is None else v
         return None if v is None or v < 0 else v
 
-    node_cores = [core(int(x)) for x in a.node_cores.split(",") if x] or [core(None)]
+    node_cores = [core(int(x)) for x in a.node_cores.split(",") if x] or default_node_cores(a)
     configs = tuple(c for c in a.configs.split(",") if c)
     for c in configs:
         if c not in cluster.CONFIGS:
@@ -380,7 +394,8 @@ def suite_cluster_params(a: argparse.Namespace) -> dict[str, Any]:
     """The suite's cluster rows: 2 nodes, the three configurations interleaved."""
     core = a.server_core if a.server_core is not None and a.server_core >= 0 else None
     base: dict[str, Any] = {
-        "configs": cluster.CONFIGS, "nodes": 2, "node_cores": [core], "redis_core": core,
+        "configs": cluster.CONFIGS, "nodes": 2, "node_cores": default_node_cores(a),
+        "redis_core": core,
         "pg_core": core, "extra": list(a.chatserv_arg or []), "senders": 20, "probes": 20,
         "pad": a.pad, "storm_timeout": 20.0, "failover_users": 50, "telegram": not a.quick,
         "gen_core": a.gen_core if a.gen_core >= 0 else None,
