@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .kernel_timing import SO_TIMESTAMPNS, kernel_timed_broadcast
 from .peers import Server, _child_setup, free_port, pin_prefix, start_server
 from .ramp import fixed_step
 from .runner import (
@@ -338,8 +339,12 @@ async def fanout_step(target: Target, *, clients: int, senders: int, deliveries:
     return {"login": login, "senders": len(routes), "recipients_per_msg": per_msg, **r.row()}
 
 
-async def storm(target: Target, *, clients: int, timeout: float, log: Log) -> dict[str, Any]:
-    """``clients`` log in to the room at once, spread over the nodes."""
+async def storm(target: Target, *, clients: int, timeout: float, pad: int,
+                log: Log) -> dict[str, Any]:
+    """``clients`` log in to the room at once, spread over the nodes; then,
+    once the membership pushes are out, one broadcast from the first client,
+    timed by the kernel's receive stamps (as the single-node ``conns`` row):
+    with the nodes on two cores, this is the room's multi-core figure."""
     cpu = target.cpu_window()
     cpu.start()
     # Names u100000... : the fan-out step's names may still be in use for a
@@ -348,10 +353,17 @@ async def storm(target: Target, *, clients: int, timeout: float, log: Log) -> di
     cpu.mark()
     cpu.stop()
     log(f"  storm: {login['logged_in']}/{clients} logged in, last at {login['login_time_s']} s")
+    out: dict[str, Any] = {"login": login, "all_logged_in_s": login["all_logged_in_s"],
+                           "server_cpu_s": round(cpu.server, 3),
+                           "part_cpu_s": {n: round(v, 3) for n, v in cpu.part_s.items()}}
+    if cl and SO_TIMESTAMPNS:
+        await wait_quiet(cl, quiet=0.5, limit=15)
+        b = await kernel_timed_broadcast(target, cl, pad)
+        log(f"  storm broadcast to {b['expected']}: got {b['received']}, p50 {b['p50_ms']} "
+            f"p99 {b['p99_ms']} ms")
+        out["broadcast"] = b
     await close_all(cl)
-    return {"login": login, "all_logged_in_s": login["all_logged_in_s"],
-            "server_cpu_s": round(cpu.server, 3),
-            "part_cpu_s": {n: round(v, 3) for n, v in cpu.part_s.items()}}
+    return out
 
 
 class Watcher(asyncio.Protocol):
@@ -499,7 +511,7 @@ async def one_config(dep: Deployment, *, clients: int, senders: int, deliveries:
         dep.refresh(target)
         try:
             out["storm"] = await storm(target, clients=storm_clients, timeout=storm_timeout,
-                                       log=log)
+                                       pad=pad, log=log)
         except (OSError, RuntimeError) as e:
             out["storm"] = {"error": f"{type(e).__name__}: {e}"}
     if failover_users and dep.config == "cluster" and len(dep.nodes) > 1:
@@ -534,13 +546,16 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
         for name, r in by.items():
             f = r.get("fanout", {})
             d = per.setdefault(name, {"ms_per_1k": [], "pg_ms_per_1k": [], "p99_ms": [],
-                                      "p99_cross_ms": [], "loss": [], "storm_s": []})
+                                      "p99_cross_ms": [], "loss": [], "storm_s": [],
+                                      "storm_broadcast_p99_ms": []})
             d["ms_per_1k"].append(f.get("server_cpu_ms_per_1k"))
             d["pg_ms_per_1k"].append(pg_ms(f))
             d["p99_ms"].append(f.get("p99_ms"))
             d["p99_cross_ms"].append(f.get("p99_cross_ms"))
             d["loss"].append(f.get("loss"))
             d["storm_s"].append((r.get("storm") or {}).get("all_logged_in_s"))
+            d["storm_broadcast_p99_ms"].append(
+                ((r.get("storm") or {}).get("broadcast") or {}).get("p99_ms"))
         c, lone = by.get("cluster", {}).get("fanout", {}), by.get("lone-pg", {}).get("fanout", {})
         if c.get("server_cpu_ms_per_1k") and lone.get("server_cpu_ms_per_1k"):
             cost.append(round(c["server_cpu_ms_per_1k"] / lone["server_cpu_ms_per_1k"], 3))

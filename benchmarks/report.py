@@ -264,6 +264,8 @@ def cluster_lines(res: dict[str, Any]) -> list[str]:
                 f"others {f['other_cpu_pct']:.0f}% [{split}]"
                 + (f"; storm {st['login']['logged_in']:,} in {_f(st.get('all_logged_in_s'), ' s', 2)}"
                    if st.get("login") else "")
+                + (f", broadcast p99 {_f((st.get('broadcast') or {}).get('p99_ms'), ' ms', 0)}"
+                   if st.get("broadcast") else "")
                 + (f"; failover {_f(fo.get('gone_s'), ' s', 2)}" if fo else "")
                 + ("  SERVER DIED" if r.get("server_died") else ""))
     s = res.get("summary") or {}
@@ -307,7 +309,7 @@ def cluster_markdown(res: dict[str, Any]) -> list[str]:
 
     def runs(cfg: str, key: str, unit: str = "", digits: int = 2) -> str:
         vals = (per.get(cfg) or {}).get(key) or []
-        return " / ".join(f"{v:.{digits}f}{unit}" for v in vals) if vals else "—"
+        return " / ".join("—" if v is None else f"{v:.{digits}f}{unit}" for v in vals) if vals else "—"
 
     cfgs = [c for c in ("cluster", "lone-pg", "lone-sqlite") if c in per]
     head = {"cluster": f"{p.get('nodes', 2)} nodes + Redis (PostgreSQL)",
@@ -332,6 +334,8 @@ def cluster_markdown(res: dict[str, Any]) -> list[str]:
         + " |",
         f"| {p.get('storm_clients', 0):,} clients log in at once, all in | "
         + " | ".join(runs(c, "storm_s", " s") for c in cfgs) + " |",
+        "| then one broadcast reaches them all, p99 (kernel timestamps) | "
+        + " | ".join(runs(c, "storm_broadcast_p99_ms", " ms", 0) for c in cfgs) + " |",
         "",
     ]
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
@@ -109,6 +110,26 @@ class _Subscriber(txredisapi.SubscriberProtocol):
     def connectionLost(self, why: Any) -> None:
         super().connectionLost(why)
         self.on_lost()
+
+
+def _write_now(protocol: Any) -> None:
+    """Hand what *protocol*'s transport holds to the kernel now.
+
+    A transport only queues what it is given; the bytes leave at the
+    reactor's next poll. A publication is what the other nodes wait for, and
+    the turn that publishes may go on to a long fan-out of its own (a room of
+    thousands), so it goes out at once: the other nodes then send to their
+    members while this one sends to its own. Whatever the socket does not
+    take stays queued and leaves at the next poll as usual; an error is left
+    for that poll to report."""
+    transport = getattr(protocol, "transport", None)
+    if (
+        isinstance(transport, FileDescriptor)
+        and transport.connected
+        and not transport.disconnecting
+        and (transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+    ):
+        transport.doWrite()
 
 
 def _unwrapped(protocol: Any) -> Any:
@@ -267,7 +288,9 @@ class RedisBus:
             return fail(BusUnavailable(str(e)))
 
     def publish(self, channel: str, data: str) -> Deferred[Any]:
-        return self._send("PUBLISH", channel, data)
+        d = self._send("PUBLISH", channel, data)
+        _write_now(self._commands)
+        return d
 
     def set(self, key: str, value: str, *, px: int | None = None, nx: bool = False) -> Deferred[bool]:
         d = self._run("set", key, value, pexpire=px, only_if_not_exists=nx)

@@ -87,8 +87,8 @@ class RedisCluster:
         self.members = Members(bus, name, self.node, self.channel, clock)
         #: The last position this node committed: its heartbeats name it.
         self.committed = position
-        #: Notices of this turn's commits, published together at its end.
-        self._outbox: list[str] = []
+        #: This turn's commits, published together at its end, then delivered here.
+        self._outbox: list[Any] = []
         self._hub: Hub | None = None
         self._loops: list[LoopingCall] = []
         self._beat_at: float | None = None
@@ -189,26 +189,35 @@ class RedisCluster:
 
     def _committed(self, event: Any) -> None:
         """A message or correction this node committed: one notice for the
-        whole cluster, and this node's own delivery, in position order."""
+        whole cluster, then this node's own delivery, in position order."""
         if event.pos > self.committed:
             self.committed = event.pos
-        if self.bus.ready:
-            notice = (
+        if not self._outbox:
+            # The rest of the commit batch is told in this same turn.
+            self.clock.callLater(0, self._send_batch)
+        self._outbox.append(event)
+
+    def _send_batch(self) -> None:
+        """Publish the turn's commits, and only then deliver them here.
+
+        The order matters for a large room: this node's own fan-out is one
+        long run of sends, and the publication (written to the Redis socket
+        when the reactor next polls, before the end-of-turn fan-out) lets the
+        other nodes send to their members meanwhile instead of afterwards.
+        """
+        batch, self._outbox = self._outbox, []
+        if batch and self.bus.ready:
+            notices = [
                 codec.message_notice(event, self.node)
                 if isinstance(event, ChatMessage)
                 else codec.correction_notice(event, self.node)
-            )
-            if not self._outbox:
-                # The rest of the commit batch is delivered in this same turn.
-                self.clock.callLater(0, self._send_batch)
-            self._outbox.append(notice)
-        self.sequencer.offer(event)
-
-    def _send_batch(self) -> None:
-        batch, self._outbox = self._outbox, []
-        if batch and self.bus.ready:
-            data = batch[0] if len(batch) == 1 else codec.batch(batch)
+                for event in batch
+            ]
+            data = notices[0] if len(notices) == 1 else codec.batch(notices)
             self.bus.publish(self.channel, data).addErrback(_ignore)
+        offer = self.sequencer.offer
+        for event in batch:
+            offer(event)
 
     def _deliver(self, event: Any) -> None:
         hub = self._hub
