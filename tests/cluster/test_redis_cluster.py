@@ -294,3 +294,29 @@ def test_a_reservation_found_taken_when_reasserting_fails_its_login(chat):
     with pytest.raises(NameTaken):
         one.login(Recorder("Luis"), "Luis")
     assert chat.redis.data[f"t:name:{key}"] == "n2"
+
+
+def test_a_commit_is_published_before_this_node_delivers_it(chat):
+    """The other nodes must not wait for this node's own fan-out (a long run
+    of sends in a large room): the notice goes to the bus first."""
+    (one, cluster), (two, _) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    login(two, chat, "Luis")
+    chat.run(0.2)
+    ra.take()
+    order: list[str] = []
+    publish = cluster.bus.publish
+
+    def recording_publish(channel: str, data: str) -> Any:
+        order.append("published " + ("hola" if "hola" in data else "other"))
+        return publish(channel, data)
+
+    def recording_receive(message: Any) -> None:
+        order.append("delivered " + message.text)
+
+    cluster.bus.publish = recording_publish  # type: ignore[method-assign]
+    ra.receive_message = recording_receive  # type: ignore[method-assign]
+    ra.receive_own = recording_receive  # type: ignore[method-assign]
+    one.broadcast(ana, "hola")
+    chat.run(0.2)
+    assert order == ["published hola", "delivered hola"]
