@@ -9,6 +9,7 @@ either the GUI tests are skipped with the reason. Set CHATSERV_REQUIRE_GUI=1
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import shutil
@@ -102,7 +103,16 @@ def tk_root(display: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
     tksupport.install(root)
     yield root
     tksupport.uninstall()
+    # Tk widgets and their variables form reference cycles, so the garbage
+    # collector frees them, on whichever thread happens to trigger it. On a
+    # storage thread of the in-process server, each Variable.__del__ calls
+    # into Tcl from that thread, and tkinter then waits a second for a Tk
+    # main loop that tksupport never runs: ten variables stall the server's
+    # database for ten seconds (seen as a login timing out in the next test).
+    # Free them here, on the main thread, while the interpreter still lives.
+    gc.collect()
     root.destroy()
+    gc.collect()
 
 
 @pytest_twisted.async_yield_fixture
