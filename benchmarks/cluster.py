@@ -547,15 +547,17 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
             f = r.get("fanout", {})
             d = per.setdefault(name, {"ms_per_1k": [], "pg_ms_per_1k": [], "p99_ms": [],
                                       "p99_cross_ms": [], "loss": [], "storm_s": [],
-                                      "storm_broadcast_p99_ms": []})
+                                      "storm_broadcast_p99_ms": [],
+                                      "storm_broadcast_missed": []})
             d["ms_per_1k"].append(f.get("server_cpu_ms_per_1k"))
             d["pg_ms_per_1k"].append(pg_ms(f))
             d["p99_ms"].append(f.get("p99_ms"))
             d["p99_cross_ms"].append(f.get("p99_cross_ms"))
             d["loss"].append(f.get("loss"))
             d["storm_s"].append((r.get("storm") or {}).get("all_logged_in_s"))
-            d["storm_broadcast_p99_ms"].append(
-                ((r.get("storm") or {}).get("broadcast") or {}).get("p99_ms"))
+            b = (r.get("storm") or {}).get("broadcast") or {}
+            d["storm_broadcast_p99_ms"].append(b.get("p99_ms"))
+            d["storm_broadcast_missed"].append(b.get("loss"))
         c, lone = by.get("cluster", {}).get("fanout", {}), by.get("lone-pg", {}).get("fanout", {})
         if c.get("server_cpu_ms_per_1k") and lone.get("server_cpu_ms_per_1k"):
             cost.append(round(c["server_cpu_ms_per_1k"] / lone["server_cpu_ms_per_1k"], 3))

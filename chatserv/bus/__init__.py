@@ -43,7 +43,10 @@ class Bus(Protocol):
     def stop(self) -> Any:
         """Disconnect for good; may return a Deferred."""
 
-    def publish(self, channel: str, data: str) -> Any: ...
+    def publish(self, channel: str, data: str, *, now: bool = False) -> Any:
+        """Publish *data* on *channel*; *now*: hand it to the network at once
+        rather than with the rest of the turn's output (what other nodes
+        wait for, before this node's own long work)."""
 
     def set(self, key: str, value: str, *, px: int | None = None, nx: bool = False) -> Any:
         """Fires with True if set (False: *nx* and the key existed)."""

@@ -108,7 +108,7 @@ class MemoryBus:
 
     # -- commands -------------------------------------------------------------------
 
-    def publish(self, channel: str, data: str) -> Deferred[Any]:
+    def publish(self, channel: str, data: str, *, now: bool = False) -> Deferred[Any]:
         return self._do(lambda: self.redis.publish(channel, data))
 
     def set(self, key: str, value: str, *, px: int | None = None, nx: bool = False) -> Deferred[bool]:

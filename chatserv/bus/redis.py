@@ -116,18 +116,24 @@ def _write_now(protocol: Any) -> None:
     """Hand what *protocol*'s transport holds to the kernel now.
 
     A transport only queues what it is given; the bytes leave at the
-    reactor's next poll. A publication is what the other nodes wait for, and
-    the turn that publishes may go on to a long fan-out of its own (a room of
-    thousands), so it goes out at once: the other nodes then send to their
-    members while this one sends to its own. Whatever the socket does not
-    take stays queued and leaves at the next poll as usual; an error is left
-    for that poll to report."""
+    reactor's next poll. A commit's notice is what the other nodes wait for,
+    and the turn that publishes it goes on to a long fan-out of its own (a
+    room of thousands), so it goes out at once: the other nodes then send to
+    their members while this one sends to its own. Whatever the socket does
+    not take stays queued and leaves at the next poll as usual; an error is
+    left for that poll to report (the transport stays registered for
+    writing). Reads the transport's buffer attributes, which are Twisted's
+    own (``FileDescriptor``, unchanged since Twisted 8): a transport without
+    them is left alone."""
     transport = getattr(protocol, "transport", None)
     if (
         isinstance(transport, FileDescriptor)
         and transport.connected
         and not transport.disconnecting
-        and (transport._tempDataLen or len(transport.dataBuffer) > transport.offset)
+        and (
+            getattr(transport, "_tempDataLen", 0)
+            or len(getattr(transport, "dataBuffer", b"")) > getattr(transport, "offset", 0)
+        )
     ):
         transport.doWrite()
 
@@ -287,9 +293,10 @@ class RedisBus:
         except txredisapi.ConnectionError as e:
             return fail(BusUnavailable(str(e)))
 
-    def publish(self, channel: str, data: str) -> Deferred[Any]:
+    def publish(self, channel: str, data: str, *, now: bool = False) -> Deferred[Any]:
         d = self._send("PUBLISH", channel, data)
-        _write_now(self._commands)
+        if now:
+            _write_now(self._commands)
         return d
 
     def set(self, key: str, value: str, *, px: int | None = None, nx: bool = False) -> Deferred[bool]:

@@ -6,8 +6,9 @@ Redis is the doorbell, the database the truth. One message's path::
     Hub.broadcast -> MessageLog.append_then       (PostgreSQL commit: pos assigned)
       RedisCluster._committed                     ONE notice (t=m, pos), published with
                                                   the rest of the commit batch, at the
-                                                  end of the turn: one PUBLISH per batch
-        Sequencer.offer                           this node: at once, in pos order
+                                                  end of the turn: one PUBLISH per batch,
+                                                  written to Redis at once
+        Sequencer.offer                           then this node, in pos order
       ... every other node: RedisCluster._heard -> Sequencer.offer
         RedisCluster._deliver -> Hub.deliver_to_room / deliver_private / deliver_correction
 
@@ -129,6 +130,9 @@ class RedisCluster:
             if loop.running:
                 loop.stop()
         self._loops = []
+        if self._outbox:
+            # Commits of this last turn: told and delivered before the end.
+            self._send_batch()
         self.sequencer.stop()
         if not self.bus.ready:
             return maybeDeferred(self.bus.stop)
@@ -201,20 +205,25 @@ class RedisCluster:
         """Publish the turn's commits, and only then deliver them here.
 
         The order matters for a large room: this node's own fan-out is one
-        long run of sends, and the publication (written to the Redis socket
-        when the reactor next polls, before the end-of-turn fan-out) lets the
-        other nodes send to their members meanwhile instead of afterwards.
+        long run of sends, and the publication (handed to the Redis socket at
+        once, before the end-of-turn fan-out) lets the other nodes send to
+        their members meanwhile instead of afterwards.
         """
         batch, self._outbox = self._outbox, []
-        if batch and self.bus.ready:
-            notices = [
-                codec.message_notice(event, self.node)
-                if isinstance(event, ChatMessage)
-                else codec.correction_notice(event, self.node)
-                for event in batch
-            ]
-            data = notices[0] if len(notices) == 1 else codec.batch(notices)
-            self.bus.publish(self.channel, data).addErrback(_ignore)
+        try:
+            if batch and self.bus.ready:
+                notices = [
+                    codec.message_notice(event, self.node)
+                    if isinstance(event, ChatMessage)
+                    else codec.correction_notice(event, self.node)
+                    for event in batch
+                ]
+                data = notices[0] if len(notices) == 1 else codec.batch(notices)
+                self.bus.publish(self.channel, data, now=True).addErrback(_ignore)
+        except Exception:
+            # The other nodes will read them from the database; this one
+            # delivers them all the same.
+            log.failure("publishing {n} committed events failed", n=len(batch))
         offer = self.sequencer.offer
         for event in batch:
             offer(event)

@@ -307,9 +307,9 @@ def test_a_commit_is_published_before_this_node_delivers_it(chat):
     order: list[str] = []
     publish = cluster.bus.publish
 
-    def recording_publish(channel: str, data: str) -> Any:
+    def recording_publish(channel: str, data: str, **kw: Any) -> Any:
         order.append("published " + ("hola" if "hola" in data else "other"))
-        return publish(channel, data)
+        return publish(channel, data, **kw)
 
     def recording_receive(message: Any) -> None:
         order.append("delivered " + message.text)
@@ -320,3 +320,27 @@ def test_a_commit_is_published_before_this_node_delivers_it(chat):
     one.broadcast(ana, "hola")
     chat.run(0.2)
     assert order == ["published hola", "delivered hola"]
+
+
+def test_a_publication_that_raises_still_delivers_here(chat):
+    (one, cluster), (two, _) = chat.node(), chat.node()
+    ana, ra = login(one, chat, "Ana")
+    luis, rl = login(two, chat, "Luis")
+    chat.run(0.2)
+    ra.take()
+    rl.take()
+
+    publish = cluster.bus.publish
+
+    def broken_publish(channel: str, data: str, **kw: Any) -> Any:
+        if "hola" in data:
+            raise ValueError("a client library bug")
+        return publish(channel, data, **kw)
+
+    cluster.bus.publish = broken_publish  # type: ignore[method-assign]
+    one.broadcast(ana, "hola")
+    chat.run(0.2)
+    assert [e.text for k, e in ra.events if k in ("own", "message")] == ["hola"]
+    # The other node finds it by the gap it leaves, on the next heartbeat.
+    chat.run(3.0)
+    assert [m.text for m in rl.take("message")] == ["hola"]
