@@ -465,6 +465,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.markdown is None:
         a.markdown = str(results_dir / f"{stem}.md")
     out = open(out_path, mode) if out_path else None
+
+    def record(item: str, res: dict[str, Any], show: Callable[[dict[str, Any]], None]) -> None:
+        """Keep *res* for the table, show it, and print and save its JSON line."""
+        res["item"] = item
+        res["meta"] = meta
+        results.append(res)
+        if not a.json_only:
+            show(res)
+        line = json.dumps(res, separators=(",", ":"))
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+
     try:
         for item, workload, params in suite_plan(a):
             if only and item not in only:
@@ -473,34 +487,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "features" in params and peer != "chatserv":
                     continue
                 log(f"== {item} ({workload}) on {peer}")
-                res = run_one(a, peer, workload, {**params, **common})
-                res["item"] = item
-                res["meta"] = meta
-                results.append(res)
-                if not a.json_only:
-                    print_result(res)
-                line = json.dumps(res, separators=(",", ":"))
-                print(line, flush=True)
-                if out:
-                    out.write(line + "\n")
-                    out.flush()
+                record(item, run_one(a, peer, workload, {**params, **common}), print_result)
         if a.cluster != "off" and (not only or "cluster" in only) and "chatserv" in peers:
             why = cluster.unavailable()
             if why and a.cluster == "auto":
                 log(f"cluster rows skipped: {why} (--cluster on to insist)")
             else:
                 log("== cluster (cluster) on chatserv")
-                res = run_cluster(a, suite_cluster_params(a))
-                res["item"] = "cluster"
-                res["meta"] = meta
-                results.append(res)
-                if not a.json_only:
-                    print_cluster(res)
-                line = json.dumps(res, separators=(",", ":"))
-                print(line, flush=True)
-                if out:
-                    out.write(line + "\n")
-                    out.flush()
+                record("cluster", run_cluster(a, suite_cluster_params(a)), print_cluster)
     finally:
         if out:
             out.close()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .kernel_timing import SO_TIMESTAMPNS, kernel_timed_broadcast
+from .kernel_timing import timed_broadcast
 from .peers import Server, _child_setup, free_port, pin_prefix, start_server
 from .ramp import fixed_step
 from .runner import (
@@ -343,7 +343,7 @@ async def storm(target: Target, *, clients: int, timeout: float, pad: int,
                 log: Log) -> dict[str, Any]:
     """``clients`` log in to the room at once, spread over the nodes; then,
     once the membership pushes are out, one broadcast from the first client,
-    timed by the kernel's receive stamps (as the single-node ``conns`` row):
+    timed as the single-node ``conns`` row times it (the kernel's receive stamps):
     with the nodes on two cores, this is the room's multi-core figure."""
     cpu = target.cpu_window()
     cpu.start()
@@ -356,12 +356,9 @@ async def storm(target: Target, *, clients: int, timeout: float, pad: int,
     out: dict[str, Any] = {"login": login, "all_logged_in_s": login["all_logged_in_s"],
                            "server_cpu_s": round(cpu.server, 3),
                            "part_cpu_s": {n: round(v, 3) for n, v in cpu.part_s.items()}}
-    if cl and SO_TIMESTAMPNS:
+    if cl:
         await wait_quiet(cl, quiet=0.5, limit=15)
-        b = await kernel_timed_broadcast(target, cl, pad)
-        log(f"  storm broadcast to {b['expected']}: got {b['received']}, p50 {b['p50_ms']} "
-            f"p99 {b['p99_ms']} ms")
-        out["broadcast"] = b
+        out["broadcast"] = await timed_broadcast(target, cl, pad, log, "storm broadcast")
     await close_all(cl)
     return out
 

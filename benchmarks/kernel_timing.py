@@ -8,6 +8,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .client import BenchClient, Phase, make_text, now_us
@@ -126,3 +127,16 @@ async def kernel_timed_broadcast(target: Target, cl: list[BenchClient], pad: int
         "disconnects": sum(1 for c in cl if c.lost_conn),
         "timing": "kernel receive timestamps",
     }
+
+
+async def timed_broadcast(target: Target, cl: list[BenchClient], pad: int,
+                          log: Callable[[str], None], label: str = "broadcast") -> dict[str, Any]:
+    """One broadcast from ``cl[0]`` to the room, timed by the kernel where it
+    can stamp arrivals (Linux), else as the generator reads it; logged."""
+    if SO_TIMESTAMPNS:
+        b = await kernel_timed_broadcast(target, cl, pad)
+    else:
+        b = await app_timed_broadcast(target, cl, pad)
+    log(f"  {label} to {b['expected']}: got {b['received']}, p50 {b['p50_ms']} "
+        f"p99 {b['p99_ms']} max {b['max_ms']} ms ({b['timing']})")
+    return b

@@ -17,7 +17,7 @@ import gc
 from collections.abc import Callable
 from typing import Any
 
-from .kernel_timing import SO_TIMESTAMPNS, app_timed_broadcast, kernel_timed_broadcast
+from .kernel_timing import timed_broadcast
 from .procstat import rss_bytes
 from .ramp import find_max, fixed_step, ramp_limit
 from .runner import (
@@ -157,12 +157,6 @@ async def conns(target: Target, *, clients: int, timeout: float, concurrency: in
                             if rss0 is not None and rss1 is not None and cl else None),
     }
     if cl:
-        if SO_TIMESTAMPNS:
-            b = await kernel_timed_broadcast(target, cl, pad)
-        else:
-            b = await app_timed_broadcast(target, cl, pad)
-        log(f"  broadcast to {b['expected']}: got {b['received']}, p50 {b['p50_ms']} "
-            f"p99 {b['p99_ms']} max {b['max_ms']} ms ({b['timing']})")
-        result["broadcast"] = b
+        result["broadcast"] = await timed_broadcast(target, cl, pad, log)
     await close_all(cl)
     return result

@@ -189,11 +189,7 @@ class Delivery:
                     continue
             elif out.line.state is not SendState.SENDING:
                 continue
-            self._done(out)
-            out.line.time = _str(item, "time") or out.line.time
-            if isinstance(item.get("id"), int):
-                out.line.msg_id = item["id"]
-            self._set_state(out, SendState.SENT)
+            self._mark_sent(out, item)
             return True
         return False
 
@@ -205,13 +201,18 @@ class Delivery:
             return None
         for out in self.outbox:
             if out.key == key and out.cid == cid:
-                self._done(out)
-                out.line.time = _str(item, "time") or out.line.time
-                if isinstance(item.get("id"), int):
-                    out.line.msg_id = item["id"]
-                self._set_state(out, SendState.SENT)
+                self._mark_sent(out, item)
                 return out
         return None
+
+    def _mark_sent(self, out: Outgoing, item: Frame) -> None:
+        """*out* is confirmed by *item* (its echo or its stored copy): sent,
+        with the server's id and time."""
+        self._done(out)
+        out.line.time = _str(item, "time") or out.line.time
+        if isinstance(item.get("id"), int):
+            out.line.msg_id = item["id"]
+        self._set_state(out, SendState.SENT)
 
     def _confirm_private(self, key: ConvKey, item: Frame) -> bool:
         """A private message of ours that the catch-up after a reconnect

@@ -62,6 +62,21 @@ def _optional_text(frame: dict[str, Any], field: str) -> str | None:
     return _text(frame, field)
 
 
+def _page(frame: dict[str, Any], default_limit: int) -> tuple[str | None, int]:
+    """A paged list's ``after`` (a name, or None) and ``limit`` (a positive
+    integer, *default_limit* when absent), as ``rooms`` and ``members`` take them."""
+    after = _optional_text(frame, "after")
+    if after is not None:
+        try:
+            after = check_name(after)
+        except BadName as e:
+            raise InvalidName(str(e)) from None
+    limit = frame.get("limit", default_limit)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise BadRequest("el campo 'limit' debe ser un entero positivo")
+    return after, limit
+
+
 #: The longest client message id (``cid``).
 MAX_CID = 64
 
@@ -310,15 +325,7 @@ class JsonDialect(Dialect):
         session = self.connection.session
         assert session is not None
         room = self.factory.hub.member_room(session, _optional_text(frame, "room"))
-        after = _optional_text(frame, "after")
-        if after is not None:
-            try:
-                after = check_name(after)
-            except BadName as e:
-                raise InvalidName(str(e)) from None
-        limit = frame.get("limit", members.FIRST_PAGE)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        after, limit = _page(frame, members.FIRST_PAGE)
         self.send(members.page(self.factory.hub, room, after, limit))
 
     def _cmd_typing(self, frame: dict[str, Any]) -> None:
@@ -368,15 +375,7 @@ class JsonDialect(Dialect):
     def _cmd_rooms(self, frame: dict[str, Any]) -> None:
         # Pages in the order of the rooms' keys: a client pages on with
         # `after` set to the last name it got (see docs/PROTOCOL.md, Rooms).
-        after = _optional_text(frame, "after")
-        if after is not None:
-            try:
-                after = check_name(after)
-            except BadName as e:
-                raise InvalidName(str(e)) from None
-        limit = frame.get("limit", ROOMS_PAGE)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise BadRequest("el campo 'limit' debe ser un entero positivo")
+        after, limit = _page(frame, ROOMS_PAGE)
         hub = self.factory.hub
         page, more, total = hub.room_listing(after, min(limit, ROOMS_PAGE))
         rooms = [{"name": name, "members": members} for name, members in page]
