@@ -180,16 +180,18 @@ class Fanout(Protocol):
     it at once, instead of calling each one's ``receive_message``.
     """
 
-    def bind(self, participants: list[Any]) -> Callable[[ChatMessage], None]:
+    def bind(self, participants: list[Any]) -> Callable[..., None]:
         """What delivers a room message to every one of *participants*, as
         their ``receive_message`` would; kept until the room's membership
-        changes."""
+        changes. Called as ``deliver(message)``, or ``deliver(message,
+        leave_out)`` to hand it to all of them but the participant
+        *leave_out* (a sender whose echo is its own, see ``receive_own``)."""
 
 
 class Room:
     __slots__ = (
         "name", "members", "order", "others", "history", "cost", "partial", "joined", "left",
-        "flush_call", "wire", "plan",
+        "flush_call", "wire", "plan", "plan_parts",
     )
 
     def __init__(self, name: str, history_size: int, others: dict[str, str] | None = None) -> None:
@@ -219,8 +221,10 @@ class Room:
         #: Encoded forms of the history window; emptied whenever it changes.
         self.wire: dict[str, Any] = {}
         #: What hands a message to every member: built from ``members`` at the
-        #: first message after a membership change (see Hub._plan).
+        #: first message after a membership change (see _plan), and its two
+        #: parts: the participants without a Fanout, and the Fanouts' bindings.
         self.plan: list[Callable[[ChatMessage], None]] | None = None
+        self.plan_parts: tuple[list[Any], list[Callable[..., None]]] = ([], [])
 
     def names(self) -> tuple[str, ...]:
         """Its members' names: this node's in the order they joined, then
@@ -232,23 +236,23 @@ class Room:
         return len(self.members) + len(self.others)
 
 
-def _plan(room: Room, leave_out: Session | None = None) -> list[Callable[[ChatMessage], None]]:
-    """The calls that hand a message to every member of *room* (but
-    *leave_out*): one per :class:`Fanout` its members' participants share,
-    one per participant that has none (``receive_message``)."""
-    plan: list[Callable[[ChatMessage], None]] = []
+def _plan(room: Room) -> list[Callable[[ChatMessage], None]]:
+    """The calls that hand a message to every member of *room*: one per
+    participant without a :class:`Fanout` (``receive_message``), then one
+    per Fanout its members' participants share; its parts go to
+    ``room.plan_parts``."""
+    singles: list[Any] = []
     shared: dict[Fanout, list[Any]] = {}
     for session in room.members.values():
-        if session is leave_out:
-            continue
         participant = session.participant
         fanout = getattr(participant, "fanout", None)
         if fanout is None:
-            plan.append(participant.receive_message)
+            singles.append(participant)
         else:
             shared.setdefault(fanout, []).append(participant)
-    plan.extend(fanout.bind(participants) for fanout, participants in shared.items())
-    return plan
+    bound = [fanout.bind(participants) for fanout, participants in shared.items()]
+    room.plan_parts = (singles, bound)
+    return [participant.receive_message for participant in singles] + bound
 
 
 def _order(room_name: str) -> tuple[str, str]:
@@ -864,21 +868,27 @@ class Hub:
             self._flush_presence(room)
         self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
+        # The plan is a list of its own: a participant that goes offline
+        # while it is handed the message changes the members, not this list.
+        plan = room.plan
+        if plan is None:
+            plan = room.plan = _plan(room)
         if own is None or room.members.get(own.key) is not own:
-            # The plan is a list of its own: a participant that goes offline
-            # while it is handed the message changes the members, not this list.
-            plan = room.plan
-            if plan is None:
-                plan = room.plan = _plan(room)
             for deliver in plan:
                 deliver(message)
         else:
-            # The sender gave a cid: its echo is its confirmation, so it is
-            # left out of a plan made for this message (a rare path: people
-            # typing), and its output queue puts the echo in order.
-            for deliver in _plan(room, own):
-                deliver(message)
-            own.participant.receive_own(message)
+            # The sender gave a cid (every desktop client and the bridge do):
+            # its echo is its confirmation, so the same plan hands the
+            # message to everyone else, and its output queue puts the echo
+            # in order.
+            sender = own.participant
+            singles, bound = room.plan_parts
+            for participant in singles:
+                if participant is not sender:
+                    participant.receive_message(message)
+            for deliver in bound:
+                deliver(message, sender)
+            sender.receive_own(message)
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.
         message.wire.clear()

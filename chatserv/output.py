@@ -309,7 +309,7 @@ class RoomFanout:
         self.encode = encode
         self.flusher = flusher
 
-    def bind(self, participants: list[Any]) -> Callable[[ChatMessage], None]:
+    def bind(self, participants: list[Any]) -> Callable[..., None]:
         """The delivery of a room message to *participants*, dialects whose
         ``connection`` is an :class:`OutputQueue` of this factory."""
         return RoomWrite(self, [participant.connection for participant in participants]).deliver
@@ -335,8 +335,37 @@ class RoomWrite:
                 self.queued.append(connection)
         self.members = frozenset(connections)
 
-    def deliver(self, message: ChatMessage) -> None:
-        self.flusher.hold_frame(self, self.encode(message))
+    def deliver(self, message: ChatMessage, leave_out: Any = None) -> None:
+        connection = getattr(leave_out, "connection", None)
+        if connection is None or connection not in self.members:
+            self.flusher.hold_frame(self, self.encode(message))
+        else:
+            self._write_but(self.encode(message), connection)
+
+    def _write_but(self, data: bytes, connection: OutputQueue) -> None:
+        """Send *data* now to every connection but *connection*.
+
+        Not held for the end of the turn: the frames held so far go out
+        first (they precede it), then this one, with *connection* marked
+        held for the one ``send_all`` call so that it is skipped, and left
+        out of the queued path."""
+        self.flusher.release()
+        fd, held = connection._fd, self.held
+        was = held[fd] if fd >= 0 else 0
+        if fd >= 0:
+            held[fd] = 1
+        try:
+            missed = send_all(self.fds, data, held) if self.fds else []
+        finally:
+            if fd >= 0:
+                held[fd] = was
+        direct = self.direct
+        for i, sent in missed:
+            if direct[i] is not connection:
+                direct[i].send(data[sent:] if sent > 0 else data)
+        for other in self.queued:
+            if other is not connection:
+                other.send(data)
 
     def write(self, data: bytes) -> None:
         if self.fds:

@@ -889,9 +889,10 @@ class SharedFanout:
     def bind(self, participants: list[Any]) -> Any:
         self.bindings.append([p.label for p in participants])
 
-        def deliver(message: ChatMessage) -> None:
+        def deliver(message: ChatMessage, leave_out: Any = None) -> None:
             for p in participants:
-                p.receive_message(message)
+                if p is not leave_out:
+                    p.receive_message(message)
 
         return deliver
 
