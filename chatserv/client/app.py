@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import tksupport
     from twisted.internet.error import ReactorNotRunning
 
+    from chatserv.client.collector import MainThreadCollector
     from chatserv.client.model import ChatModel
     from chatserv.client.session import ChatSession
     from chatserv.client.ui import ChatWindow
@@ -89,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         root.geometry("900x600")
     tksupport.install(root)
+    # Tk objects must only be freed on this thread (see collector.py).
+    collector = MainThreadCollector(reactor)
+    collector.start()
 
     session = ChatSession(ChatModel(reactor), reactor)
     settings = Settings(
@@ -128,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root.destroy()
         except tk.TclError:
             pass
+        collector.stop()
 
     root.protocol("WM_DELETE_WINDOW", quit_app)
     reactor.addSystemEventTrigger("after", "shutdown", teardown)
