@@ -3,10 +3,13 @@
 In one process, on the real reactor: ``--rate`` messages a second for
 ``--seconds`` are handed to the server's store (``ThreadedStore.append_then``
 on a fresh SQLite file, or ``--db memory-log``: the hub's no-database log,
-as a baseline) by a 1 ms tick, the way the hub hands them over. Reports the
+as a baseline; ``--db sqlite-memory``: the store on SQLite's ``:memory:``,
+which has no file to write) by a 1 ms tick, the way the hub hands them over. Reports the
 CPU per message of the reactor thread (submission, the batch's notification
 and the callbacks) and of the writer thread (the transaction), the commits
-and the mean batch. ``--private`` makes them private messages. Pin it
+and the mean batch. ``--private`` makes them private messages;
+``--synchronous NORMAL`` runs the SQLite file without an fsync per commit
+(the server always uses FULL), to show what that fsync costs. Pin it
 (``taskset -c 0``) to share one core as the server does.
 """
 
@@ -25,7 +28,10 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--private", action="store_true")
-    p.add_argument("--db", default="file", help="'file' (a fresh SQLite file) or 'memory-log'")
+    p.add_argument("--db", default="file", choices=("file", "sqlite-memory", "memory-log"),
+                   help="a fresh SQLite file, SQLite's :memory:, or the hub's no-database log")
+    p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
+                   help="SQLite's synchronous setting for the file (the server's is FULL)")
     a = p.parse_args()
 
     from twisted.internet import reactor, task
@@ -36,7 +42,11 @@ def main() -> None:
 
     r: Any = reactor
     work = tempfile.mkdtemp(prefix="store-cost-")
-    store: Any = MemoryLog(r) if a.db == "memory-log" else open_store(os.path.join(work, "s.db"), r)
+    if a.db == "memory-log":
+        store: Any = MemoryLog(r)
+    else:
+        store = open_store(":memory:" if a.db == "sqlite-memory" else os.path.join(work, "s.db"), r)
+        store.writer.conn.execute(f"PRAGMA synchronous={a.synchronous}")
     done = [0]
     next_id = [1]
 
@@ -79,7 +89,8 @@ def main() -> None:
     reactor_cpu = main1 - main0
     commits = getattr(store, "commits", None)
     print(json.dumps({
-        "db": a.db, "rate": a.rate, "private": a.private, "messages": done[0], "wall_s": round(wall, 2),
+        "db": a.db, "synchronous": a.synchronous, "rate": a.rate, "private": a.private,
+        "messages": done[0], "wall_s": round(wall, 2),
         "us_per_msg_all": round(all_cpu / max(1, done[0]) * 1e6, 1),
         "us_per_msg_reactor": round(reactor_cpu / max(1, done[0]) * 1e6, 1),
         "us_per_msg_other_threads": round((all_cpu - reactor_cpu) / max(1, done[0]) * 1e6, 1),

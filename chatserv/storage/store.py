@@ -1,9 +1,9 @@
 """The asynchronous store the server uses: engines in threads, group commit.
 
-Threading model. Each store owns two single-thread pools: a *writer* thread
-that runs every write (message batches, account changes) on one connection,
-and a *reader* thread that runs queries (history pages, account look-ups) on
-another. Why not ``twisted.enterprise.adbapi``: its pool hands each
+Threading model. Each store owns two threads (:class:`.worker.Worker`): a
+*writer* that runs every write (message batches, account changes) on one
+connection, and a *reader* that runs queries (history pages, account
+look-ups) on another. Why not ``twisted.enterprise.adbapi``: its pool hands each
 interaction to any of several threads with a connection each, so writes race
 for SQLite's single write lock (SQLITE_BUSY) and nothing keeps one batch
 committing at a time, which group commit needs. Why not psycopg's asyncio API:
@@ -38,9 +38,7 @@ from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from ..events import ChatMessage, Correction
 from ..logs import Logger
@@ -48,6 +46,7 @@ from ..names import name_key
 from ..stats import Histogram
 from .engine import Account, Engine, RoomInfo, SQLiteEngine, is_postgres, open_engine, redact
 from .schema import StorageError
+from .worker import Worker
 
 log = Logger()
 
@@ -69,7 +68,7 @@ BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class _Group:
-    """Runs ``work(items)`` in *pool* for everything submitted while the
+    """Runs ``work(items)`` in *worker* for everything submitted while the
     previous run was in flight, and tells each submitter, in order.
 
     ``work`` returns one result per item, or None for "None for each". A
@@ -83,7 +82,7 @@ class _Group:
     def __init__(
         self,
         reactor: Any,
-        pool: ThreadPool,
+        worker: Worker,
         work: Callable[[list[Any]], Sequence[Any] | None],
         prepare: Callable[[], None],
         weigh: Callable[[Any], int] | None = None,
@@ -92,7 +91,7 @@ class _Group:
         #: What an item costs while it waits or is in flight (``weight``).
         self._weigh = weigh
         self.weight = 0
-        self._pool = pool
+        self._worker = worker
         self._work = work
         self._prepare = prepare
         self._items: list[Any] = []
@@ -131,9 +130,10 @@ class _Group:
         self.in_flight = len(items)
         self._sent_at = self._reactor.seconds()
         self._prepare()
-        d = deferToThreadPool(self._reactor, self._pool, self._work, items)
-        d.addCallbacks(
-            self._finished, self._failed, callbackArgs=(items, waiters), errbackArgs=(items, waiters)
+        self._worker.run(
+            lambda: self._work(items),
+            lambda results: self._finished(results, items, waiters),
+            lambda failure: self._failed(failure, items, waiters),
         )
 
     def _unweigh(self, items: list[Any]) -> None:
@@ -212,11 +212,11 @@ class ThreadedStore:
         self.writer = writer
         self.reader = reader if reader is not None else writer
         self.url = writer.url
-        self._write_pool = ThreadPool(1, 1, name="chatserv-db-writer")
-        self._read_pool = ThreadPool(1, 1, name="chatserv-db-reader")
-        self._commits = _Group(reactor, self._write_pool, self._insert, self._start, _text_size)
+        self._writer_thread = Worker(reactor, "chatserv-db-writer")
+        self._reader_thread = Worker(reactor, "chatserv-db-reader")
+        self._commits = _Group(reactor, self._writer_thread, self._insert, self._start, _text_size)
         self.max_backlog = MAX_BACKLOG
-        self._lookups = _Group(reactor, self._read_pool, self._registered, self._start)
+        self._lookups = _Group(reactor, self._reader_thread, self._registered, self._start)
         self._closed = False
         self._started = False
         self._pid = os.getpid()
@@ -236,8 +236,8 @@ class ThreadedStore:
             self._pid = os.getpid()
             for engine in {id(self.writer): self.writer, id(self.reader): self.reader}.values():
                 engine.reconnect()
-        self._write_pool.start()
-        self._read_pool.start()
+        self._writer_thread.start()
+        self._reader_thread.start()
 
     # -- start-up (blocking; before the server serves) -------------------------
 
@@ -436,7 +436,7 @@ class ThreadedStore:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
         self._start()
-        return deferToThreadPool(self.reactor, self._read_pool, fn, *args)
+        return self._reader_thread.defer(fn, *args)
 
     def write(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run ``fn(*args)`` (a writer engine method) in the writer thread,
@@ -447,7 +447,7 @@ class ThreadedStore:
         if self._closed:
             return fail(StorageClosed("the store is closed"))
         self._start()
-        return deferToThreadPool(self.reactor, self._write_pool, fn, *args)
+        return self._writer_thread.defer(fn, *args)
 
     async def close(self) -> None:
         """Commit what is queued, then close the connections and stop the threads."""
@@ -458,12 +458,12 @@ class ThreadedStore:
         await self._lookups.idle()
         self._start()  # a store never used still has connections to close
         # Each connection is closed by its own thread, after the work already
-        # queued there; the pools are then idle and stop without waiting.
+        # queued there; the threads are then idle and stop without waiting.
         if self.reader is not self.writer:
-            await deferToThreadPool(self.reactor, self._read_pool, self.reader.close)
-        await deferToThreadPool(self.reactor, self._write_pool, self.writer.close)
-        self._write_pool.stop()
-        self._read_pool.stop()
+            await self._reader_thread.defer(self.reader.close)
+        await self._writer_thread.defer(self.writer.close)
+        self._writer_thread.stop()
+        self._reader_thread.stop()
         log.info(
             "storage {url} closed after {stored} messages in {commits} commits",
             url=redact(self.url),
