@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                    help="SQLite's synchronous setting for the file (the server's is FULL)")
     a = p.parse_args()
+    if a.synchronous != "FULL" and a.db != "file":
+        p.error("--synchronous applies to --db file only")
 
     from twisted.internet import reactor, task
 

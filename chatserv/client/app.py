@@ -93,65 +93,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Tk objects must only be freed on this thread (see collector.py).
     collector = MainThreadCollector(reactor)
     collector.start()
+    try:
+        session = ChatSession(ChatModel(reactor), reactor)
+        settings = Settings(
+            defaults.host, defaults.port, defaults.user, defaults.tls, cafile=defaults.cafile,
+            geometry=defaults.geometry,
+        )
+        # The command line wins over the last session's values.
+        if args.host is not None:
+            settings.host = args.host
+        if args.port is not None:
+            settings.port = args.port
+        if args.server:
+            given = [args.host] if args.host is not None else []
+            settings.host = ",".join(given + args.server)
+        if args.tls:
+            settings.tls = True
+        if args.cafile:
+            settings.cafile = args.cafile
+        window = ChatWindow(root, session, settings, cafile=settings.cafile or None)
 
-    session = ChatSession(ChatModel(reactor), reactor)
-    settings = Settings(
-        defaults.host, defaults.port, defaults.user, defaults.tls, cafile=defaults.cafile,
-        geometry=defaults.geometry,
-    )
-    # The command line wins over the last session's values.
-    if args.host is not None:
-        settings.host = args.host
-    if args.port is not None:
-        settings.port = args.port
-    if args.server:
-        given = [args.host] if args.host is not None else []
-        settings.host = ",".join(given + args.server)
-    if args.tls:
-        settings.tls = True
-    if args.cafile:
-        settings.cafile = args.cafile
-    window = ChatWindow(root, session, settings, cafile=settings.cafile or None)
+        def stop_reactor(_ignored: object = None) -> None:
+            try:
+                reactor.stop()
+            except ReactorNotRunning:
+                pass
 
-    def stop_reactor(_ignored: object = None) -> None:
-        try:
-            reactor.stop()
-        except ReactorNotRunning:
-            pass
+        def quit_app() -> None:
+            window.remember_size()
+            # Leave cleanly so the others see us go at once, but never hang on it.
+            session.disconnect().addBoth(stop_reactor)
+            reactor.callLater(2.0, stop_reactor)
 
-    def quit_app() -> None:
-        window.remember_size()
-        # Leave cleanly so the others see us go at once, but never hang on it.
-        session.disconnect().addBoth(stop_reactor)
-        reactor.callLater(2.0, stop_reactor)
+        def teardown() -> None:
+            window.close()
+            tksupport.uninstall()
+            try:
+                root.destroy()
+            except tk.TclError:
+                pass
 
-    def teardown() -> None:
-        window.close()
-        tksupport.uninstall()
-        try:
-            root.destroy()
-        except tk.TclError:
-            pass
+        root.protocol("WM_DELETE_WINDOW", quit_app)
+        reactor.addSystemEventTrigger("after", "shutdown", teardown)
+
+        if args.user:
+            settings.user = args.user
+            settings.register = args.register
+            window.connect(settings, args.password)
+            # Scripted runs (xdotool, screenshots) type straight into the message
+            # box. X refuses focus to a window that is not mapped yet, so wait
+            # for it to be on screen (polling: no nested Tk loop under tksupport).
+            def focus_when_viewable(tries: int = 100) -> None:
+                if root.winfo_viewable():
+                    window.input.focus_force()
+                elif tries:
+                    reactor.callLater(0.05, focus_when_viewable, tries - 1)
+
+            reactor.callWhenRunning(focus_when_viewable)
+        reactor.run()
+    finally:
+        # Also when start-up fails: the automatic collector comes back.
         collector.stop()
-
-    root.protocol("WM_DELETE_WINDOW", quit_app)
-    reactor.addSystemEventTrigger("after", "shutdown", teardown)
-
-    if args.user:
-        settings.user = args.user
-        settings.register = args.register
-        window.connect(settings, args.password)
-        # Scripted runs (xdotool, screenshots) type straight into the message
-        # box. X refuses focus to a window that is not mapped yet, so wait
-        # for it to be on screen (polling: no nested Tk loop under tksupport).
-        def focus_when_viewable(tries: int = 100) -> None:
-            if root.winfo_viewable():
-                window.input.focus_force()
-            elif tries:
-                reactor.callLater(0.05, focus_when_viewable, tries - 1)
-
-        reactor.callWhenRunning(focus_when_viewable)
-    reactor.run()
     return 0
 
 

@@ -10,9 +10,9 @@ second for a Tk main loop (which ``tksupport`` never runs), gives up with
 "main thread is not in main loop" and leaves the Tcl variable behind. Each
 such variable costs the reconnect a second.
 
-So the automatic collector is switched off while the window is up, and this
-runs the same generational policy (collect a generation once its count
-passes its threshold) from a reactor timer, on the Tk thread.
+So the automatic collector is switched off while the window is up, and a
+reactor timer on the Tk thread applies the interpreter's own policy in its
+place (see :meth:`MainThreadCollector.collect`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ import gc
 from typing import Any
 
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
-#: Seconds between looks at the collector's counts. Garbage waits at most
-#: this long; a look that finds nothing to do costs a few microseconds.
+from chatserv.logs import Logger
+
+log = Logger()
+
+#: Seconds between looks at the collector's counts: how late a collection
+#: that is due may start. A look that finds nothing due costs microseconds.
 INTERVAL = 0.5
 
 
@@ -37,24 +42,45 @@ class MainThreadCollector:
         self._was_enabled = False
 
     def start(self) -> None:
+        if self._loop.running:
+            return
         self._was_enabled = gc.isenabled()
         gc.disable()
-        self._loop.start(self._interval, now=False)
+        self._loop.start(self._interval, now=False).addErrback(self._broke)
 
     def stop(self) -> None:
-        """Collect what is left, here, and give the automatic collector back."""
-        if self._loop.running:
-            self._loop.stop()
+        """Collect what is left, here, and give the automatic collector back.
+        Harmless when not running."""
+        if not self._loop.running:
+            return
+        self._loop.stop()
         gc.collect()
+        if self._was_enabled:
+            gc.enable()
+
+    def _broke(self, failure: Failure) -> None:
+        # The timer is gone: the automatic collector is better than none.
+        log.failure("the Tk thread's garbage collection failed; automatic collection is back on", failure)
         if self._was_enabled:
             gc.enable()
 
     @staticmethod
     def collect() -> int:
-        """Collect the oldest generation whose count passed its threshold, as
-        the automatic collector would have; the number of objects freed."""
+        """Collect what the automatic collector would have by now; the number
+        of objects freed.
+
+        CPython 3.11–3.13 and 3.15 collect generations: the oldest one whose
+        count passed its threshold (without the interpreter's extra rule that
+        delays full collections on large heaps; one look per interval bounds
+        them here). 3.14's incremental collector has a third threshold of 0 and,
+        when the young count passes its threshold, collects the young
+        generation and an increment of the old one, which ``collect(1)`` asks
+        for.
+        """
         counts = gc.get_count()
         thresholds = gc.get_threshold()
+        if thresholds[2] == 0:
+            return gc.collect(1) if thresholds[0] and counts[0] > thresholds[0] else 0
         for generation in (2, 1, 0):
             if thresholds[generation] and counts[generation] > thresholds[generation]:
                 return gc.collect(generation)

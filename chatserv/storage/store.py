@@ -149,7 +149,7 @@ class _Group:
                 if waiter.__class__ is Deferred:
                     waiter.callback(None)
                 else:
-                    waiter(item)
+                    _tell(waiter, item)
             self._next()
             return
         for item, waiter, result in zip(items, waiters, results, strict=True):
@@ -162,7 +162,7 @@ class _Group:
             elif waiter.__class__ is Deferred:
                 waiter.callback(result)
             else:
-                waiter(item if result is None else result)
+                _tell(waiter, item if result is None else result)
         self._next()
 
     def _failed(self, failure: Failure, items: list[Any], waiters: list[Any]) -> None:
@@ -200,6 +200,20 @@ class _Group:
         return d
 
 
+def _tell(waiter: Callable[[Any], object], item: Any) -> None:
+    """Call a plain waiter with what was committed.
+
+    A waiter that raises (a bug in some recipient's delivery) is logged, and
+    the rest of its batch is still told and the next batch still committed:
+    otherwise one bad delivery would leave the group busy for ever, every
+    later message queued behind it and the store unable to close.
+    """
+    try:
+        waiter(item)
+    except Exception:
+        log.failure("delivering a committed {item!r} failed", item=item)
+
+
 class ThreadedStore:
     """The server's storage: implements :class:`chatserv.hub.MessageLog` and
     the history and account queries, without ever blocking the reactor."""
@@ -229,7 +243,7 @@ class ThreadedStore:
         would not exist in the server process, and the connections are
         opened again there.
         """
-        if self._started:
+        if self._started and os.getpid() == self._pid:
             return
         self._started = True
         if os.getpid() != self._pid:
@@ -409,6 +423,8 @@ class ThreadedStore:
     def is_registered(self, name: str) -> Deferred[bool]:
         """Whether *name* has an account. Look-ups made while one is in flight
         are answered by one query, so a login storm costs a few queries."""
+        if self._closed:
+            return fail(StorageClosed("the store is closed"))
         return self._lookups.submit(name_key(name))
 
     def _registered(self, keys: list[str]) -> list[bool]:
@@ -450,7 +466,12 @@ class ThreadedStore:
         return self._writer_thread.defer(fn, *args)
 
     async def close(self) -> None:
-        """Commit what is queued, then close the connections and stop the threads."""
+        """Commit what is queued, then close the connections and stop the threads.
+
+        The threads are daemons: a process that exits without this loses
+        only the batch being committed, which the database rolls back and
+        whose senders were not told it was stored.
+        """
         if self._closed:
             return
         self._closed = True

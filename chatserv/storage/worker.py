@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
@@ -25,6 +26,10 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 T = TypeVar("T")
+
+class WorkerStopped(RuntimeError):
+    """A job was given to a worker that has stopped."""
+
 
 _Job = tuple[Callable[[], Any], Callable[[Any], object], Callable[[Failure], object]]
 
@@ -38,11 +43,14 @@ class Worker:
         self.name = name
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._stopped = False
 
     def start(self) -> None:
         """Start the thread (once the reactor runs: threads do not survive
         twistd's fork)."""
-        if self._thread is not None:
+        # A thread object that is not alive was started before a fork: the
+        # child has to start its own.
+        if self._stopped or (self._thread is not None and self._thread.is_alive()):
             return
         # A daemon: a server that exits without closing its store (a crash
         # of the start-up code) must not hang on it. What is committed is
@@ -54,13 +62,17 @@ class Worker:
         self, fn: Callable[[], T], done: Callable[[T], object], failed: Callable[[Failure], object]
     ) -> None:
         """Call ``fn()`` in the thread, then ``done(result)`` or
-        ``failed(failure)`` on the reactor thread."""
+        ``failed(failure)`` on the reactor thread. Once the worker has
+        stopped, ``failed`` is called at once: nothing would run the job."""
+        if self._stopped:
+            failed(Failure(WorkerStopped(f"{self.name} has stopped")))
+            return
         self._jobs.put((fn, done, failed))
 
     def defer(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """``fn(*args)`` in the thread, as a Deferred."""
         d: Deferred[T] = Deferred()
-        self._jobs.put((lambda: fn(*args), d.callback, d.errback))
+        self.run(partial(fn, *args), d.callback, d.errback)
         return d
 
     def stop(self) -> None:
@@ -69,6 +81,7 @@ class Worker:
         Callers stop a worker once its last job has answered, so the wait
         is for a thread that is about to return.
         """
+        self._stopped = True
         thread, self._thread = self._thread, None
         if thread is None:
             return

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 import pytest_twisted
 
+from chatserv.client.collector import MainThreadCollector
 from tests.client.support import RestartableServer
 
 
@@ -95,24 +96,22 @@ def tk_root(display: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
     does; each client under test lives in a Toplevel of it."""
     import tkinter as tk
 
-    from twisted.internet import tksupport
+    from twisted.internet import reactor, tksupport
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     root = tk.Tk()
     root.withdraw()
     tksupport.install(root)
+    # As in the app: Tk objects are freed on this thread only, never by a
+    # collection that a storage thread of the in-process server happens to
+    # start (each Variable.__del__ there would stall that thread a second).
+    collector = MainThreadCollector(reactor)
+    collector.start()
     yield root
     tksupport.uninstall()
-    # Tk widgets and their variables form reference cycles, so the garbage
-    # collector frees them, on whichever thread happens to trigger it. On a
-    # storage thread of the in-process server, each Variable.__del__ calls
-    # into Tcl from that thread, and tkinter then waits a second for a Tk
-    # main loop that tksupport never runs: ten variables stall the server's
-    # database for ten seconds (seen as a login timing out in the next test).
-    # Free them here, on the main thread, while the interpreter still lives.
     gc.collect()
     root.destroy()
-    gc.collect()
+    collector.stop()
 
 
 @pytest_twisted.async_yield_fixture

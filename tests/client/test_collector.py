@@ -46,15 +46,21 @@ def collector() -> Iterator[tuple[MainThreadCollector, Clock]]:
 def test_the_automatic_collector_is_off_while_it_runs_and_back_after() -> None:
     assert gc.isenabled()
     running = MainThreadCollector(Clock())
-    running.start()
-    assert not gc.isenabled()
-    running.stop()
+    try:
+        running.start()
+        running.start()  # a second start changes nothing
+        assert not gc.isenabled()
+    finally:
+        running.stop()
+    assert gc.isenabled()
+    running.stop()  # nor does a second stop
     assert gc.isenabled()
 
 
 def test_garbage_is_collected_on_the_timer_once_a_threshold_is_passed(collector) -> None:
     _running, clock = collector
     gc.set_threshold(100, 10, 10)
+    gc.collect()  # counts from zero: nothing is due at the next tick
     garbage = _Cycle()
     alive = weakref.ref(garbage)
     del garbage

@@ -127,3 +127,39 @@ async def test_append_then_calls_back_in_order_and_logs_what_fails(store):
     assert delivered == [2, 3]
     assert any("could not store" in (e.get("log_format") or "") for e in logged)
     assert [m.id for m in await store.room_page("general", None, 10)] == [1, 2, 3, 4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_that_raises_does_not_stop_the_store(store):
+    from twisted.logger import globalLogPublisher
+
+    delivered: list[int] = []
+    logged: list[dict] = []
+
+    def deliver(m: ChatMessage) -> None:
+        if m.id == 2:
+            raise RuntimeError("a recipient's bug")
+        delivered.append(m.id)
+
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        for i in (1, 2, 3):  # one batch: the rest of it is still told
+            store.append_then(msg(i), deliver)
+        await store.append(msg(4))  # and the next batch still commits
+        store.append_then(msg(5), deliver)
+        await store.append(msg(6))
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert delivered == [1, 3, 5]
+    assert any("delivering a committed" in (e.get("log_format") or "") for e in logged)
+    assert store.stored == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookups_after_close_fail_at_once(db_url):
+    from twisted.internet import reactor
+
+    s = open_store(db_url, reactor)
+    await s.close()
+    with pytest.raises(StorageClosed):
+        await s.is_registered("Ana")

@@ -8,10 +8,9 @@ from functools import partial
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from chatserv.storage.worker import Worker
+from chatserv.storage.worker import Worker, WorkerStopped
 
 
 @pytest.fixture
@@ -31,14 +30,15 @@ async def test_jobs_run_in_order_on_the_thread_and_answer_on_the_reactor(worker)
         ran.append((n, threading.current_thread().name))
         return n * 10
 
-    finished: Deferred[None] = Deferred()
+    failures: list[Failure] = []
     for n in range(50):
         worker.run(
-            lambda n=n: job(n),
+            partial(job, n),
             lambda result: answered.append((result, threading.current_thread().name)),
-            finished.errback,
+            failures.append,
         )
     assert await worker.defer(lambda: "last") == "last"
+    assert failures == []
     assert ran == [(n, "test-worker") for n in range(50)]
     assert answered == [(n * 10, threading.main_thread().name) for n in range(50)]
 
@@ -57,8 +57,7 @@ async def test_a_job_that_raises_fails_alone(worker) -> None:
     assert [f.type for f in failures] == [ValueError]
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_lets_queued_jobs_finish_first() -> None:
+def test_stop_lets_queued_jobs_finish_first_and_refuses_later_ones() -> None:
     worker = Worker(reactor, "test-worker-stop")
     worker.start()
     release = threading.Event()
@@ -66,7 +65,12 @@ async def test_stop_lets_queued_jobs_finish_first() -> None:
     worker.run(release.wait, lambda _: None, lambda _: None)
     for n in range(3):
         worker.run(partial(ran.append, n), lambda _: None, lambda _: None)
-    release.set()
+    # stop() is called while the jobs are still queued behind the blocked one.
+    threading.Timer(0.2, release.set).start()
+    assert ran == []
     worker.stop()
     assert ran == [0, 1, 2]
+    refused: list[Failure] = []
+    worker.run(lambda: None, lambda _: None, refused.append)
+    assert [f.type for f in refused] == [WorkerStopped]
     worker.stop()  # a second stop is harmless
