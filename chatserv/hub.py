@@ -183,15 +183,15 @@ class Fanout(Protocol):
     def bind(self, participants: list[Any]) -> Callable[..., None]:
         """What delivers a room message to every one of *participants*, as
         their ``receive_message`` would; kept until the room's membership
-        changes. Called as ``deliver(message)``, or ``deliver(message,
-        leave_out)`` to hand it to all of them but the participant
-        *leave_out* (a sender whose echo is its own, see ``receive_own``)."""
+        changes. Called as ``deliver(message, leave_out)``: to all of them
+        but the participant *leave_out* (a sender whose echo is its own, see
+        ``receive_own``), or to all when it is None."""
 
 
 class Room:
     __slots__ = (
         "name", "members", "order", "others", "history", "cost", "partial", "joined", "left",
-        "flush_call", "wire", "plan", "plan_parts",
+        "flush_call", "wire", "plan",
     )
 
     def __init__(self, name: str, history_size: int, others: dict[str, str] | None = None) -> None:
@@ -220,11 +220,10 @@ class Room:
         self.flush_call: IDelayedCall | None = None
         #: Encoded forms of the history window; emptied whenever it changes.
         self.wire: dict[str, Any] = {}
-        #: What hands a message to every member: built from ``members`` at the
-        #: first message after a membership change (see _plan), and its two
-        #: parts: the participants without a Fanout, and the Fanouts' bindings.
-        self.plan: list[Callable[[ChatMessage], None]] | None = None
-        self.plan_parts: tuple[list[Any], list[Callable[..., None]]] = ([], [])
+        #: What hands a message to every member, built from ``members`` at the
+        #: first message after a membership change (see _plan): the
+        #: participants without a Fanout, and the Fanouts' bindings.
+        self.plan: tuple[list[Any], list[Callable[..., None]]] | None = None
 
     def names(self) -> tuple[str, ...]:
         """Its members' names: this node's in the order they joined, then
@@ -236,11 +235,10 @@ class Room:
         return len(self.members) + len(self.others)
 
 
-def _plan(room: Room) -> list[Callable[[ChatMessage], None]]:
-    """The calls that hand a message to every member of *room*: one per
-    participant without a :class:`Fanout` (``receive_message``), then one
-    per Fanout its members' participants share; its parts go to
-    ``room.plan_parts``."""
+def _plan(room: Room) -> tuple[list[Any], list[Callable[..., None]]]:
+    """What hands a message to every member of *room*: the participants
+    without a :class:`Fanout` (each called with ``receive_message``), and
+    one binding per Fanout its members' participants share."""
     singles: list[Any] = []
     shared: dict[Fanout, list[Any]] = {}
     for session in room.members.values():
@@ -250,9 +248,7 @@ def _plan(room: Room) -> list[Callable[[ChatMessage], None]]:
             singles.append(participant)
         else:
             shared.setdefault(fanout, []).append(participant)
-    bound = [fanout.bind(participants) for fanout, participants in shared.items()]
-    room.plan_parts = (singles, bound)
-    return [participant.receive_message for participant in singles] + bound
+    return singles, [fanout.bind(participants) for fanout, participants in shared.items()]
 
 
 def _order(room_name: str) -> tuple[str, str]:
@@ -868,26 +864,22 @@ class Hub:
             self._flush_presence(room)
         self.windows.keep(room, message)
         self.stats.delivered_room += len(room.members)
-        # The plan is a list of its own: a participant that goes offline
-        # while it is handed the message changes the members, not this list.
+        # The plan's lists are its own: a participant that goes offline
+        # while it is handed the message changes the members, not them.
         plan = room.plan
         if plan is None:
             plan = room.plan = _plan(room)
-        if own is None or room.members.get(own.key) is not own:
-            for deliver in plan:
-                deliver(message)
-        else:
-            # The sender gave a cid (every desktop client and the bridge do):
-            # its echo is its confirmation, so the same plan hands the
-            # message to everyone else, and its output queue puts the echo
-            # in order.
-            sender = own.participant
-            singles, bound = room.plan_parts
-            for participant in singles:
-                if participant is not sender:
-                    participant.receive_message(message)
-            for deliver in bound:
-                deliver(message, sender)
+        singles, bound = plan
+        # A sender that gave a cid (every desktop client and the bridge do)
+        # is left out: its echo is its confirmation, and its output queue
+        # puts it in order.
+        sender = own.participant if own is not None and room.members.get(own.key) is own else None
+        for participant in singles:
+            if participant is not sender:
+                participant.receive_message(message)
+        for deliver in bound:
+            deliver(message, sender)
+        if sender is not None:
             sender.receive_own(message)
         # Its encodings were for this fan-out; the window keeps the message
         # only, and the window's own encoding is built when asked for.

@@ -336,11 +336,12 @@ class RoomWrite:
         self.members = frozenset(connections)
 
     def deliver(self, message: ChatMessage, leave_out: Any = None) -> None:
-        connection = getattr(leave_out, "connection", None)
-        if connection is None or connection not in self.members:
-            self.flusher.hold_frame(self, self.encode(message))
-        else:
-            self._write_but(self.encode(message), connection)
+        if leave_out is not None:
+            connection = getattr(leave_out, "connection", None)
+            if connection is not None and connection in self.members:
+                self._write_but(self.encode(message), connection)
+                return
+        self.flusher.hold_frame(self, self.encode(message))
 
     def _write_but(self, data: bytes, connection: OutputQueue) -> None:
         """Send *data* now to every connection but *connection*.
